@@ -1,0 +1,67 @@
+"""The ``atheria`` command line: one sub-command per domain, each registered by its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from atheria_kit import __version__
+
+# (module, purpose). Each module exposes ``add_parser(subparsers)``; the sub-parser sets ``func(args) -> int``.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("atheria_kit.session_cli", "progressive training run (the notebook's loop, headless)"),
+    ("atheria_kit.walkforward.cli", "walk-forward direction models"),
+    ("atheria_kit.watch", "watch a running or finished run"),
+    ("atheria_kit.replay.cli", "multi-symbol historical replay"),
+)
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atheria",
+        description="atheria_kit: long training runs on notebook GPUs that stop cleanly and resume exactly.",
+    )
+    parser.add_argument("--version", action="version", version=f"atheria_kit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name, _purpose in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # A command whose module is not part of this build is simply absent; anything else is a bug.
+            if exc.name is not None and module_name.startswith(exc.name):
+                continue
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except ValueError as exc:  # bad input is reported plainly, not as a traceback
+        print(f"atheria {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

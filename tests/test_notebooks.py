@@ -1,0 +1,68 @@
+"""Every notebook runs top to bottom under papermill in its smoke configuration, and is committed clean.
+
+The checks on the committed files are cheap; the executions are marked ``notebook``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+# Notebooks whose own test runs them in a more specific scenario (e.g. stop, then resume) are still
+# executed here once in plain smoke mode: a notebook must never fail on its first "Run all".
+EXECUTION_TIMEOUT_S = 240
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [p.name for p in paths]
+
+
+def test_there_are_notebooks() -> None:
+    assert NOTEBOOKS, "notebooks/ holds no .ipynb files"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_has_a_parameters_cell_with_smoke(path: Path) -> None:
+    nb = json.loads(path.read_text())
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    # Without the tag papermill injects at the top and the notebook's own values win.
+    assert len(tagged) == 1, f"{path.name}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
+    assert tagged[0]["cell_type"] == "code"
+    assert "SMOKE" in "".join(tagged[0]["source"]), f"{path.name}: the parameters cell does not define SMOKE"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_is_committed_without_outputs(path: Path) -> None:
+    nb = json.loads(path.read_text())
+    dirty = [i for i, c in enumerate(nb["cells"]) if c.get("outputs") or c.get("execution_count")]
+    assert not dirty, f"{path.name}: cells {dirty} carry outputs or execution counts"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_requests_a_gpu_on_colab_and_kaggle(path: Path) -> None:
+    meta = json.loads(path.read_text())["metadata"]
+    assert meta.get("accelerator") == "GPU", f"{path.name}: Colab metadata does not request a GPU"
+    assert meta.get("kaggle", {}).get("accelerator", "").startswith("gpu"), f"{path.name}: Kaggle metadata"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_runs_in_smoke_mode(path: Path, tmp_path: Path) -> None:
+    papermill = pytest.importorskip("papermill")
+    out = tmp_path / path.name
+    papermill.execute_notebook(
+        str(path),
+        str(out),
+        parameters={"SMOKE": True, "OUTPUT_ROOT": str(tmp_path / "runs")},
+        kernel_name="python3",
+        cwd=str(tmp_path),
+        execution_timeout=EXECUTION_TIMEOUT_S,
+        progress_bar=False,
+    )
+    executed = json.loads(out.read_text())
+    errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{path.name}: cell errors: {errors}"
