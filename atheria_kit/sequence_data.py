@@ -1,0 +1,77 @@
+"""Windows of OHLCV bars for sequence models of price direction (the progressive-training notebook's default task).
+
+Each sample is the last ``window`` bars up to bar t, described by scale-free per-bar features; its label is whether
+the close ``horizon`` bars later is higher than the close at t. Train and validation are split in time, with a gap of
+``window + horizon`` bars so that no validation window or label overlaps the training ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from atheria_kit._validation import require_fraction, require_int
+
+FEATURES = ("log_return", "high_low_range", "close_position", "log_volume_change")
+
+
+def bar_features(df: pd.DataFrame) -> np.ndarray:
+    """Per-bar features, each a function of bar t and t-1 only (causal): float32 array [n_bars, 4]."""
+    o, h, low, c, v = (df[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume"))
+    prev_c = np.concatenate([[o[0]], c[:-1]])
+    log_ret = np.log(c / prev_c)
+    rng = (h - low) / c
+    pos = np.where(h > low, (c - low) / np.where(h > low, h - low, 1.0), 0.5) - 0.5
+    lv = np.log1p(v)
+    dlv = np.concatenate([[0.0], np.diff(lv)])
+    return np.stack([log_ret, rng, pos, dlv], axis=1).astype(np.float32)
+
+
+@dataclass
+class DirectionWindows:
+    """Train/validation tensors: ``x_*`` of shape [n, window, features], ``y_*`` of 0/1 floats."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    window: int
+    horizon: int
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[-1])
+
+
+def make_direction_windows(
+    df: pd.DataFrame, *, window: int = 64, horizon: int = 1, val_fraction: float = 0.2, max_samples: int = 0
+) -> DirectionWindows:
+    """Slice ``df`` into windows and labels, standardise with train statistics only, split in time."""
+    require_int("window", window, minimum=2)
+    require_int("horizon", horizon, minimum=1)
+    require_fraction("val_fraction", val_fraction)
+    require_int("max_samples", max_samples, minimum=0)
+    feats = bar_features(df)
+    close = df["close"].to_numpy(np.float64)
+    n = len(df) - window - horizon + 1
+    if n < 20:
+        raise ValueError(f"data has {len(df)} bars; expected at least window + horizon + 19 = {window + horizon + 19}")
+    ends = np.arange(window - 1, window - 1 + n)  # index of the last bar of each window
+    if max_samples and n > max_samples:
+        ends = ends[-max_samples:]
+    labels = (close[ends + horizon] > close[ends]).astype(np.float32)
+    n_val = max(1, int(len(ends) * val_fraction))
+    gap = window + horizon
+    train_ends, val_ends = ends[: max(1, len(ends) - n_val - gap)], ends[len(ends) - n_val:]
+    idx = np.arange(window)
+    x = feats[(train_ends[:, None] - window + 1) + idx]
+    mean, std = x.reshape(-1, x.shape[-1]).mean(0), x.reshape(-1, x.shape[-1]).std(0) + 1e-8
+    xv = feats[(val_ends[:, None] - window + 1) + idx]
+    return DirectionWindows(
+        torch.from_numpy((x - mean) / std), torch.from_numpy(labels[: len(train_ends)]),
+        torch.from_numpy((xv - mean) / std), torch.from_numpy(labels[len(ends) - n_val:]),
+        window, horizon,
+    )

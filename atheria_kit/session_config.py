@@ -1,0 +1,127 @@
+"""Configuration of a progressive-training session, from a notebook's parameters cell or a YAML file.
+
+The seed notebook's upper-case names (``EXPERIMENT_NAME``, ``MAX_TRAINING_HOURS``, ...) are accepted as well as the
+field names themselves, so a parameters cell can be passed straight in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atheria_kit._validation import require_choice, require_int, require_positive
+
+EXPORT_FORMATS = ("torchscript", "torch_export", "onnx")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass
+class SessionConfig:
+    """What a progressive-training session does; every field has a default that works on any platform."""
+
+    experiment_name: str = "experiment"
+    #: Cap on this session's training time; the platform's own limit (Colab 12 h, Kaggle 12 h) applies too.
+    max_training_hours: float = 10.0
+    #: Exact cap in seconds, for short demos and tests; overrides ``max_training_hours`` when set.
+    max_training_seconds: float | None = None
+    total_episodes: int = 1000
+    save_every_episodes: int = 10
+    #: Sync to persistent storage every N episodes (0 = no remote: Kaggle's default, where /kaggle/working persists).
+    drive_sync_every: int = 50
+    sync_every_minutes: float = 30.0
+    keep_best_n: int = 5
+    auto_resume: bool = True
+    monitor: str = "loss"
+    mode: str = "min"
+    #: Where checkpoints, logs and exports go; None = chosen by the platform.
+    root: str | None = None
+    #: Persistent copy: a directory or fsspec URL; None = Drive's MyDrive/atheria on Colab when mounted.
+    remote: str | None = None
+    nan_policy: str = "stop"
+    max_nan_skips: int = 3
+    live_view: str = "auto"
+    plot_every: int = 10
+    seed: int = 0
+    export_formats: tuple[str, ...] = EXPORT_FORMATS
+    export: str = "best"  # which weights to export: "best" checkpoint or the "final" model
+    monitor_interval: float = 1.0
+    handle_signals: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.experiment_name, str) or not _NAME_RE.match(self.experiment_name):
+            raise ValueError(
+                f"experiment_name={self.experiment_name!r} is invalid; expected 1-100 letters, digits, '.', '_' or '-'"
+            )
+        require_positive("max_training_hours", self.max_training_hours)
+        if self.max_training_seconds is not None:
+            require_positive("max_training_seconds", self.max_training_seconds)
+        require_int("total_episodes", self.total_episodes, minimum=1)
+        require_int("save_every_episodes", self.save_every_episodes, minimum=1)
+        require_int("drive_sync_every", self.drive_sync_every, minimum=0)
+        require_positive("sync_every_minutes", self.sync_every_minutes)
+        require_int("keep_best_n", self.keep_best_n, minimum=1)
+        if not isinstance(self.auto_resume, bool):
+            raise ValueError(f"auto_resume={self.auto_resume!r} is invalid; expected True or False")
+        if not isinstance(self.monitor, str) or not self.monitor:
+            raise ValueError(f"monitor={self.monitor!r} is invalid; expected a metric name such as 'loss'")
+        require_choice("mode", self.mode, ("min", "max"))
+        require_choice("nan_policy", self.nan_policy, ("stop", "skip"))
+        require_int("max_nan_skips", self.max_nan_skips, minimum=1)
+        require_choice("live_view", self.live_view, ("auto", "widget", "text", "off"))
+        require_int("plot_every", self.plot_every, minimum=1)
+        require_int("seed", self.seed, minimum=0)
+        self.export_formats = tuple(self.export_formats)
+        for fmt in self.export_formats:
+            require_choice("export_formats", fmt, EXPORT_FORMATS)
+        require_choice("export", self.export, ("best", "final"))
+        require_positive("monitor_interval", self.monitor_interval)
+
+    @property
+    def budget_seconds(self) -> float:
+        if self.max_training_seconds is not None:
+            return float(self.max_training_seconds)
+        return float(self.max_training_hours) * 3600.0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None = None, **kwargs: Any) -> SessionConfig:
+        """Build from a mapping and/or keywords; keys may be field names or the seed's upper-case names.
+
+        Keys that are not settings (e.g. a notebook's other parameters such as ``SMOKE``) are ignored only when
+        passed via ``params`` with ``ignore_unknown``; as keywords, an unknown name is an error naming it.
+        """
+        merged: dict[str, Any] = {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        for source, strict in ((params or {}, False), (kwargs, True)):
+            for key, value in source.items():
+                name = key.lower()
+                if name in names:
+                    merged[name] = value
+                elif strict:
+                    raise ValueError(f"{key}={value!r} is not a setting; expected one of {sorted(names)}")
+        return cls(**merged)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> SessionConfig:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config={str(p)!r} is invalid; expected an existing YAML file")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"config={str(p)!r} is invalid; expected a YAML mapping of settings")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in data if str(k).lower() not in names]
+        if unknown:
+            raise ValueError(f"{p.name}: unknown settings {unknown}; expected some of {sorted(names)}")
+        return cls.from_params(data, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["export_formats"] = list(self.export_formats)
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}

@@ -1,0 +1,108 @@
+"""What a finished (or stopped) session leaves behind: plots, the Markdown report and a summary JSON."""
+
+from __future__ import annotations
+
+import logging
+import platform as _pyplatform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import torch
+
+from atheria_kit import __version__, plots
+from atheria_kit._io import atomic_write_json
+from atheria_kit.report import write_report
+from atheria_kit.runlog import to_json_safe
+
+if TYPE_CHECKING:
+    from atheria_kit.session import TrainingSession
+
+log = logging.getLogger(__name__)
+
+
+def environment_table(session: TrainingSession) -> dict[str, Any]:
+    env = session.environment
+    gpus = ", ".join(f"{g.name} ({g.memory_total_bytes / 2**30:.0f} GiB)" for g in env.gpus) or "none"
+    return {
+        "platform": env.kind,
+        "session limit": "none" if env.session_limit_seconds is None else f"{env.session_limit_seconds / 3600:g} h",
+        "device": str(session.device),
+        "GPUs": gpus,
+        "CPU cores": psutil.cpu_count(logical=True),
+        "RAM": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "python": _pyplatform.python_version(),
+        "torch": torch.__version__,
+        "atheria_kit": __version__,
+        "root": str(session.paths.root),
+    }
+
+
+def write_outputs(session: TrainingSession, exports: list[dict[str, Any]],
+                  run_summary: dict[str, Any] | None = None) -> tuple[dict[str, Path], Path, Path]:
+    """Write the plots, the report and the summary (the run log's summary plus the session's own fields);
+    a failing plot is logged and left out, never fatal."""
+    logs = session.paths.logs
+    history = session.history
+    cfg = session.config
+    made: dict[str, Path] = {}
+    kept = {r.step for r in session.checkpoints.records()}
+    jobs = {
+        "Loss evolution": lambda p: plots.plot_loss(history, p),
+        "Loss distribution": lambda p: plots.plot_loss_distribution(history, p),
+        "Checkpoint timeline": lambda p: plots.plot_checkpoint_timeline(session._saved, kept, p),
+        "Resource use": lambda p: plots.plot_resources(_resource_rows(session), p),
+    }
+    if cfg.monitor != "loss":
+        jobs["Monitored metric"] = lambda p: plots.plot_metric(history, cfg.monitor, p)
+    for caption, job in jobs.items():
+        path = logs / (caption.lower().replace(" ", "_") + ".png")
+        try:
+            made[caption] = job(path)
+        except Exception as exc:
+            log.warning("plot %r failed: %s", caption, exc)
+
+    records = session.checkpoints.records()
+    reverse = cfg.mode == "max"
+    ranked = sorted((r for r in records if isinstance(r.metrics.get(cfg.monitor), (int, float))),
+                    key=lambda r: r.metrics[cfg.monitor], reverse=reverse)
+    best = [r.to_json() for r in ranked[: cfg.keep_best_n]]
+    final = {k: v for k, v in (history[-1].items() if history else ()) if k not in ("session", "time")}
+    report = write_report(
+        logs / "report.md",
+        title=f"Training report: {cfg.experiment_name}",
+        config=cfg.to_dict(),
+        environment=environment_table(session),
+        sessions=session.sessions,
+        best_checkpoints=best,
+        final_metrics=final,
+        plots={c: p.name for c, p in made.items()},
+        exports=exports,
+        monitor=cfg.monitor,
+    )
+    summary = logs / "summary.json"
+    atomic_write_json(summary, to_json_safe({
+        **(run_summary or {}),
+        "experiment": cfg.experiment_name,
+        "end_reason": session._end_reason,
+        "episodes_done": session.episode,
+        "total_episodes": cfg.total_episodes,
+        "sessions": session.sessions,
+        "final_metrics": final,
+        "best_checkpoints": best,
+        "exports": exports,
+        "plots": {c: str(p) for c, p in made.items()},
+        "report": str(report),
+    }))
+    return made, report, summary
+
+
+def _resource_rows(session: TrainingSession) -> list[dict[str, Any]]:
+    """This session's monitor samples, flattened to the keys the resource plot reads."""
+    rows = []
+    for snap in list(session.monitor.history):
+        m = snap.metrics()
+        rows.append({"time": snap.time, "ram_percent": m.get("ram_percent"), "cpu_percent": m.get("cpu_percent"),
+                     "gpu_util_percent": m.get("gpu0_utilization_percent"),
+                     "gpu_mem_percent": m.get("gpu0_memory_percent")})
+    return rows

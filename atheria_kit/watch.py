@@ -1,0 +1,281 @@
+"""``atheria monitor RUN_DIR``: show a running or finished run's progress from its run log.
+
+Reads what :mod:`atheria_kit.runlog` writes (any kind of run: walk-forward, progressive training, replay)
+and prints progress, the latest metrics, ETA, memory and how long ago the run last wrote. A run whose
+status is still ``running`` is flagged **stalled** when it has not written for longer than
+``max(5 min, 3 x its typical unit time)``, and **stopped/crashed** when its recorded process is gone.
+Given a directory holding several runs, it lists them. Exit status: 0, 1 when no readable run is found,
+3 when a run is stalled or crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import psutil
+
+from atheria_kit._validation import require_positive
+from atheria_kit.runlog import PROGRESS_FILE, RunLogError, read_jsonl, read_progress
+
+#: A run is stalled after max(STALL_MIN_SECONDS, STALL_UNITS x typical unit time) without an update.
+STALL_MIN_SECONDS = 300.0
+STALL_UNITS = 3.0
+EXIT_OK, EXIT_NO_RUN, EXIT_UNHEALTHY = 0, 1, 3
+_TABLE_ROWS = 10
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a zombie counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@dataclass
+class RunView:
+    """What the monitor knows about one run directory at one instant."""
+
+    path: Path
+    progress: dict[str, Any] | None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    since_update: float | None = None
+    typical_unit_seconds: float | None = None
+    stall_after: float = STALL_MIN_SECONDS
+    state: str = "unknown"  # running | stalled | crashed | finished | stopped | error | unreadable
+    problem: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.state not in ("stalled", "crashed", "unreadable")
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("running", "stalled")
+
+
+def inspect_run(
+    run_dir: Path,
+    *,
+    now: float | None = None,
+    is_alive: Callable[[int], bool] = pid_alive,
+    hostname: str | None = None,
+) -> RunView:
+    """Read one run directory and judge its state (pure apart from reading files and the pid check)."""
+    now = time.time() if now is None else now
+    try:
+        progress = read_progress(run_dir)
+        records = read_jsonl(run_dir / "metrics.jsonl")
+    except RunLogError as exc:
+        return RunView(run_dir, None, state="unreadable", problem=str(exc))
+    if progress is None:
+        return RunView(run_dir, None, state="unreadable", problem=f"no {PROGRESS_FILE} in {run_dir}")
+    view = RunView(run_dir, progress, records)
+    durations = [r["unit_seconds"] for r in records[-20:] if _is_number(r.get("unit_seconds"))]
+    view.typical_unit_seconds = statistics.median(durations) if durations else None
+    view.stall_after = max(STALL_MIN_SECONDS, STALL_UNITS * (view.typical_unit_seconds or 0.0))
+    updated = progress.get("updated_at")
+    view.since_update = max(0.0, now - updated) if _is_number(updated) else None
+    status = progress.get("status", "unknown")
+    view.state = status
+    if status == "running":
+        pid = progress.get("pid")
+        same_host = progress.get("host") in (None, hostname or socket.gethostname())
+        if isinstance(pid, int) and same_host and not is_alive(pid):
+            view.state = "crashed"
+            view.problem = f"STOPPED/CRASHED: process {pid} is gone but the run never recorded its end"
+        elif view.since_update is not None and view.since_update > view.stall_after:
+            view.state = "stalled"
+            view.problem = (
+                f"STALLED: no update for {_duration(view.since_update)} "
+                f"(threshold {_duration(view.stall_after)})"
+            )
+    return view
+
+
+def find_runs(path: Path) -> list[Path]:
+    """``path`` itself when it is a run directory, else the run directories up to two levels below it."""
+    if (path / PROGRESS_FILE).is_file():
+        return [path]
+    found = sorted({p.parent for p in path.glob(f"*/{PROGRESS_FILE}")} | {p.parent for p in path.glob(f"*/*/{PROGRESS_FILE}")})
+    return found
+
+
+# ------------------------------------------------------------------ formatting
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _bytes(n: Any) -> str:
+    if not _is_number(n):
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _progress_text(p: dict[str, Any]) -> str:
+    done, total, unit = p.get("done", 0), p.get("total"), p.get("unit", "unit")
+    if _is_number(total) and total > 0:
+        return f"{done}/{total} {unit}s ({100.0 * done / total:.1f} %)"
+    return f"{done} {unit}s"
+
+
+def format_run(view: RunView, *, table: bool = True) -> str:
+    """A block of lines describing one run."""
+    if view.progress is None:
+        return f"{view.path}: {view.problem}"
+    p = view.progress
+    lines = [f"{view.path}  [{p.get('kind', '?')}] {p.get('run_id', '?')}  status: {view.state}"]
+    if view.problem:
+        lines.append(f"  !! {view.problem}")
+    eta = p.get("eta_seconds")
+    eta_text = f"   ETA {_duration(eta)}" if view.state == "running" and _is_number(eta) else ""
+    lines.append(f"  progress  {_progress_text(p)}{eta_text}")
+    metrics = p.get("metrics") or {}
+    if metrics:
+        lines.append("  metrics   " + "  ".join(f"{k}={_num(v)}" for k, v in metrics.items()))
+    lines.append(f"  memory    {_bytes(p.get('memory_rss_bytes'))} RSS (pid {p.get('pid', '?')})")
+    typical = f", typical {p.get('unit', 'unit')} {_duration(view.typical_unit_seconds)}" if view.typical_unit_seconds else ""
+    lines.append(f"  updated   {_duration(view.since_update)} ago{typical}")
+    if p.get("sessions", 1) != 1:
+        lines.append(f"  sessions  {p.get('sessions')}")
+    if p.get("message"):
+        lines.append(f"  message   {p['message']}")
+    if table and view.records:
+        lines.append(f"  last {min(len(view.records), _TABLE_ROWS)} of {len(view.records)} {p.get('unit', 'unit')}s:")
+        lines.extend("    " + row for row in _table(view.records[-_TABLE_ROWS:]))
+    return "\n".join(lines)
+
+
+def _table(records: list[dict[str, Any]]) -> list[str]:
+    keys: list[str] = ["done"]
+    for r in records:
+        keys.extend(k for k in r if k not in keys and k != "time")
+    cells = [[_num(r.get(k, "")) for k in keys] for r in records]
+    widths = [max(len(k), *(len(row[i]) for row in cells)) for i, k in enumerate(keys)]
+    out = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
+    out += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return out
+
+
+def format_listing(views: Sequence[RunView]) -> str:
+    """One line per run, for a directory holding several."""
+    lines = []
+    for v in views:
+        if v.progress is None:
+            lines.append(f"{v.path.name:<30} unreadable: {v.problem}")
+            continue
+        p = v.progress
+        eta = p.get("eta_seconds")
+        eta_text = f"  ETA {_duration(eta)}" if v.state == "running" and _is_number(eta) else ""
+        flag = f"  !! {v.problem}" if v.problem else ""
+        lines.append(
+            f"{v.path.name:<30} {p.get('kind', '?'):<12} {v.state:<9} {_progress_text(p)}{eta_text}"
+            f"  updated {_duration(v.since_update)} ago{flag}"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ command
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``monitor`` on the ``atheria`` command's sub-parsers."""
+    parser = subparsers.add_parser(
+        "monitor",
+        help="watch a running or finished run",
+        description="Show a run's progress, metrics, ETA and memory from its run directory; flag a stalled run.",
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory, or a folder of runs")
+    parser.add_argument("--refresh", type=float, default=None, metavar="SECONDS",
+                        help="redraw every SECONDS until the run ends (Ctrl-C to stop watching)")
+    parser.add_argument("--summary", action="store_true", help="the overview only, without the recent-units table")
+
+
+def run(
+    args: argparse.Namespace,
+    *,
+    out: TextIO | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    wall_clock: Callable[[], float] = time.time,
+) -> int:
+    """Print the run(s) once, or every ``--refresh`` seconds until no run is active; return the exit status."""
+    out = out if out is not None else sys.stdout
+    refresh = args.refresh
+    if refresh is not None:
+        require_positive("--refresh", refresh)
+    root = Path(args.run_dir)
+    if not root.is_dir():
+        print(f"atheria monitor: {root} is not a directory", file=out)
+        return EXIT_NO_RUN
+    try:
+        while True:
+            runs = find_runs(root)
+            if not runs:
+                print(f"atheria monitor: no run found in {root} (no {PROGRESS_FILE} here or below)", file=out)
+                return EXIT_NO_RUN
+            now = wall_clock()
+            views = [inspect_run(r, now=now) for r in runs]
+            if refresh is not None:
+                print(f"--- {time.strftime('%H:%M:%S', time.localtime(now))}", file=out)
+            if len(views) == 1 and views[0].path == root:
+                print(format_run(views[0], table=not args.summary), file=out)
+            else:
+                print(format_listing(views), file=out)
+            out.flush()
+            if refresh is None or not any(v.active for v in views):
+                break
+            sleep(refresh)
+    except KeyboardInterrupt:
+        print("stopped watching", file=out)
+        return EXIT_OK
+    if any(v.state == "unreadable" for v in views) and all(v.progress is None for v in views):
+        return EXIT_NO_RUN
+    return EXIT_OK if all(v.healthy for v in views) else EXIT_UNHEALTHY
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m atheria_kit.watch RUN_DIR ...`` (the same as ``atheria monitor``)."""
+    parser = argparse.ArgumentParser(prog="atheria monitor", description=__doc__.splitlines()[0])
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ValueError as exc:
+        print(f"atheria monitor: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

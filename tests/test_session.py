@@ -1,0 +1,192 @@
+"""The progressive-training session: stop before the limit, resume in a new session, same result as one run."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from atheria_kit.platform import detect_environment
+from atheria_kit.session import TrainingSession
+from atheria_kit.session_config import SessionConfig
+from atheria_kit.state import SeededGenerators, seed_everything
+
+TOTAL = 12
+EPISODE_SECONDS = 10.0  # simulated duration of one episode on the fake clock
+
+
+class FakeClock:
+    """Monotonic fake: the test moves it forward by each episode's simulated duration."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def local_env(tmp_path):
+    return detect_environment({}, shell=None, kind="local", cwd=tmp_path, nvml=None, torch_module=None)
+
+
+def make_objects(seed: int = 0):
+    seed_everything(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    return model, opt, sched, SeededGenerators(seed)
+
+
+def train_episode(model, opt, gens) -> dict:
+    x = torch.randn(64, 5, generator=gens.torch)
+    y = (x.sum(1, keepdim=True) > 0).float()
+    model.train()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return {"loss": loss.item(), "noise": float(torch.rand(1).item())}  # draws from the global torch RNG too
+
+
+def run_session(cfg: SessionConfig, env, clock: FakeClock, *, fail_at: int | None = None, **kw):
+    session = TrainingSession(cfg, environment=env, clock=clock, stream=io.StringIO(), **kw)
+    model, opt, sched, gens = make_objects()
+    session.restore(model=model, optimizer=opt, scheduler=sched, generators=gens)
+    for ep in session.episodes():
+        metrics = train_episode(model, opt, gens)
+        sched.step()
+        if fail_at is not None and ep == fail_at:
+            metrics["loss"] = float("nan")
+        clock.t += EPISODE_SECONDS
+        session.log(**metrics)
+    result = session.finish(model=model, example_input=torch.randn(3, 5))
+    return session, result, model
+
+
+def config(tmp_path: Path, **kw) -> SessionConfig:
+    base = dict(experiment_name="t", total_episodes=TOTAL, save_every_episodes=2, drive_sync_every=0,
+                live_view="text", root=str(tmp_path / "root"), export_formats=("torchscript",),
+                handle_signals=False, monitor_interval=0.5)
+    base.update(kw)
+    return SessionConfig(**base)
+
+
+def test_seed_names_and_field_names_are_accepted():
+    cfg = SessionConfig.from_params({"EXPERIMENT_NAME": "x1", "TOTAL_EPISODES": 7, "SMOKE": True},
+                                    keep_best_n=3)
+    assert (cfg.experiment_name, cfg.total_episodes, cfg.keep_best_n) == ("x1", 7, 3)
+    assert (cfg.max_training_hours, cfg.save_every_episodes, cfg.drive_sync_every) == (10.0, 10, 50)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [("total_episodes", 0, "total_episodes=0"), ("max_training_hours", -1, "max_training_hours=-1"),
+     ("nan_policy", "ignore", "nan_policy='ignore'"), ("experiment_name", "a/b", "experiment_name='a/b'"),
+     ("export_formats", ("tflite",), "export_formats='tflite'")],
+)
+def test_bad_settings_name_the_field_and_value(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        SessionConfig(**{field: value})
+
+
+def test_unknown_keyword_is_an_error():
+    with pytest.raises(ValueError, match="TOTAL_EPISODE=3 is not a setting"):
+        SessionConfig.from_params(TOTAL_EPISODE=3)
+
+
+def test_yaml_config(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("EXPERIMENT_NAME: fromyaml\nTOTAL_EPISODES: 5\n")
+    assert SessionConfig.from_yaml(p).total_episodes == 5
+    p.write_text("TOTAL_EPISODES: 5\nBOGUS: 1\n")
+    with pytest.raises(ValueError, match="BOGUS"):
+        SessionConfig.from_yaml(p)
+
+
+def test_stops_before_the_limit_then_resumes_to_the_same_result(tmp_path, local_env):
+    # Reference: one uninterrupted session with all the time it needs.
+    ref_s, ref, ref_model = run_session(config(tmp_path / "ref", max_training_seconds=10_000), local_env,
+                                        FakeClock())
+    assert ref.end_reason == "done" and ref.episodes_done == TOTAL
+
+    # Session 1 has time for about half the episodes; it must stop by itself, never overrunning its limit.
+    clock = FakeClock()
+    limit = 70.0
+    s1, r1, _ = run_session(config(tmp_path, max_training_seconds=limit), local_env, clock)
+    assert r1.end_reason == "budget"
+    assert 0 < r1.episodes_done < TOTAL
+    assert s1.budget.elapsed <= limit
+    assert s1.checkpoints.latest().episode == r1.episodes_done  # everything done was saved
+
+    # Session 2: a new "Run all" with fresh objects continues where session 1 stopped.
+    s2, r2, model = run_session(config(tmp_path, max_training_seconds=10_000), local_env, FakeClock())
+    assert s2.start_episode == r1.episodes_done
+    assert r2.end_reason == "done" and r2.episodes_done == TOTAL
+    for a, b in zip(model.state_dict().values(), ref_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # Same metric history, including a metric drawn from the global torch RNG (restored on resume).
+    assert [(h["loss"], h["noise"]) for h in s2.history] == [(h["loss"], h["noise"]) for h in ref_s.history]
+
+    summary = json.loads(r2.summary.read_text())
+    assert [s["end_reason"] for s in summary["sessions"]] == ["budget", "done"]
+    report = r2.report.read_text()
+    assert "2 session(s)" in report and "| budget |" in report and "| done |" in report
+    for caption, path in r2.plots.items():
+        assert path.is_file() and path.stat().st_size > 1000, caption
+    [export] = r2.exports
+    assert export["status"] == "ok" and Path(export["path"]).is_file()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, local_env):
+    s, r, _ = run_session(config(tmp_path, max_training_seconds=10_000), local_env, FakeClock(), fail_at=5)
+    assert r.end_reason == "nan"
+    assert r.episodes_done == 5
+    latest = s.checkpoints.latest()
+    assert latest is not None and latest.episode == 4  # saved every 2 episodes; episode 5 (NaN) never saved
+    assert r.exports == []  # an unfinished run is not exported
+
+
+def test_nan_skip_rolls_back_and_continues(tmp_path, local_env):
+    _, r, model = run_session(config(tmp_path, max_training_seconds=10_000, nan_policy="skip"), local_env,
+                              FakeClock(), fail_at=5)
+    assert r.end_reason == "done" and r.episodes_done == TOTAL
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_new_vm_resumes_from_the_remote_copy(tmp_path, other_fs_dir, local_env):
+    remote = other_fs_dir / "drive"
+    cfg = config(tmp_path, max_training_seconds=70.0, remote=str(remote), drive_sync_every=2)
+    _, r1, _ = run_session(cfg, local_env, FakeClock())
+    assert r1.end_reason == "budget"
+    assert (remote / "checkpoints" / "t" / "manifest.json").is_file()
+    assert (remote / "logs" / "t" / "report.md").is_file()
+
+    shutil.rmtree(tmp_path / "root")  # a fresh VM: the local disk is empty
+    cfg2 = config(tmp_path, max_training_seconds=10_000, remote=str(remote), drive_sync_every=2)
+    s2, r2, _ = run_session(cfg2, local_env, FakeClock())
+    assert s2.start_episode == r1.episodes_done
+    assert r2.end_reason == "done" and len(r2.sessions) == 2
+
+
+def test_first_run_with_nothing_to_resume_starts_at_zero(tmp_path, local_env):
+    session = TrainingSession(config(tmp_path, max_training_seconds=100), environment=local_env,
+                              stream=io.StringIO())
+    model, opt, sched, gens = make_objects()
+    assert session.restore(model=model, optimizer=opt) == 0
+    session.finish()
+
+
+def test_log_is_required_once_per_episode(tmp_path, local_env):
+    session = TrainingSession(config(tmp_path, max_training_seconds=100), environment=local_env,
+                              stream=io.StringIO())
+    model, opt, _, _ = make_objects()
+    session.restore(model=model, optimizer=opt)
+    with pytest.raises(RuntimeError, match="session.log"):
+        for _ in session.episodes():
+            pass
+    session.finish()
