@@ -26,9 +26,10 @@ test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 run: setup
-	$(PY) -m atheria_kit.demo
+	ATHERIA_HEADLESS=1 $(PY) notebooks/run_demo.py --out runs/demo
 
 bench: setup
+	$(PY) -c "import lightning" 2>/dev/null || $(PY) -m pip install --quiet lightning
 	@for f in bench/bench_*.py; do echo "=== $$f"; $(PY) $$f || exit 1; done
 
 clean:

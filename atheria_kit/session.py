@@ -119,9 +119,15 @@ class TrainingSession:
                                  initial_save_seconds=min(60.0, 0.05 * limit))
         self.monitor = ResourceMonitor(interval=max(cfg.monitor_interval, 0.2), budget=self.budget)
         self.sync = _open_sync(cfg, self.environment, remote, self.paths)
-        if self.sync is not None and cfg.auto_resume:
-            # Before the manager reads its folder: on a fresh VM the newest checkpoint may exist only remotely.
-            self.sync.fetch_newest(self.paths.checkpoints)
+        if cfg.auto_resume:
+            # Before the manager reads its folder: on a fresh VM the newest checkpoint may exist only remotely
+            # (Drive, a bucket) or in an earlier Kaggle version's output attached as an input.
+            from atheria_kit.session_sync import fetch_newest, kaggle_input_sources
+
+            sources = ((self.sync.worker.target,) if self.sync is not None else ()) + \
+                kaggle_input_sources(self.environment, cfg.experiment_name)
+            if sources:
+                fetch_newest(self.paths.checkpoints, sources)
         self.checkpoints = CheckpointManager(
             self.paths.checkpoints, monitor=cfg.monitor, mode=cfg.mode, keep_best=cfg.keep_best_n, budget=self.budget
         )

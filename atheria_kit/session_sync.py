@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from atheria_kit.sync import (
     DirectoryTarget,
     FsspecTarget,
+    KaggleInputSource,
     SyncSchedule,
     SyncSource,
     SyncTarget,
@@ -30,6 +31,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINAL_FLUSH_TIMEOUT_S = 600.0
+
+
+def kaggle_input_sources(env: Environment, experiment: str) -> tuple[SyncSource, ...]:
+    """Earlier Kaggle versions' outputs attached as inputs that hold this experiment's checkpoints."""
+    if env.kind != "kaggle":
+        return ()
+    inputs = env.work_dir.parent / "input"
+    if not inputs.is_dir():
+        return ()
+    found = sorted({p for p in inputs.glob(f"*/**/checkpoints/{experiment}") if (p / "manifest.json").is_file()})
+    for p in found:
+        log.info("resume candidate from a Kaggle input: %s", p)
+    return tuple(KaggleInputSource(p) for p in found)
+
+
+def fetch_newest(local_dir: Path, sources: tuple[SyncSource, ...]) -> None:
+    """Bring the newest verified checkpoint among ``local_dir`` and ``sources`` into ``local_dir``."""
+    result = resume_from_best_source(local_dir, sources, fetch="all")
+    if result is not None:
+        log.info("resume source: %s", result)
 
 
 def _target_for(location: str, subdir: str) -> SyncTarget:
@@ -79,9 +100,7 @@ class SessionSync:
 
     def fetch_newest(self, local_dir: Path) -> None:
         """Before resuming: bring the newest valid checkpoint (local or remote) into ``local_dir``."""
-        result = resume_from_best_source(local_dir, self.sources, fetch="all")
-        if result is not None:
-            log.info("resume source: %s", result)
+        fetch_newest(local_dir, self.sources)
 
     def sync_now(self, timeout: float | None = None) -> bool:
         return self.worker.sync_now(timeout)

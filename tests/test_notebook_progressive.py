@@ -17,13 +17,15 @@ spec.loader.exec_module(run_demo_module)
 
 @pytest.mark.notebook
 def test_stop_then_resume_and_finish(tmp_path):
-    summary = run_demo_module.run_demo(tmp_path, first_budget_s=3.0,
-                                       params={"TOTAL_EPISODES": 40, "STEPS_PER_EPISODE": 8})
+    # Enough episodes that even a fast machine cannot finish them within the first session's budget.
+    total = 150
+    summary = run_demo_module.run_demo(tmp_path, first_budget_s=6.0,
+                                       params={"TOTAL_EPISODES": total, "STEPS_PER_EPISODE": 3, "BATCH_SIZE": 64})
     sessions = summary["sessions"]
     assert [s["end_reason"] for s in sessions] == ["budget", "done"]
-    assert 0 < sessions[0]["last_episode"] < 40
+    assert 0 < sessions[0]["last_episode"] < total
     assert sessions[1]["first_episode"] == sessions[0]["last_episode"]
-    assert summary["episodes_done"] == 40
+    assert summary["episodes_done"] == total
 
     report = Path(summary["report"]).read_text()
     assert "2 session(s)" in report

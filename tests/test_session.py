@@ -190,3 +190,19 @@ def test_log_is_required_once_per_episode(tmp_path, local_env):
         for _ in session.episodes():
             pass
     session.finish()
+
+
+def test_kaggle_resumes_from_an_earlier_versions_output(tmp_path):
+    # Kaggle: version 1 wrote /kaggle/working/atheria/...; version 2 has it attached under /kaggle/input/<name>/.
+    v1 = detect_environment({"KAGGLE_KERNEL_RUN_TYPE": "Batch"}, shell=None, root=tmp_path / "v1", nvml=None,
+                            torch_module=None, runtime_started_at=None)
+    assert v1.kind == "kaggle"
+    cfg = dict(max_training_seconds=70.0, root=None)
+    _, r1, _ = run_session(config(tmp_path, **cfg), v1, FakeClock())
+    assert r1.end_reason == "budget"
+    v2_root = tmp_path / "v2"
+    shutil.copytree(tmp_path / "v1" / "kaggle" / "working", v2_root / "kaggle" / "input" / "my-notebook")
+    v2 = detect_environment({"KAGGLE_KERNEL_RUN_TYPE": "Batch"}, shell=None, root=v2_root, nvml=None,
+                            torch_module=None, runtime_started_at=None)
+    s2, r2, _ = run_session(config(tmp_path, max_training_seconds=10_000, root=None), v2, FakeClock())
+    assert s2.start_episode == r1.episodes_done and r2.end_reason == "done"

@@ -1,0 +1,831 @@
+"""Atomic, verified, asynchronous checkpoints with a manifest and pluggable retention.
+
+Why: a notebook session can die at any instant, even in the middle of writing a file. A checkpoint
+is written to a temporary file in its own directory, fsynced and renamed into place; only then is
+it listed in ``manifest.json`` (also replaced atomically) with its size and sha256. Only a listed
+file whose bytes match its hash is ever loaded; a bad file is skipped with a warning naming it and
+the next newest valid checkpoint is used instead.
+
+Asynchronous saves: the training thread only copies the state to CPU memory
+(:func:`snapshot_state`); a single background writer serializes, hashes and writes it. At most one
+write is in flight. A save requested while a write is in flight *coalesces*: its snapshot waits in a
+one-slot queue and replaces any older snapshot still waiting there, so the training thread never
+waits for the disk (unless ``blocking=True``), and memory holds at most two snapshots. A failed
+background write is re-raised by the next ``save``/``wait``/``close`` call, never lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any, NamedTuple, Protocol
+
+import torch
+
+from atheria_kit import _io
+from atheria_kit._validation import require_choice, require_int
+from atheria_kit.retention import CheckpointInfo, RetentionPolicy, default_policy, rank_best
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointLoadError",
+    "CheckpointManager",
+    "CheckpointRecord",
+    "CheckpointWriteError",
+    "DiskStorage",
+    "LoadedCheckpoint",
+    "MANIFEST_NAME",
+    "snapshot_state",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "atheria-checkpoints"
+PAYLOAD_FORMAT = "atheria-checkpoint"
+FORMAT_VERSION = 1
+_FILE_RE = re.compile(r"^ckpt-(\d{10,})\.pt$")
+_CHUNK = 4 * 1024 * 1024
+
+
+def checkpoint_filename(step: int) -> str:
+    return f"ckpt-{step:010d}.pt"
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class CheckpointError(RuntimeError):
+    """Base class of checkpoint failures."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint or the manifest could not be written (disk full, permission denied, ...).
+
+    The checkpoints already on disk and the manifest are left as they were. ``path`` is the file
+    being written, ``errno`` the OS error number (or None), and ``__cause__`` the original error.
+    """
+
+    def __init__(self, path: Path, error: BaseException) -> None:
+        self.path = Path(path)
+        self.errno = getattr(error, "errno", None)
+        reason = os.strerror(self.errno) if self.errno else str(error)
+        super().__init__(
+            f"could not write checkpoint file {self.path}: {reason} ({type(error).__name__}: {error}); "
+            "existing checkpoints and the manifest are unchanged"
+        )
+
+
+class CheckpointLoadError(CheckpointError):
+    """A checkpoint exists and matches its hash but cannot be loaded as asked (e.g. it needs full pickle)."""
+
+
+# -------------------------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One checkpoint as listed in the manifest; ``path`` is where it lies now (not stored)."""
+
+    file: str
+    step: int
+    episode: int | None
+    metrics: dict[str, float]
+    size: int
+    sha256: str
+    time: float
+    versions: dict[str, str]
+    path: Path = field(compare=False)
+
+    def info(self) -> CheckpointInfo:
+        return CheckpointInfo(step=self.step, metrics=self.metrics, time=self.time, episode=self.episode)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["path"]
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], directory: Path) -> CheckpointRecord:
+        name = str(d["file"])
+        if Path(name).name != name or not _FILE_RE.match(name):
+            raise ValueError(f"file={name!r} is not a checkpoint file name")
+        return cls(
+            file=name,
+            step=int(d["step"]),
+            episode=None if d.get("episode") is None else int(d["episode"]),
+            metrics={str(k): float(v) for k, v in dict(d.get("metrics") or {}).items()},
+            size=int(d["size"]),
+            sha256=str(d["sha256"]),
+            time=float(d["time"]),
+            versions={str(k): str(v) for k, v in dict(d.get("versions") or {}).items()},
+            path=Path(directory) / name,
+        )
+
+
+class LoadedCheckpoint(NamedTuple):
+    """A verified checkpoint's record and the state that was saved."""
+
+    record: CheckpointRecord
+    state: Any
+
+
+class SaveBudget(Protocol):
+    def record_save(self, seconds: float) -> None: ...
+
+
+def _versions() -> dict[str, str]:
+    import atheria_kit
+
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses
+    return {"torch": str(torch.__version__), "atheria_kit": str(getattr(atheria_kit, "__version__", "unknown"))}
+
+
+# ------------------------------------------------------------------------------------------- snapshot
+
+
+def snapshot_state(state: Any) -> Any:
+    """Deep copy of nested dict/list/tuple ``state`` with every tensor detached and cloned to CPU.
+
+    This is the training thread's whole cost in an asynchronous save: afterwards the training loop may
+    change its parameters in place while the writer serializes the copy. A tensor reachable twice (tied
+    weights) is copied once, so the copy keeps the sharing; a view is copied compactly.
+    """
+    memo: dict[int, Any] = {}
+
+    def copy_(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            key = id(obj)
+            if key not in memo:
+                t = obj.detach()
+                memo[key] = t.clone() if t.device.type == "cpu" else t.to("cpu")
+            return memo[key]
+        if isinstance(obj, Mapping):
+            items = [(k, copy_(v)) for k, v in obj.items()]
+            try:
+                return type(obj)(items)  # keeps OrderedDict (what state_dict() returns)
+            except TypeError:
+                return dict(items)
+        if isinstance(obj, tuple):
+            items = [copy_(v) for v in obj]
+            return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+        if isinstance(obj, list):
+            return [copy_(v) for v in obj]
+        if obj is None or isinstance(obj, (str, bytes, int, float, bool, complex)):
+            return obj
+        return copy.deepcopy(obj)
+
+    return copy_(state)
+
+
+# -------------------------------------------------------------------------------------------- storage
+
+
+class WriteResult(NamedTuple):
+    size: int
+    sha256: str
+
+
+class DiskStorage:
+    """File operations of a checkpoint directory; subclass it to change how bytes reach the disk.
+
+    ``write`` is atomic (temporary ``.tmp-`` file in the same directory, fsync, ``os.replace``, fsync of
+    the directory, via :func:`atheria_kit._io.atomic_open`) and hashes while writing. Each chunk goes
+    through :meth:`write_chunk`, the one hook to override for throttled or instrumented writes (the kill
+    tests slow it down on purpose). Deleting truncates first (:func:`atheria_kit._io.truncate_and_remove`).
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def write_chunk(self, name: str, fh: IO[bytes], chunk: bytes | memoryview) -> None:
+        """Write one chunk (at most 4 MiB) of file ``name`` to its open temporary file ``fh``.
+
+        The hook to override to slow down, fail or observe writes; it runs in the writer thread.
+        """
+        fh.write(chunk)
+
+    def write(self, name: str, chunks: Iterable[bytes | memoryview]) -> WriteResult:
+        """Atomically write the concatenated ``chunks`` to ``name``; return its size and sha256."""
+        h = hashlib.sha256()
+        size = 0
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with _io.atomic_open(self.path(name), "wb") as fh:
+            for chunk in chunks:
+                self.write_chunk(name, fh, chunk)
+                h.update(chunk)
+                size += len(chunk)
+        return WriteResult(size, h.hexdigest())
+
+    def read(self, name: str) -> bytes:
+        return self.path(name).read_bytes()
+
+    def size(self, name: str) -> int:
+        return self.path(name).stat().st_size
+
+    def sha256(self, name: str) -> str:
+        return _io.sha256_file(self.path(name))
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def remove(self, name: str) -> None:
+        _io.truncate_and_remove(self.path(name))
+
+    def list(self) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.name for p in self.directory.iterdir() if p.is_file())
+
+    def cleanup_temp(self) -> list[Path]:
+        return _io.remove_stale_temp_files(self.directory)
+
+
+def _chunks(buf: memoryview, size: int = _CHUNK) -> Iterator[memoryview]:
+    for i in range(0, len(buf), size):
+        yield buf[i : i + size]
+
+
+# -------------------------------------------------------------------------------------------- manager
+
+
+@dataclass
+class _Job:
+    state: Any
+    step: int
+    episode: int | None
+    metrics: dict[str, float]
+    snapshot_seconds: float
+
+
+class CheckpointManager:
+    """Saves, verifies, ranks and loads checkpoints in one directory.
+
+    ``save`` snapshots ``state`` to CPU memory and (by default) writes it in a background thread;
+    ``latest()``/``best()``/``load()`` verify size and sha256 and fall back past bad files; retention
+    (``policy``, default: the best ``keep_best`` by ``monitor`` or the latest one) deletes the rest,
+    truncating each file first. The newest checkpoint is never deleted, whatever the policy says.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        policy: RetentionPolicy | None = None,
+        monitor: str = "loss",
+        mode: str = "min",
+        keep_best: int = 5,
+        async_save: bool = True,
+        budget: SaveBudget | None = None,
+        allow_pickle: bool = False,
+        *,
+        storage: DiskStorage | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"monitor={monitor!r} is invalid; expected a non-empty metric name")
+        self.monitor = monitor
+        self.mode = require_choice("mode", mode, ("min", "max"))
+        self.keep_best = require_int("keep_best", keep_best, minimum=1)
+        if policy is not None and not isinstance(policy, RetentionPolicy):
+            raise ValueError(f"policy={policy!r} is invalid; expected a RetentionPolicy or None")
+        self.policy: RetentionPolicy = policy or default_policy(monitor, mode, keep_best)
+        if budget is not None and not callable(getattr(budget, "record_save", None)):
+            raise ValueError(f"budget={budget!r} is invalid; expected an object with record_save(seconds)")
+        self.budget = budget
+        self.async_save = bool(async_save)
+        self.allow_pickle = bool(allow_pickle)
+        self.directory = Path(directory)
+        self.storage = storage if storage is not None else DiskStorage(self.directory)
+        self._clock = clock
+        self._wall_clock = wall_clock
+
+        self._subscribers: list[Callable[[CheckpointRecord, Path], None]] = []
+        self._records: list[CheckpointRecord] = []
+        self._bad: dict[str, str] = {}  # file -> why it failed verification (this process)
+        self._commit_lock = threading.RLock()  # one commit (file + manifest + retention) at a time
+        self._cond = threading.Condition()
+        self._pending: _Job | None = None
+        self._in_flight = False
+        self._error: BaseException | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        #: How many snapshots were replaced by a newer one before being written (coalesced saves).
+        self.coalesced = 0
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for p in self.storage.cleanup_temp():
+            logger.info("removed leftover temporary file %s from an interrupted write", p)
+        self._open_manifest()
+
+    # ------------------------------------------------------------------------------------ manifest
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST_NAME
+
+    def _manifest_obj(self, records: Iterable[CheckpointRecord]) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "version": FORMAT_VERSION,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "checkpoints": [r.to_json() for r in sorted(records, key=lambda r: r.step)],
+        }
+
+    def _write_manifest(self, records: list[CheckpointRecord]) -> None:
+        data = (json.dumps(self._manifest_obj(records), indent=2, sort_keys=True) + "\n").encode("utf-8")
+        try:
+            self.storage.write(MANIFEST_NAME, [data])
+        except OSError as e:
+            raise CheckpointWriteError(self.manifest_path, e) from e
+
+    def _read_manifest(self) -> list[CheckpointRecord]:
+        obj = json.loads(self.storage.read(MANIFEST_NAME).decode("utf-8"))
+        if not isinstance(obj, dict) or obj.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"format={obj.get('format') if isinstance(obj, dict) else obj!r}")
+        if obj.get("version") != FORMAT_VERSION:
+            raise ValueError(f"version={obj.get('version')!r}; this kit reads version {FORMAT_VERSION}")
+        if obj.get("monitor") not in (None, self.monitor) or obj.get("mode") not in (None, self.mode):
+            logger.warning(
+                "%s ranks by %s/%s; this manager ranks by %s/%s (rankings are recomputed from the stored metrics)",
+                self.manifest_path, obj.get("monitor"), obj.get("mode"), self.monitor, self.mode,
+            )
+        return [CheckpointRecord.from_json(d, self.directory) for d in obj["checkpoints"]]
+
+    def _open_manifest(self) -> None:
+        names = self.storage.list()
+        files = [n for n in names if _FILE_RE.match(n)]
+        if MANIFEST_NAME not in names:
+            records: list[CheckpointRecord] = []
+            if files:
+                logger.warning("%s is missing; rebuilding it from the checkpoint files", self.manifest_path)
+        else:
+            try:
+                records = self._read_manifest()
+            except Exception as e:  # unreadable, not JSON, wrong format: rebuild rather than lose checkpoints
+                logger.warning("%s is unreadable (%s); rebuilding it from the checkpoint files", self.manifest_path, e)
+                records = []
+        self._records = sorted(records, key=lambda r: r.step)
+        listed = {r.file for r in self._records}
+        adopted = [rec for n in files if n not in listed and (rec := self._adopt(n)) is not None]
+        if adopted:
+            with self._commit_lock:
+                self._records = sorted(self._records + adopted, key=lambda r: r.step)
+                self._apply_retention()
+
+    def _adopt(self, name: str) -> CheckpointRecord | None:
+        """Rebuild the record of an unlisted file that deserializes completely under weights_only=True.
+
+        A file's own hash cannot live inside it, so an unlisted file is trusted only when torch can read
+        all of it back and it carries our payload header (step, metrics, ...). Files appear unlisted when
+        the manifest was lost, or when a session died between renaming the file and updating the manifest.
+        """
+        path = self.storage.path(name)
+        try:
+            data = self.storage.read(name)
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            if not isinstance(payload, dict) or payload.get("format") != PAYLOAD_FORMAT:
+                raise ValueError("not an atheria checkpoint payload")
+            rec = CheckpointRecord(
+                file=name,
+                step=int(payload["step"]),
+                episode=None if payload.get("episode") is None else int(payload["episode"]),
+                metrics={str(k): float(v) for k, v in dict(payload.get("metrics") or {}).items()},
+                size=len(data),
+                sha256=_io.sha256_bytes(data),
+                time=float(payload.get("time", 0.0)),
+                versions={str(k): str(v) for k, v in dict(payload.get("versions") or {}).items()},
+                path=path,
+            )
+        except Exception as e:
+            logger.warning("ignoring %s: not listed in the manifest and not a readable checkpoint (%s)", path, e)
+            return None
+        if checkpoint_filename(rec.step) != name:
+            logger.warning("ignoring %s: its payload says step %d", path, rec.step)
+            return None
+        logger.warning("adopting %s (step %d) into the manifest: not listed, but it deserializes completely", path, rec.step)
+        return rec
+
+    # ------------------------------------------------------------------------------------ queries
+
+    def records(self) -> list[CheckpointRecord]:
+        """The checkpoints listed in the manifest, oldest (lowest step) first; not verified."""
+        with self._commit_lock:
+            return list(self._records)
+
+    def verify(self, record: CheckpointRecord) -> str | None:
+        """None when ``record``'s file exists with the listed size and sha256, else the reason it is bad."""
+        try:
+            size = self.storage.size(record.file)
+            if size != record.size:
+                return f"size {size} bytes, manifest says {record.size} (truncated or overwritten)"
+            digest = self.storage.sha256(record.file)
+            if digest != record.sha256:
+                return "sha256 mismatch (corrupted)"
+        except FileNotFoundError:
+            return "file is missing"
+        except OSError as e:
+            return f"unreadable ({e})"
+        return None
+
+    def _mark_bad(self, record: CheckpointRecord, reason: str) -> None:
+        self._bad[record.file] = reason
+        logger.warning("checkpoint %s (step %d) is invalid: %s; falling back", record.path, record.step, reason)
+
+    def _first_valid(self, candidates: Iterable[CheckpointRecord]) -> CheckpointRecord | None:
+        for rec in candidates:
+            reason = self.verify(rec)
+            if reason is None:
+                return rec
+            self._mark_bad(rec, reason)
+        return None
+
+    def _newest_first(self) -> list[CheckpointRecord]:
+        return sorted(self.records(), key=lambda r: r.step, reverse=True)
+
+    def _best_first(self) -> list[CheckpointRecord]:
+        recs = self.records()
+        by_step = {r.step: r for r in recs}
+        return [by_step[i.step] for i in rank_best([r.info() for r in recs], self.monitor, self.mode)]
+
+    def latest(self) -> CheckpointRecord | None:
+        """The newest checkpoint whose bytes verify, or None."""
+        return self._first_valid(self._newest_first())
+
+    def best(self) -> CheckpointRecord | None:
+        """The verified checkpoint with the best finite ``monitor`` value (NaN/inf never best), or None."""
+        return self._first_valid(self._best_first())
+
+    # --------------------------------------------------------------------------------------- load
+
+    def load(
+        self,
+        which: str | CheckpointRecord | os.PathLike = "latest",
+        map_location: Any = "cpu",
+        weights_only: bool = True,
+        allow_pickle: bool | None = None,
+    ) -> LoadedCheckpoint | None:
+        """Load a verified checkpoint: ``"latest"``, ``"best"``, a record, or a file path.
+
+        With "latest"/"best" a bad file is skipped with a warning and the next candidate is tried;
+        None means nothing valid exists (a first run). Loading uses ``torch.load(weights_only=True)``;
+        full pickle (which can run arbitrary code) needs ``allow_pickle=True`` here or in the constructor.
+        """
+        allowed = self.allow_pickle if allow_pickle is None else bool(allow_pickle)
+        if not weights_only and not allowed:
+            raise ValueError(
+                "weights_only=False is refused: full pickle can run arbitrary code; "
+                "pass allow_pickle=True (here or to CheckpointManager) for files you trust"
+            )
+        # allowed: try weights_only=True first, full pickle only if needed; weights_only=False: pickle.
+        use_pickle = ("force" if not weights_only else "fallback") if allowed else "never"
+        self.raise_pending_error()
+        if isinstance(which, str) and which in ("latest", "best"):
+            candidates = self._newest_first() if which == "latest" else self._best_first()
+            for rec in candidates:
+                loaded = self._load_record(rec, map_location, use_pickle, fallback=True)
+                if loaded is not None:
+                    return loaded
+            return None
+        if isinstance(which, CheckpointRecord):
+            return self._load_record(which, map_location, use_pickle, fallback=False)
+        if isinstance(which, (str, os.PathLike)):
+            return self._load_path(Path(which), map_location, use_pickle)
+        raise ValueError(f"which={which!r} is invalid; expected 'latest', 'best', a CheckpointRecord or a path")
+
+    def _torch_load(self, data: bytes, path: Path, map_location: Any, use_pickle: str) -> Any:
+        if use_pickle != "force":
+            try:
+                return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as e:
+                if use_pickle == "never":
+                    raise CheckpointLoadError(
+                        f"{path} holds objects that torch.load(weights_only=True) refuses to unpickle; it was NOT "
+                        f"loaded. If you trust the file, load it with allow_pickle=True ({_last_line(e)})"
+                    ) from e
+        logger.warning("loading %s with full pickle (weights_only=False): this can run arbitrary code", path)
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+
+    def _load_record(
+        self, rec: CheckpointRecord, map_location: Any, use_pickle: str, *, fallback: bool
+    ) -> LoadedCheckpoint | None:
+        # Read once, hash those bytes and deserialize the same bytes: what is verified is what is loaded.
+        try:
+            data = self.storage.read(rec.file)
+        except FileNotFoundError:
+            reason = "file is missing"
+        except OSError as e:
+            reason = f"unreadable ({e})"
+        else:
+            if len(data) != rec.size:
+                reason = f"size {len(data)} bytes, manifest says {rec.size} (truncated or overwritten)"
+            elif _io.sha256_bytes(data) != rec.sha256:
+                reason = "sha256 mismatch (corrupted)"
+            else:
+                try:
+                    payload = self._torch_load(data, rec.path, map_location, use_pickle)
+                except CheckpointLoadError:
+                    raise  # a verified file that needs pickle: falling back would silently lose progress
+                except Exception as e:
+                    reason = f"cannot be deserialized ({type(e).__name__}: {e})"
+                else:
+                    return LoadedCheckpoint(rec, _unwrap(payload))
+        if not fallback:
+            raise CheckpointLoadError(f"checkpoint {rec.path} (step {rec.step}) is invalid: {reason}")
+        self._mark_bad(rec, reason)
+        return None
+
+    def _load_path(self, path: Path, map_location: Any, use_pickle: str) -> LoadedCheckpoint:
+        listed = next((r for r in self.records() if r.path.resolve() == path.resolve()), None)
+        if listed is not None:
+            loaded = self._load_record(listed, map_location, use_pickle, fallback=False)
+            assert loaded is not None
+            return loaded
+        logger.warning("loading %s, which no manifest here lists: its hash cannot be verified", path)
+        data = path.read_bytes()
+        payload = self._torch_load(data, path, map_location, use_pickle)
+        meta = payload if isinstance(payload, dict) and payload.get("format") == PAYLOAD_FORMAT else {}
+        rec = CheckpointRecord(
+            file=path.name,
+            step=int(meta.get("step", -1)),
+            episode=meta.get("episode"),
+            metrics=dict(meta.get("metrics") or {}),
+            size=len(data),
+            sha256=_io.sha256_bytes(data),
+            time=float(meta.get("time", path.stat().st_mtime)),
+            versions=dict(meta.get("versions") or {}),
+            path=path,
+        )
+        return LoadedCheckpoint(rec, _unwrap(payload))
+
+    # --------------------------------------------------------------------------------------- save
+
+    def subscribe(self, callback: Callable[[CheckpointRecord, Path], None]) -> None:
+        """Call ``callback(record, manifest_path)`` after each commit (from the thread that wrote it)."""
+        if not callable(callback):
+            raise ValueError(f"callback={callback!r} is invalid; expected a callable")
+        self._subscribers.append(callback)
+
+    def save(
+        self,
+        state: Mapping[str, Any],
+        step: int,
+        *,
+        episode: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+        blocking: bool = False,
+    ) -> None:
+        """Checkpoint ``state`` as step ``step``.
+
+        Asynchronous by default: returns once ``state`` is copied to CPU memory. If a write is in flight,
+        this snapshot waits in a one-slot queue, replacing (coalescing) any older snapshot waiting there.
+        ``blocking=True`` (or ``async_save=False``) writes in the calling thread and returns after the file
+        and manifest are durable: use it for the emergency save before a session ends; it drops a still
+        waiting older snapshot and waits for an in-flight write to finish first.
+        Raises the error of a failed earlier background write, if any (this save is then not made).
+        """
+        if not isinstance(state, Mapping):
+            raise ValueError(f"state={type(state).__name__} is invalid; expected a mapping (e.g. a dict)")
+        require_int("step", step, minimum=0)
+        if episode is not None:
+            require_int("episode", episode, minimum=0)
+        clean_metrics = _check_metrics(metrics)
+        if self._closing:
+            raise CheckpointError("save() after close()")
+        self.raise_pending_error()
+
+        t0 = self._clock()
+        snap = snapshot_state(state)
+        job = _Job(snap, step, episode, clean_metrics, self._clock() - t0)
+        if blocking or not self.async_save:
+            with self._cond:
+                if self._pending is not None:
+                    self._pending = None
+                    self.coalesced += 1
+                    self._cond.notify_all()
+            self._commit(job)  # the commit lock waits for an in-flight background write
+            return
+        with self._cond:
+            if self._pending is not None:
+                logger.debug("coalescing: snapshot of step %d replaces step %d", step, self._pending.step)
+                self.coalesced += 1
+            self._pending = job
+            self._ensure_writer()
+            self._cond.notify_all()
+
+    def _ensure_writer(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._writer_loop, name="atheria-checkpoint-writer", daemon=True)
+            self._thread.start()
+
+    def _writer_loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closing:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                job, self._pending = self._pending, None
+                self._in_flight = True
+            try:
+                self._commit(job)
+            except BaseException as e:  # kept for the next call: a failed write is never lost
+                logger.error("background checkpoint write of step %d failed: %s", job.step, e)
+                with self._cond:
+                    if self._error is None:
+                        self._error = e
+            finally:
+                del job
+                with self._cond:
+                    self._in_flight = False
+                    self._cond.notify_all()
+
+    def _commit(self, job: _Job) -> CheckpointRecord:
+        with self._commit_lock:
+            t0 = self._clock()
+            name = checkpoint_filename(job.step)
+            now = float(self._wall_clock())
+            versions = _versions()
+            payload = {
+                "format": PAYLOAD_FORMAT,
+                "version": FORMAT_VERSION,
+                "step": job.step,
+                "episode": job.episode,
+                "metrics": job.metrics,
+                "time": now,
+                "versions": versions,
+                "state": job.state,
+            }
+            buf = io.BytesIO()
+            torch.save(payload, buf)
+            del payload
+            view = buf.getbuffer()
+            try:
+                size, digest = self.storage.write(name, _chunks(view))
+            except OSError as e:
+                raise CheckpointWriteError(self.storage.path(name), e) from e
+            del view, buf  # no close(): a chunk may still be referenced by the failed write's traceback
+            rec = CheckpointRecord(name, job.step, job.episode, job.metrics, size, digest, now, versions,
+                                   self.storage.path(name))
+            previous = list(self._records)
+            self._records = sorted([r for r in self._records if r.step != job.step] + [rec], key=lambda r: r.step)
+            self._bad.pop(name, None)
+            try:
+                self._apply_retention()
+            except BaseException:
+                self._records = previous  # the manifest on disk still says `previous`
+                raise
+            seconds = job.snapshot_seconds + (self._clock() - t0)
+            logger.info("checkpoint %s saved (%d bytes, %.3f s)", rec.path, size, seconds)
+        if self.budget is not None:
+            self.budget.record_save(seconds)
+        for cb in list(self._subscribers):
+            try:
+                cb(rec, self.manifest_path)
+            except Exception:
+                logger.exception("checkpoint subscriber %r failed", cb)
+        return rec
+
+    def _apply_retention(self) -> None:
+        """Write the manifest listing what the policy keeps, then delete the rest (truncated first).
+
+        The manifest is written before any deletion, so it never lists a deleted file. Files found bad
+        in this process are not offered to the policy (a corrupt "best" must not hold a slot).
+        """
+        good = [r for r in self._records if r.file not in self._bad]
+        keep = self.policy.keep([r.info() for r in good])
+        if self._records:
+            keep.add(self._records[-1].step)  # never delete the newest checkpoint
+        kept = [r for r in self._records if r.step in keep and r.file not in self._bad]
+        if self._records and self._records[-1] not in kept:
+            kept.append(self._records[-1])
+        dropped = [r for r in self._records if r not in kept]
+        self._write_manifest(kept)
+        self._records = kept
+        for r in dropped:
+            try:
+                self.storage.remove(r.file)
+                self._bad.pop(r.file, None)
+                logger.debug("retention removed %s", r.path)
+            except OSError as e:
+                logger.warning("could not remove old checkpoint %s: %s", r.path, e)
+
+    # ------------------------------------------------------------------------------ flush, errors
+
+    def raise_pending_error(self) -> None:
+        """Raise (once) the error of a failed background write, if there is one."""
+        with self._cond:
+            err, self._error = self._error, None
+        if err is not None:
+            raise err
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no save is waiting or being written; True if flushed, False on timeout.
+
+        Raises the error of a failed background write, if any.
+        """
+        with self._cond:
+            flushed = self._cond.wait_for(lambda: self._pending is None and not self._in_flight, timeout)
+        self.raise_pending_error()
+        return bool(flushed)
+
+    def close(self) -> None:
+        """Flush pending saves, stop the writer thread and raise a failed write's error, if any."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending is None and not self._in_flight)
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self.raise_pending_error()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            with contextlib.suppress(Exception):
+                self.close()
+
+    # -------------------------------------------------------------------------------- state_dict
+
+    def state_dict(self) -> dict[str, Any]:
+        """Settings and records as plain types (loadable with ``torch.load(weights_only=True)``)."""
+        return {
+            "version": FORMAT_VERSION,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "keep_best": self.keep_best,
+            "coalesced": self.coalesced,
+            "records": [r.to_json() for r in self.records()],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Merge the records of ``state`` whose files are here and verify into the manifest.
+
+        The manifest stays the source of truth; this recovers rankings from a state saved elsewhere
+        (e.g. inside a training checkpoint) when a manifest was lost.
+        """
+        if not isinstance(state, Mapping) or state.get("version") != FORMAT_VERSION:
+            raise ValueError(f"state version={getattr(state, 'get', lambda _k: None)('version')!r} is invalid; "
+                             f"expected a CheckpointManager.state_dict() of version {FORMAT_VERSION}")
+        for key, mine in (("monitor", self.monitor), ("mode", self.mode)):
+            if state.get(key) != mine:
+                raise ValueError(f"{key}={state.get(key)!r} in the state does not match this manager's {mine!r}")
+        self.coalesced = int(state.get("coalesced", 0))
+        with self._commit_lock:
+            known = {r.file for r in self._records}
+            added = []
+            for d in state.get("records", []):
+                rec = CheckpointRecord.from_json(d, self.directory)
+                if rec.file not in known and self.verify(rec) is None:
+                    added.append(rec)
+            if added:
+                self._records = sorted(self._records + added, key=lambda r: r.step)
+                self._apply_retention()
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and "WeightsUnpickler" in ln]
+    return lines[-1] if lines else str(e).splitlines()[0][:200]
+
+
+def _unwrap(payload: Any) -> Any:
+    if isinstance(payload, dict) and payload.get("format") == PAYLOAD_FORMAT:
+        return payload["state"]
+    return payload
+
+
+def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"metrics={metrics!r} is invalid; expected a mapping of name -> number")
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if not isinstance(k, str):
+            raise ValueError(f"metrics key {k!r} is invalid; expected a string")
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"metrics[{k!r}]={v!r} is invalid; expected a number (NaN/inf allowed)") from None
+    return out
+

@@ -1,0 +1,183 @@
+"""Rule strategies: pure, vectorized, causal functions from bars to (signal, confidence).
+
+A strategy is a frozen dataclass whose fields are its parameters, with a ``name`` and a ``compute(bars)`` method
+returning a :class:`SignalFrame`: ``signal`` in {-1, 0, +1} (the position wanted from the next bar's open) and
+``confidence`` in [0, 1] (0 wherever ``signal`` is 0). Both use only bars up to ``t``; before the indicators are
+defined the signal is 0.
+
+Add a strategy::
+
+    @register_strategy
+    @dataclass(frozen=True)
+    class MyStrategy:
+        name: ClassVar[str] = "my_strategy"
+        lookback: int = 20
+        def compute(self, bars: pd.DataFrame) -> SignalFrame: ...
+
+and it can be built with ``make_strategy("my_strategy", lookback=30)`` and given to ``DynamicEnsemble``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from atheria_kit._validation import require_int, require_positive
+from atheria_kit.ensemble import indicators as ind
+
+
+@dataclass(frozen=True)
+class SignalFrame:
+    """One strategy's output over a bar series: integer signal in {-1, 0, 1} and confidence in [0, 1]."""
+
+    signal: pd.Series
+    confidence: pd.Series
+
+    @classmethod
+    def from_arrays(cls, index: pd.Index, signal: np.ndarray, confidence: np.ndarray, name: str) -> SignalFrame:
+        """Normalize raw arrays: NaN -> no signal, confidence clipped to [0, 1] and zeroed where flat."""
+        sig = np.nan_to_num(np.sign(signal), nan=0.0).astype(np.int8)
+        conf = np.clip(np.nan_to_num(confidence, nan=0.0), 0.0, 1.0)
+        conf = np.where(sig == 0, 0.0, conf)
+        return cls(pd.Series(sig, index=index, name=name), pd.Series(conf, index=index, name=name))
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """What the ensemble needs from a strategy: a unique ``name`` and a causal ``compute(bars)``."""
+
+    name: ClassVar[str]
+
+    def compute(self, bars: pd.DataFrame) -> SignalFrame: ...
+
+
+#: name -> strategy class; filled by :func:`register_strategy`.
+STRATEGIES: dict[str, type] = {}
+
+
+def register_strategy(cls: type) -> type:
+    """Class decorator adding a strategy class to :data:`STRATEGIES` under its ``name``."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"strategy class {cls.__name__} has name={name!r}; expected a non-empty string")
+    if name in STRATEGIES and STRATEGIES[name] is not cls:
+        raise ValueError(f"strategy name={name!r} is already registered by {STRATEGIES[name].__name__}")
+    STRATEGIES[name] = cls
+    return cls
+
+
+def make_strategy(name: str, **params: Any) -> Strategy:
+    """Build a registered strategy by name with keyword parameters (unknown names raise ``ValueError``)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy={name!r} is invalid; expected one of {', '.join(map(repr, STRATEGIES))}")
+    return STRATEGIES[name](**params)
+
+
+@register_strategy
+@dataclass(frozen=True)
+class ATRBreakout:
+    """Volatility-channel breakout: long above ``SMA(close, lookback) + k ATR``, short below ``SMA - k ATR``.
+
+    Confidence grows with how far beyond the band the close is, in ATRs (1 ATR beyond = full confidence).
+    """
+
+    name: ClassVar[str] = "atr_breakout"
+    lookback: int = 20
+    atr_period: int = 14
+    k: float = 1.0
+
+    def __post_init__(self) -> None:
+        require_int("ATRBreakout.lookback", self.lookback, minimum=2)
+        require_int("ATRBreakout.atr_period", self.atr_period, minimum=1)
+        require_positive("ATRBreakout.k", self.k, allow_zero=True)
+
+    def compute(self, bars: pd.DataFrame) -> SignalFrame:
+        ind.require_bars(bars)
+        close = bars["close"].astype(np.float64)
+        mid = close.rolling(self.lookback, min_periods=self.lookback).mean().to_numpy()
+        a = ind.atr(bars, self.atr_period).to_numpy()
+        c = close.to_numpy()
+        upper, lower = mid + self.k * a, mid - self.k * a
+        sig = np.where(c > upper, 1.0, np.where(c < lower, -1.0, 0.0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            excess = np.where(sig > 0, c - upper, lower - c) / a
+        return SignalFrame.from_arrays(bars.index, sig, excess, self.name)
+
+
+@register_strategy
+@dataclass(frozen=True)
+class RSIMeanReversion:
+    """Mean reversion on RSI: long when RSI < ``oversold``, short when RSI > ``overbought``.
+
+    Confidence is the distance past the threshold relative to the threshold's distance from the bound (0 or 100).
+    """
+
+    name: ClassVar[str] = "rsi_reversion"
+    period: int = 14
+    oversold: float = 30.0
+    overbought: float = 70.0
+
+    def __post_init__(self) -> None:
+        require_int("RSIMeanReversion.period", self.period, minimum=2)
+        if not (0 < self.oversold < self.overbought < 100):
+            raise ValueError(
+                f"RSIMeanReversion.oversold={self.oversold!r}, overbought={self.overbought!r} are invalid; "
+                "expected 0 < oversold < overbought < 100"
+            )
+
+    def compute(self, bars: pd.DataFrame) -> SignalFrame:
+        r = ind.rsi(bars, self.period).to_numpy()
+        sig = np.where(r < self.oversold, 1.0, np.where(r > self.overbought, -1.0, 0.0))
+        conf = np.where(sig > 0, (self.oversold - r) / self.oversold, (r - self.overbought) / (100 - self.overbought))
+        return SignalFrame.from_arrays(bars.index, sig, conf, self.name)
+
+
+@register_strategy
+@dataclass(frozen=True)
+class MACDMomentum:
+    """Momentum on the MACD histogram: long while MACD is above its signal line, short while below.
+
+    Confidence is ``|hist| / (scale * ATR)`` capped at 1, so it is comparable across price levels.
+    """
+
+    name: ClassVar[str] = "macd_momentum"
+    fast: int = 12
+    slow: int = 26
+    signal: int = 9
+    atr_period: int = 14
+    scale: float = 0.5
+
+    def __post_init__(self) -> None:
+        require_int("MACDMomentum.fast", self.fast, minimum=2)
+        require_int("MACDMomentum.slow", self.slow, minimum=self.fast + 1)
+        require_int("MACDMomentum.signal", self.signal, minimum=1)
+        require_int("MACDMomentum.atr_period", self.atr_period, minimum=1)
+        require_positive("MACDMomentum.scale", self.scale)
+
+    def compute(self, bars: pd.DataFrame) -> SignalFrame:
+        ind.require_bars(bars)
+        hist = ind.macd(bars, self.fast, self.slow, self.signal)["hist"].to_numpy()
+        a = ind.atr(bars, self.atr_period).to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            conf = np.abs(hist) / (self.scale * a)
+        return SignalFrame.from_arrays(bars.index, np.sign(hist), conf, self.name)
+
+
+def default_strategies() -> list[Strategy]:
+    """The seed's three strategies with default parameters."""
+    return [ATRBreakout(), RSIMeanReversion(), MACDMomentum()]
+
+
+def compute_signals(bars: pd.DataFrame, strategies: Sequence[Strategy]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every strategy on ``bars``; return (signals, confidences) frames with one column per strategy name."""
+    names = [s.name for s in strategies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"strategies={names!r} is invalid; expected unique strategy names")
+    outs = {s.name: s.compute(bars) for s in strategies}
+    sig = pd.DataFrame({k: v.signal for k, v in outs.items()}, index=bars.index)
+    conf = pd.DataFrame({k: v.confidence for k, v in outs.items()}, index=bars.index)
+    return sig, conf

@@ -1,0 +1,435 @@
+"""OHLCV bars: load, validate, select, resample and generate (synthetic) candles for both domains.
+
+The normalized frame used everywhere in the kit has a tz-aware UTC ``DatetimeIndex`` named ``timestamp``
+(the bar's open time) and float64 columns ``open, high, low, close, volume``. Files come either in that
+format (``timestamp,open,high,low,close,volume`` with ISO-8601 UTC times, CSV or Parquet, optionally gzip'd)
+or as Binance's raw kline files (12 columns, no header, open time in milliseconds, or microseconds in the
+2025+ spot dumps).
+
+Bad data is an :class:`OHLCVError` (a ``ValueError``) naming the row, the column and the value, raised at the
+boundary. Missing bars (gaps) are counted and reported by :func:`count_gaps`, never silently filled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from atheria_kit._validation import require_int
+
+logger = logging.getLogger(__name__)
+
+#: Value columns of the normalized frame, in order.
+COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+#: Symbols shipped in ``atheria_kit/data`` (1-hour bars).
+SAMPLE_SYMBOLS: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+
+_BINANCE_COLUMNS = (
+    "open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
+    "trades", "taker_buy_base", "taker_buy_quote", "ignore",
+)
+_TF_RE = re.compile(r"^(\d+)(m|min|h|d|w)$")
+_TF_UNITS = {"m": "min", "min": "min", "h": "h", "d": "D", "w": "W"}
+
+
+class OHLCVError(ValueError):
+    """Invalid OHLCV data or arguments; the message names the row/field, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class GapReport:
+    """Missing bars on the ``interval`` grid: total count, and each gap as (last bar before, first bar after, missing)."""
+
+    interval: pd.Timedelta
+    missing_bars: int
+    gaps: tuple[tuple[pd.Timestamp, pd.Timestamp, int], ...] = field(default_factory=tuple)
+    off_grid_steps: int = 0
+
+    def __str__(self) -> str:
+        if not self.missing_bars and not self.off_grid_steps:
+            return f"no gaps on the {self.interval} grid"
+        shown = "; ".join(f"{a.isoformat()} -> {b.isoformat()} ({n} missing)" for a, b, n in self.gaps[:5])
+        more = f" (+{len(self.gaps) - 5} more)" if len(self.gaps) > 5 else ""
+        off = f"; {self.off_grid_steps} steps off the grid" if self.off_grid_steps else ""
+        return f"{self.missing_bars} missing bars in {len(self.gaps)} gaps: {shown}{more}{off}"
+
+
+def timeframe_to_timedelta(timeframe: str) -> pd.Timedelta:
+    """``"1m"``, ``"15m"``, ``"1h"``, ``"4h"``, ``"1d"``, ``"1w"`` -> ``pd.Timedelta``."""
+    m = _TF_RE.match(str(timeframe).strip().lower()) if isinstance(timeframe, str) else None
+    if not m or int(m.group(1)) <= 0:
+        raise OHLCVError(
+            f"timeframe={timeframe!r} is invalid; expected a positive count and a unit m/h/d/w, e.g. '1m', '15m', '1h', '1d'"
+        )
+    return pd.Timedelta(int(m.group(1)), unit=_TF_UNITS[m.group(2)])
+
+
+def sample_path(symbol: str = "BTCUSDT", timeframe: str = "1h") -> Path:
+    """Path of the real sample shipped with the package: ``atheria_kit/data/{SYMBOL}_{timeframe}.csv.gz``."""
+    sym = str(symbol).upper()
+    path = Path(__file__).resolve().parent / "data" / f"{sym}_{timeframe}.csv.gz"
+    if not path.is_file():
+        available = sorted(p.name.removesuffix(".csv.gz") for p in path.parent.glob("*.csv.gz"))
+        raise OHLCVError(
+            f"symbol={symbol!r}, timeframe={timeframe!r}: no shipped sample {path.name}; available: {', '.join(available)}"
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def _first_line(path: Path) -> str:
+    import gzip
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        return fh.readline().strip()
+
+
+def _epoch_to_datetime(values: pd.Series) -> pd.DatetimeIndex:
+    """Binance open times: milliseconds, or microseconds in the 2025+ spot dumps (told apart by magnitude)."""
+    ints = pd.to_numeric(values, errors="coerce")
+    if ints.isna().any():
+        i = int(np.flatnonzero(ints.isna().to_numpy())[0])
+        raise OHLCVError(f"row {i}: open_time={values.iloc[i]!r} is not an integer epoch time")
+    unit = "us" if float(ints.abs().max()) >= 1e14 else "ms"
+    return pd.DatetimeIndex(pd.to_datetime(ints.astype("int64"), unit=unit, utc=True))
+
+
+def _parse_timestamps(values: pd.Series) -> pd.DatetimeIndex:
+    if pd.api.types.is_numeric_dtype(values):
+        return _epoch_to_datetime(values)
+    if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values):
+        idx = pd.DatetimeIndex(values)
+        return idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    if parsed.isna().any():
+        i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise OHLCVError(f"row {i}: timestamp={values.iloc[i]!r} is not an ISO-8601 date-time")
+    return pd.DatetimeIndex(parsed)
+
+
+def _frame_from_raw(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    cols = [str(c).strip().lower() for c in raw.columns]
+    raw.columns = cols
+    if "timestamp" in cols:
+        ts_col = "timestamp"
+    elif "open_time" in cols:
+        ts_col = "open_time"
+    elif "date" in cols:
+        ts_col = "date"
+    else:
+        raise OHLCVError(
+            f"{source}: no time column; expected 'timestamp' (normalized format) or 'open_time' "
+            f"(Binance klines), got columns {cols}"
+        )
+    missing = [c for c in COLUMNS if c not in cols]
+    if missing:
+        raise OHLCVError(f"{source}: missing columns {missing}; expected {['timestamp', *COLUMNS]}")
+    index = _parse_timestamps(raw[ts_col])
+    values = {}
+    for c in COLUMNS:
+        col = pd.to_numeric(raw[c], errors="coerce")
+        bad = col.isna() & raw[c].notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise OHLCVError(f"{source}: row {i}: {c}={raw[c].iloc[i]!r} is not a number")
+        values[c] = col.to_numpy(dtype=np.float64)
+    df = pd.DataFrame(values, index=index.as_unit("ns"))
+    df.index.name = "timestamp"
+    return df
+
+
+def read_ohlcv_file(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV/Parquet file in the normalized or Binance raw kline format, without selection or validation."""
+    p = Path(path)
+    if not p.is_file():
+        raise OHLCVError(f"path={os.fspath(path)!r}: file not found")
+    source = p.name
+    try:
+        if _is_parquet(p):
+            raw = pd.read_parquet(p)
+            if isinstance(raw.index, pd.DatetimeIndex) and "timestamp" not in raw.columns:
+                raw = raw.reset_index(names="timestamp")
+        else:
+            first = _first_line(p)
+            head = first.split(",")[0].strip().strip('"')
+            if head.lstrip("-").isdigit():  # Binance raw klines: no header, 12 numeric columns
+                n = len(first.split(","))
+                if n != len(_BINANCE_COLUMNS):
+                    raise OHLCVError(
+                        f"{source}: headerless file with {n} columns; expected Binance's 12-column kline format"
+                    )
+                raw = pd.read_csv(p, header=None, names=list(_BINANCE_COLUMNS))
+            else:
+                raw = pd.read_csv(p)
+    except OHLCVError:
+        raise
+    except Exception as exc:  # corrupt gzip, truncated parquet, bad CSV: report, never skip
+        raise OHLCVError(f"{source}: cannot be read as OHLCV ({type(exc).__name__}: {exc})") from exc
+    return _frame_from_raw(raw, source)
+
+
+def _to_utc(value: str | pd.Timestamp | None, name: str) -> pd.Timestamp | None:
+    if value is None or value == "":
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise OHLCVError(f"{name}={value!r} is not a date or date-time (expected e.g. '2023-01-31')") from exc
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def select_range(
+    df: pd.DataFrame, *, start: str | pd.Timestamp | None = None, end: str | pd.Timestamp | None = None,
+    max_bars: int = 0,
+) -> pd.DataFrame:
+    """Bars with ``start <= timestamp < end``; then the last ``max_bars`` of them (0 = all)."""
+    require_int("max_bars", max_bars, minimum=0)
+    lo, hi = _to_utc(start, "start"), _to_utc(end, "end")
+    if lo is not None and hi is not None and lo >= hi:
+        raise OHLCVError(f"start={lo.isoformat()} is not before end={hi.isoformat()}")
+    out = df
+    if lo is not None:
+        out = out[out.index >= lo]
+    if hi is not None:
+        out = out[out.index < hi]
+    if max_bars:
+        out = out.iloc[-max_bars:]
+    if out.empty:
+        raise OHLCVError(
+            f"no bars left after selecting start={start!r}, end={end!r}, max_bars={max_bars}; "
+            f"the data covers {df.index[0].isoformat() if len(df) else '-'} to {df.index[-1].isoformat() if len(df) else '-'}"
+        )
+    return out
+
+
+def load_ohlcv(
+    path: str | os.PathLike,
+    *,
+    start: str | pd.Timestamp | None = None,
+    end: str | pd.Timestamp | None = None,
+    max_bars: int = 0,
+    timeframe: str | None = None,
+    validate: bool = True,
+) -> pd.DataFrame:
+    """Load, validate and select OHLCV bars; resample to ``timeframe`` when given (must be coarser than the file's).
+
+    ``df.attrs`` records ``source`` (file name), ``synthetic`` (False) and ``gaps`` (missing-bar count).
+    """
+    df = read_ohlcv_file(path)
+    if validate:
+        validate_ohlcv(df, source=Path(path).name)
+    df = select_range(df, start=start, end=end, max_bars=0)
+    if timeframe is not None:
+        df = resample_ohlcv(df, timeframe)
+    if max_bars:
+        df = select_range(df, max_bars=max_bars)
+    report = count_gaps(df, timeframe)
+    if report.missing_bars:
+        logger.warning("%s: %s (not filled)", Path(path).name, report)
+    df.attrs.update({"source": Path(path).name, "synthetic": False, "gaps": report.missing_bars})
+    return df
+
+
+# -------------------------------------------------------------------------------------------------- validation
+
+
+def _fail(df: pd.DataFrame, mask: np.ndarray, what: str, source: str) -> None:
+    i = int(np.flatnonzero(mask)[0])
+    n = int(mask.sum())
+    ts = df.index[i]
+    row = df.iloc[i]
+    values = ", ".join(f"{c}={float(row[c])!r}" for c in COLUMNS)
+    more = f" ({n - 1} more rows like it)" if n > 1 else ""
+    raise OHLCVError(f"{source}row {i} (timestamp {ts}): {what}; bar: {values}{more}")
+
+
+def validate_ohlcv(df: pd.DataFrame, *, source: str = "") -> pd.DataFrame:
+    """Check a normalized frame; raise :class:`OHLCVError` naming the first bad row and its values. Returns ``df``.
+
+    Errors: missing columns, non-datetime index, unsorted or duplicate timestamps, NaN/inf, prices <= 0,
+    negative volume, high below max(open, close, low), low above min(open, close). Gaps are not errors
+    (see :func:`count_gaps`).
+    """
+    prefix = f"{source}: " if source else ""
+    if not isinstance(df, pd.DataFrame):
+        raise OHLCVError(f"{prefix}expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise OHLCVError(f"{prefix}missing columns {missing}; expected {list(COLUMNS)}")
+    if not isinstance(df.index, pd.DatetimeIndex):
+        raise OHLCVError(f"{prefix}index is {type(df.index).__name__}; expected a DatetimeIndex of bar open times")
+    if len(df) == 0:
+        raise OHLCVError(f"{prefix}no bars")
+    steps = np.diff(_ns(df.index))
+    if (steps < 0).any():
+        i = int(np.flatnonzero(steps < 0)[0]) + 1
+        raise OHLCVError(
+            f"{prefix}row {i}: timestamp {df.index[i]} is earlier than the previous row's {df.index[i - 1]}; "
+            "bars must be sorted by time"
+        )
+    if (steps == 0).any():
+        i = int(np.flatnonzero(steps == 0)[0]) + 1
+        raise OHLCVError(f"{prefix}row {i}: duplicate timestamp {df.index[i]} (same as row {i - 1})")
+    vals = {c: df[c].to_numpy(dtype=np.float64) for c in COLUMNS}
+    for c in COLUMNS:
+        bad = ~np.isfinite(vals[c])
+        if bad.any():
+            _fail(df, bad, f"{c} is NaN or infinite", prefix)
+    for c in ("open", "high", "low", "close"):
+        bad = vals[c] <= 0
+        if bad.any():
+            _fail(df, bad, f"{c} is not positive", prefix)
+    bad = vals["volume"] < 0
+    if bad.any():
+        _fail(df, bad, "volume is negative", prefix)
+    top = np.maximum(vals["open"], vals["close"])
+    bad = vals["high"] < top
+    if bad.any():
+        _fail(df, bad, "high is below max(open, close)", prefix)
+    bad = vals["low"] > np.minimum(vals["open"], vals["close"])
+    if bad.any():
+        _fail(df, bad, "low is above min(open, close)", prefix)
+    return df
+
+
+def _ns(index: pd.DatetimeIndex) -> np.ndarray:
+    """Timestamps as int64 nanoseconds whatever the index's unit (pandas 2+ may store s/ms/us)."""
+    return index.as_unit("ns").asi8
+
+
+def infer_interval(df: pd.DataFrame) -> pd.Timedelta:
+    """The bar interval: the most common step between consecutive timestamps."""
+    if len(df) < 2:
+        raise OHLCVError(f"need at least 2 bars to infer the interval, got {len(df)}")
+    steps = np.diff(_ns(df.index))
+    values, counts = np.unique(steps, return_counts=True)
+    return pd.Timedelta(int(values[np.argmax(counts)]), unit="ns")
+
+
+def count_gaps(df: pd.DataFrame, timeframe: str | None = None) -> GapReport:
+    """Count missing bars on the grid of ``timeframe`` (or the inferred interval); nothing is filled."""
+    interval = timeframe_to_timedelta(timeframe) if timeframe else infer_interval(df)
+    step_ns = interval.value
+    steps = np.diff(_ns(df.index))
+    off = int((steps % step_ns != 0).sum())
+    missing = np.where(steps > step_ns, steps // step_ns - 1, 0)
+    where = np.flatnonzero(missing > 0)
+    gaps = tuple((df.index[i], df.index[i + 1], int(missing[i])) for i in where)
+    return GapReport(interval=interval, missing_bars=int(missing.sum()), gaps=gaps, off_grid_steps=off)
+
+
+# ---------------------------------------------------------------------------------------------------- resample
+
+
+def resample_ohlcv(df: pd.DataFrame, timeframe: str) -> pd.DataFrame:
+    """Aggregate to a coarser ``timeframe`` (first/max/min/last/sum); bins without any bar are dropped, not filled."""
+    target = timeframe_to_timedelta(timeframe)
+    if len(df) >= 2:
+        current = infer_interval(df)
+        if target < current:
+            raise OHLCVError(f"timeframe={timeframe!r} is finer than the data's interval {current}; can only coarsen")
+        if target.value % current.value:
+            raise OHLCVError(f"timeframe={timeframe!r} is not a multiple of the data's interval {current}")
+    agg = {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+    out = df[list(COLUMNS)].resample(target, label="left", closed="left").agg(agg)
+    counts = df["close"].resample(target, label="left", closed="left").count()
+    out = out[counts.to_numpy() > 0]
+    out.index.name = "timestamp"
+    out.attrs.update(df.attrs)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- synthetic
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One state of the synthetic market: per-bar log-return drift and volatility, and mean duration in bars."""
+
+    drift: float
+    volatility: float
+    mean_duration: float = 500.0
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.drift):
+            raise ValueError(f"Regime.drift={self.drift!r} is invalid; expected a finite number")
+        if not (np.isfinite(self.volatility) and self.volatility > 0):
+            raise ValueError(f"Regime.volatility={self.volatility!r} is invalid; expected a finite number > 0")
+        if not (np.isfinite(self.mean_duration) and self.mean_duration >= 1):
+            raise ValueError(f"Regime.mean_duration={self.mean_duration!r} is invalid; expected a number >= 1")
+
+
+#: Default regimes: calm up-trend, calm down-trend, volatile sideways (per-bar log-return units).
+DEFAULT_REGIMES: tuple[Regime, ...] = (
+    Regime(drift=2e-4, volatility=0.004, mean_duration=800),
+    Regime(drift=-2e-4, volatility=0.005, mean_duration=600),
+    Regime(drift=0.0, volatility=0.012, mean_duration=300),
+)
+#: A single driftless regime: a pure (geometric) random walk, whose direction is unpredictable by construction.
+RANDOM_WALK: tuple[Regime, ...] = (Regime(drift=0.0, volatility=0.005, mean_duration=1e12),)
+
+
+def synthetic_ohlcv(
+    n_bars: int,
+    *,
+    timeframe: str = "1h",
+    seed: int = 0,
+    start: str = "2020-01-01",
+    regimes: tuple[Regime, ...] | list[Regime] = DEFAULT_REGIMES,
+    start_price: float = 100.0,
+) -> pd.DataFrame:
+    """Seeded regime-switching geometric random walk as OHLCV bars, labelled synthetic in ``df.attrs``.
+
+    The regime follows a Markov chain whose state durations are geometric with each regime's mean duration;
+    on leaving a state the next one is drawn uniformly among the others. Same ``seed`` -> identical frame.
+    """
+    require_int("n_bars", n_bars, minimum=2)
+    require_int("seed", seed, minimum=0)
+    if not regimes:
+        raise ValueError("regimes=() is invalid; expected at least one Regime")
+    interval = timeframe_to_timedelta(timeframe)
+    rng = np.random.default_rng(seed)
+    k = len(regimes)
+    drift = np.array([r.drift for r in regimes])
+    vol = np.array([r.volatility for r in regimes])
+    leave = 1.0 / np.array([r.mean_duration for r in regimes])
+    # Regime path: draw run lengths instead of per-bar transitions (vectorized, O(number of runs)).
+    states = np.empty(n_bars, dtype=np.int8)
+    pos, state = 0, int(rng.integers(k))
+    while pos < n_bars:
+        run = int(rng.geometric(min(1.0, leave[state]))) if leave[state] > 1e-9 else n_bars
+        states[pos : pos + run] = state
+        pos += run
+        if k > 1:
+            state = int((state + rng.integers(1, k)) % k)
+    log_ret = drift[states] + vol[states] * rng.standard_normal(n_bars)
+    close = start_price * np.exp(np.cumsum(log_ret))
+    open_ = np.empty(n_bars)
+    open_[0] = start_price
+    open_[1:] = close[:-1]
+    wick = vol[states] * np.abs(rng.standard_normal((2, n_bars))) * 0.5
+    high = np.maximum(open_, close) * np.exp(wick[0])
+    low = np.minimum(open_, close) * np.exp(-wick[1])
+    volume = rng.lognormal(mean=3.0, sigma=0.5, size=n_bars) * (vol[states] / vol.min())
+    index = pd.date_range(pd.Timestamp(start, tz="UTC"), periods=n_bars, freq=interval, name="timestamp", unit="ns")
+    df = pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index)
+    df.attrs.update({
+        "synthetic": True,
+        "source": f"SYNTHETIC regime-switching random walk (seed={seed}, {k} regimes) - not market data",
+        "seed": seed,
+        "gaps": 0,
+    })
+    return df

@@ -1,0 +1,127 @@
+"""Replay configuration: a validated dataclass, loadable from the ``historical:`` section of a YAML file.
+
+YAML shape (every key optional; nested sections are flattened into the dataclass fields)::
+
+    historical:
+      symbols: [BTCUSDT, ETHUSDT, BNBUSDT]
+      timeframe: 1h
+      data: sample              # or {BTCUSDT: path, ...} or a pattern "data/{symbol}_15m.csv"
+      max_bars: 0               # 0 = all bars
+      cycle_size_bars: 500
+      update_every_bars: 25
+      lookback_bars: 300
+      risk: {initial_balance: 1000, per_trade_pct: 0.5, max_exposure_pct: 20}
+      costs: {fee_pct: 0.1, slippage_pct: 0.05}
+      penalties: {max_drawdown_pct: 20, max_losing_streak: 5, weight_cut: 0.5, reset_below: 0.1}
+      out_dir: runs/replay
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atheria_kit._validation import require_fraction, require_int, require_positive
+from atheria_kit.ohlcv import sample_path, timeframe_to_timedelta
+from atheria_kit.replay.account import AccountConfig
+
+SECTIONS = ("risk", "costs", "penalties")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+    timeframe: str = "1h"
+    data: Any = "sample"
+    max_bars: int = 0
+    cycle_size_bars: int = 500
+    update_every_bars: int = 25
+    lookback_bars: int = 300
+    initial_balance: float = 1000.0
+    per_trade_pct: float = 0.5
+    max_exposure_pct: float = 20.0
+    fee_pct: float = 0.1
+    slippage_pct: float = 0.05
+    max_drawdown_pct: float = 20.0
+    max_losing_streak: int = 5
+    weight_cut: float = 0.5
+    reset_below: float = 0.1
+    out_dir: str = "runs/replay"
+
+    def __post_init__(self) -> None:
+        syms = self.symbols
+        if isinstance(syms, str) or not syms or not all(isinstance(s, str) and s for s in syms) \
+                or len(set(syms)) != len(syms):
+            raise ValueError(f"symbols={syms!r} is invalid; expected a non-empty list of unique symbol names")
+        object.__setattr__(self, "symbols", tuple(s.upper() for s in syms))
+        timeframe_to_timedelta(self.timeframe)
+        require_int("max_bars", self.max_bars, minimum=0)
+        require_int("cycle_size_bars", self.cycle_size_bars, minimum=1)
+        require_int("update_every_bars", self.update_every_bars, minimum=1, maximum=self.cycle_size_bars)
+        require_int("lookback_bars", self.lookback_bars, minimum=30)
+        require_positive("max_drawdown_pct", self.max_drawdown_pct)
+        require_int("max_losing_streak", self.max_losing_streak, minimum=1)
+        require_fraction("weight_cut", self.weight_cut)
+        require_fraction("reset_below", self.reset_below)
+        if not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir):
+            raise ValueError(f"out_dir={self.out_dir!r} is invalid; expected a directory path")
+        self.account_config()  # validates the risk and cost fields
+        self.data_paths()
+
+    def account_config(self) -> AccountConfig:
+        return AccountConfig(self.initial_balance, self.per_trade_pct, self.max_exposure_pct, self.fee_pct,
+                             self.slippage_pct)
+
+    def data_paths(self) -> dict[str, Path]:
+        """Each symbol's data file: the shipped sample, an explicit mapping, or a ``{symbol}`` pattern."""
+        d = self.data
+        if d == "sample":
+            return {s: sample_path(s) for s in self.symbols}
+        if isinstance(d, dict):
+            missing = [s for s in self.symbols if s not in d]
+            if missing:
+                raise ValueError(f"data={d!r} is invalid; it lacks paths for symbols {missing}")
+            return {s: Path(d[s]) for s in self.symbols}
+        if isinstance(d, str) and "{symbol}" in d:
+            return {s: Path(d.format(symbol=s)) for s in self.symbols}
+        raise ValueError(f"data={d!r} is invalid; expected 'sample', a mapping symbol -> path, "
+                         "or a pattern containing '{symbol}'")
+
+    @classmethod
+    def from_mapping(cls, raw: Any) -> ReplayConfig:
+        """Build from a parsed YAML document (its ``historical`` section if present)."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"config={raw!r} is invalid; expected a mapping (the 'historical:' section)")
+        section = raw.get("historical", raw)
+        if not isinstance(section, dict):
+            raise ValueError(f"historical={section!r} is invalid; expected a mapping of replay settings")
+        flat: dict[str, Any] = {}
+        for key, value in section.items():
+            if key in SECTIONS:
+                if not isinstance(value, dict):
+                    raise ValueError(f"{key}={value!r} is invalid; expected a mapping")
+                flat.update(value)
+            else:
+                flat[key] = value
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(flat) - known)
+        if unknown:
+            raise ValueError(f"historical: unknown keys {unknown}; expected some of {sorted(known)}")
+        if "symbols" in flat and isinstance(flat["symbols"], list):
+            flat["symbols"] = tuple(flat["symbols"])
+        return cls(**flat)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> ReplayConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config={str(p)!r} is invalid; no such file")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config={str(p)!r} is not valid YAML: {exc}") from None
+        return cls.from_mapping(raw)

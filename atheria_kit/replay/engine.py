@@ -1,0 +1,356 @@
+"""The replay engine: lock-step cycles over several symbols, ensemble decisions, KPIs, penalties, resume.
+
+Every ``update_every_bars`` timeline bars the engine, per symbol, computes the strategies' signals on the last
+``lookback_bars`` bars, updates each strategy's shadow trades (its standalone position, marked at the update's
+close), penalizes strategies past the drawdown or losing-streak limits, sets the ensemble's weights and submits
+its decision to the paper account (filled at the next bar's open). Every ``cycle_size_bars`` it writes the
+cycle's artifacts and a checkpoint of the whole engine state, with the byte length of every JSONL file it
+covers; a restart truncates those files back and continues, so the artifacts end byte-identical to a run that
+never stopped. Wall-clock quantities (latency, CPU, memory, times) live only in ``live_status.json`` and the
+run log, never in the per-cycle artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psutil
+
+from atheria_kit._io import atomic_write_json
+from atheria_kit.checkpoint import CheckpointManager
+from atheria_kit.ensemble import strategies as strat
+from atheria_kit.ensemble.dynamic import DynamicEnsemble
+from atheria_kit.ensemble.performance import PerformanceTracker, TradeStats
+from atheria_kit.ohlcv import load_ohlcv
+from atheria_kit.replay.account import PaperAccount
+from atheria_kit.replay.config import ReplayConfig
+from atheria_kit.replay.feed import BarFeed, HistoricalFeed
+from atheria_kit.runlog import RunLog
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LIVE_STATUS = "live_status.json"
+SUMMARY = "replay_summary.json"
+MIN_HISTORY = 30  # bars a symbol needs before the ensemble decides for it
+
+
+def penalty_decision(stats: TradeStats, multiplier: float, config: ReplayConfig) -> tuple[float, str | None, str]:
+    """New weight multiplier and action (``None``, ``"cut"`` or ``"reset"``) for a strategy's stats.
+
+    Past a limit (|max drawdown| >= ``max_drawdown_pct`` % or losing streak >= ``max_losing_streak``) the
+    multiplier is cut by ``weight_cut``; when that takes it below ``reset_below`` the strategy is reset instead
+    (multiplier back to 1 and its trade history cleared by the caller).
+    """
+    reasons = []
+    if abs(stats.max_drawdown) * 100 >= config.max_drawdown_pct:
+        reasons.append(f"drawdown {abs(stats.max_drawdown) * 100:.2f}% >= {config.max_drawdown_pct:g}%")
+    if stats.current_losing_streak >= config.max_losing_streak:
+        reasons.append(f"losing streak {stats.current_losing_streak} >= {config.max_losing_streak}")
+    if not reasons:
+        return multiplier, None, ""
+    cut = multiplier * config.weight_cut
+    if cut < config.reset_below:
+        return 1.0, "reset", "; ".join(reasons)
+    return cut, "cut", "; ".join(reasons)
+
+
+def load_frames(config: ReplayConfig) -> dict[str, pd.DataFrame]:
+    """Each symbol's bars from the configured files, resampled to ``timeframe`` where the file is finer."""
+    frames = {}
+    for sym, path in config.data_paths().items():
+        if not Path(path).is_file():
+            raise ValueError(f"data[{sym!r}]={str(path)!r} is invalid; no such file")
+        df = load_ohlcv(path, max_bars=0)
+        step = df.index.to_series().diff().median()
+        target = pd.Timedelta(config.timeframe)
+        if pd.notna(step) and step < target:
+            df = load_ohlcv(path, timeframe=config.timeframe)
+        if config.max_bars:
+            df = df.iloc[: config.max_bars]
+        frames[sym] = df
+    return frames
+
+
+class _Lines:
+    """An append-only JSONL artifact whose committed length is recorded in checkpoints."""
+
+    def __init__(self, path: Path, length: int) -> None:
+        self.path = path
+        with open(path, "ab"):
+            pass
+        os.truncate(path, length)  # drop what the last checkpoint does not cover
+        self.fh = open(path, "ab")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self.fh.write((json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
+
+    def commit(self) -> int:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        return self.fh.tell()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class ReplayEngine:
+    """Runs a :class:`ReplayConfig` over a feed into ``out_dir``; see the module docstring."""
+
+    def __init__(self, config: ReplayConfig, *, feed: BarFeed | None = None, out_dir: str | os.PathLike | None = None,
+                 ensemble_factory: Callable[[], DynamicEnsemble] = DynamicEnsemble,
+                 notifier: Any = None, clock: Callable[[], float] = time.perf_counter,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.feed = feed if feed is not None else HistoricalFeed(load_frames(config))
+        self.symbols = list(self.feed.symbols)
+        self.out_dir = Path(out_dir if out_dir is not None else config.out_dir)
+        self.notifier = notifier
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._process = psutil.Process()
+        self.account = PaperAccount(self.symbols, config.account_config())
+        self.ensembles = {s: ensemble_factory() for s in self.symbols}
+        self.names = self.ensembles[self.symbols[0]].names
+        window = self.ensembles[self.symbols[0]].adjustment.window
+        self.trackers = {s: {n: PerformanceTracker(window) for n in self.names} for s in self.symbols}
+        self.multipliers = {s: dict.fromkeys(self.names, 1.0) for s in self.symbols}
+        self.shadow = {s: {n: [0, 0.0] for n in self.names} for s in self.symbols}  # direction, entry price
+        self.total_bars = len(self.feed) if hasattr(self.feed, "__len__") else None
+        self.kpi: dict[str, Any] = {
+            "bars_done": 0, "cycle": 0, "trades": 0, "winners": 0, "losers": 0, "peak_equity": config.initial_balance,
+            "max_drawdown": 0.0, "cycle_start_equity": config.initial_balance, "cycle_trades": 0,
+            "symbol_trades": dict.fromkeys(self.symbols, 0), "penalties": 0, "resets": 0, "updates": 0,
+        }
+        self.offsets: dict[str, int] = {}
+        self._files: dict[str, _Lines] = {}
+        self._last_latency = 0.0
+
+    # ------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "feed": self.feed.state_dict(), "account": self.account.state_dict(),
+            "ensembles": {s: e.state_dict() for s, e in self.ensembles.items()},
+            "trackers": {s: {n: t.state_dict() for n, t in ts.items()} for s, ts in self.trackers.items()},
+            "multipliers": {s: dict(m) for s, m in self.multipliers.items()},
+            "shadow": {s: {n: list(v) for n, v in sh.items()} for s, sh in self.shadow.items()},
+            "kpi": json.loads(json.dumps(self.kpi)), "offsets": dict(self.offsets),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.feed.load_state_dict(state["feed"])
+        self.account.load_state_dict(state["account"])
+        for s, e in self.ensembles.items():
+            e.load_state_dict(state["ensembles"][s])
+        for s, ts in self.trackers.items():
+            for n, t in ts.items():
+                t.load_state_dict(state["trackers"][s][n])
+        self.multipliers = {s: {n: float(v) for n, v in m.items()} for s, m in state["multipliers"].items()}
+        self.shadow = {s: {n: [int(v[0]), float(v[1])] for n, v in sh.items()} for s, sh in state["shadow"].items()}
+        self.kpi = json.loads(json.dumps(state["kpi"]))
+        self.offsets = {k: int(v) for k, v in state["offsets"].items()}
+
+    # --------------------------------------------------------------------------------------------- run
+    def run(self, *, resume: bool = True, max_cycles: int | None = None,
+            on_cycle: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Replay to the end (or ``max_cycles`` more cycles); return the final summary."""
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir = self.out_dir / CHECKPOINT_DIR
+        if not resume:
+            self._clear_artifacts(ckpt_dir)
+        mgr = CheckpointManager(ckpt_dir, monitor="equity", mode="max", keep_best=2, async_save=False)
+        loaded = mgr.load("latest") if resume else None
+        if loaded is not None:
+            self.load_state_dict(loaded.state)
+            logger.info("resuming after cycle %d (bar %d)", self.kpi["cycle"], self.kpi["bars_done"])
+        else:
+            self.offsets = {}
+        for cycle_file in self.out_dir.glob("*cycle_*.json"):
+            idx = cycle_file.stem.rsplit("_", 1)[-1]
+            if idx.isdigit() and int(idx) > self.kpi["cycle"]:
+                cycle_file.unlink()  # written after the checkpoint we resume from
+        for sym in self.symbols:
+            for kind in ("trades", "penalties"):
+                name = f"{sym}_{kind}.jsonl"
+                self._files[name] = _Lines(self.out_dir / name, self.offsets.get(name, 0))
+        n_cycles = math.ceil(self.total_bars / cfg.cycle_size_bars) if self.total_bars else None
+        runlog = RunLog(self.out_dir, "replay", total=n_cycles, unit="cycle", resume=resume)
+        self._notify(f"replay {'resumed at cycle ' + str(self.kpi['cycle']) if loaded else 'started'}: "
+                     f"{', '.join(self.symbols)}")
+        cycles_run = 0
+        status = "finished"
+        try:
+            while True:
+                step = self.feed.next()
+                if step is not None:
+                    self._on_step(step)
+                end_of_cycle = self.kpi["bars_done"] % cfg.cycle_size_bars == 0 and self.kpi["bars_done"] > 0
+                if step is None or end_of_cycle:
+                    if step is not None or self.kpi["bars_done"] > self.kpi["cycle"] * cfg.cycle_size_bars:
+                        record = self._end_cycle(mgr, runlog)
+                        cycles_run += 1
+                        if on_cycle is not None:
+                            on_cycle(record)
+                    if step is None:
+                        break
+                    if max_cycles is not None and cycles_run >= max_cycles:
+                        status = "stopped"
+                        break
+            summary = self._kpis()
+            if status == "finished":
+                atomic_write_json(self.out_dir / SUMMARY, summary)
+            self._write_live(status, self._kpis())
+            runlog.finish(status, f"{status} after cycle {self.kpi['cycle']}")
+            self._notify(f"replay {status} after cycle {self.kpi['cycle']}: equity {summary['equity']:.2f}, "
+                         f"trades {summary['trades']}, win rate {summary['win_rate']:.1%}")
+            return summary
+        except BaseException as exc:
+            runlog.finish("error", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            for f in self._files.values():
+                f.close()
+            mgr.close()
+
+    def _clear_artifacts(self, ckpt_dir: Path) -> None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        for pattern in ("*cycle_*.json", "*_trades.jsonl", "*_penalties.jsonl", SUMMARY, LIVE_STATUS,
+                        "progress.json", "metrics.jsonl", "resources.jsonl"):
+            for p in self.out_dir.glob(pattern):
+                p.unlink()
+
+    # ------------------------------------------------------------------------------------------- steps
+    def _on_step(self, step: Any) -> None:
+        ts = step.timestamp.isoformat()
+        for sym, bar in step.bars.items():
+            if bar is None:
+                continue
+            for trade in self.account.on_bar(sym, ts, bar.open, bar.close):
+                self._files[f"{sym}_trades.jsonl"].write(trade)
+                self.kpi["trades"] += 1
+                self.kpi["cycle_trades"] += 1
+                self.kpi["symbol_trades"][sym] += 1
+                self.kpi["winners" if trade["pnl"] > 0 else "losers"] += 1
+        k = self.kpi
+        k["bars_done"] += 1
+        equity = self.account.equity()
+        k["peak_equity"] = max(k["peak_equity"], equity)
+        k["max_drawdown"] = max(k["max_drawdown"], 1 - equity / k["peak_equity"])
+        if k["bars_done"] % self.config.update_every_bars == 0:
+            started = self._clock()
+            for sym, bar in step.bars.items():
+                if bar is not None:
+                    self._decide(sym, ts)
+            k["updates"] += 1
+            self._last_latency = self._clock() - started
+            self._write_live("running", self._kpis())
+
+    def _decide(self, sym: str, ts: str) -> None:
+        window = self.feed.history(sym, self.config.lookback_bars)
+        if len(window) < MIN_HISTORY:
+            return
+        ens = self.ensembles[sym]
+        sig, conf = strat.compute_signals(window, ens.strategies)
+        signals = {n: int(sig[n].iloc[-1]) for n in self.names}
+        confidences = {n: float(conf[n].iloc[-1]) for n in self.names}
+        price = float(window["close"].iloc[-1])
+        cost = 2 * (self.config.fee_pct + self.config.slippage_pct) / 100
+        for name in self.names:
+            direction, entry = self.shadow[sym][name]
+            if signals[name] == direction:
+                continue
+            if direction != 0:
+                self.trackers[sym][name].record_trade(direction * (price / entry - 1) - cost)
+                self._penalize(sym, name, ts)
+            self.shadow[sym][name] = [signals[name], price if signals[name] != 0 else 0.0]
+        ens.update_weights(window, self.trackers[sym])
+        adjusted = {n: ens.weights[n] * self.multipliers[sym][n] for n in self.names}
+        total = sum(adjusted.values())
+        if total > 0:
+            ens.weights = {n: w / total for n, w in adjusted.items()}
+        direction, _ = ens.get_weighted_signal(signals, confidences)
+        self.account.submit(sym, int(direction))
+
+    def _penalize(self, sym: str, name: str, ts: str) -> None:
+        tracker = self.trackers[sym][name]
+        stats = tracker.stats()
+        before = self.multipliers[sym][name]
+        after, action, reason = penalty_decision(stats, before, self.config)
+        if action is None:
+            return
+        self.multipliers[sym][name] = after
+        self.kpi["penalties"] += 1
+        if action == "reset":
+            self.kpi["resets"] += 1
+            tracker.load_state_dict({**tracker.state_dict(), "returns": [], "n_total": 0})
+        event = {"timestamp": ts, "bar": self.kpi["bars_done"], "cycle": self.kpi["cycle"] + 1, "strategy": name,
+                 "action": action, "reason": reason, "multiplier_before": before, "multiplier_after": after,
+                 "max_drawdown_pct": abs(stats.max_drawdown) * 100,
+                 "losing_streak": stats.current_losing_streak, "trades": stats.n_trades}
+        self._files[f"{sym}_penalties.jsonl"].write(event)
+        logger.info("%s %s: %s (%s)", sym, name, action, reason)
+
+    # -------------------------------------------------------------------------------------------- KPIs
+    def _kpis(self) -> dict[str, Any]:
+        k, acc, cfg = self.kpi, self.account, self.config
+        equity = acc.equity()
+        share = cfg.initial_balance / len(self.symbols)
+        closed = k["winners"] + k["losers"]
+        return {
+            "cycle": k["cycle"], "bars_done": k["bars_done"], "total_bars": self.total_bars,
+            "progress": k["bars_done"] / self.total_bars if self.total_bars else None,
+            "equity": equity, "cumulative_pnl": equity - cfg.initial_balance,
+            "cycle_pnl": equity - k["cycle_start_equity"],
+            "symbol_equity": {s: share + acc.symbol_pnl(s) for s in self.symbols},
+            "symbol_pnl": {s: acc.symbol_pnl(s) for s in self.symbols},
+            "trades": k["trades"], "cycle_trades": k["cycle_trades"], "winners": k["winners"], "losers": k["losers"],
+            "win_rate": k["winners"] / closed if closed else 0.0,
+            "max_drawdown": k["max_drawdown"], "current_drawdown": 1 - equity / k["peak_equity"],
+            "open_positions": {s: p["direction"] for s, p in sorted(acc.positions.items())},
+            "rejected_orders": acc.rejected, "penalties": k["penalties"], "resets": k["resets"],
+        }
+
+    def _write_live(self, status: str, kpis: dict[str, Any]) -> None:
+        live = dict(kpis, status=status, latency_ms=self._last_latency * 1000,
+                    cpu_percent=self._process.cpu_percent(None), memory_rss_bytes=self._process.memory_info().rss,
+                    updated_at=self._wall_clock())
+        atomic_write_json(self.out_dir / LIVE_STATUS, live)
+
+    def _end_cycle(self, mgr: CheckpointManager, runlog: RunLog) -> dict[str, Any]:
+        self.kpi["cycle"] += 1
+        c = self.kpi["cycle"]
+        record = self._kpis()
+        atomic_write_json(self.out_dir / f"cycle_{c}.json", record)
+        atomic_write_json(self.out_dir / f"strategies_cycle_{c}.json", {
+            s: {"regime": self.ensembles[s].regime, "weights": dict(self.ensembles[s].weights),
+                "multipliers": dict(self.multipliers[s]),
+                "stats": {n: self.trackers[s][n].stats().as_dict() for n in self.names}}
+            for s in self.symbols})
+        self.offsets = {name: f.commit() for name, f in self._files.items()}
+        self.kpi["cycle_start_equity"] = record["equity"]
+        self.kpi["cycle_trades"] = 0
+        mgr.save(self.state_dict(), c, episode=c, metrics={"equity": record["equity"]}, blocking=True)
+        runlog.log({k: v for k, v in record.items() if not isinstance(v, dict)}
+                   | {"latency_ms": self._last_latency * 1000}, done=c)
+        self._write_live("running", record)
+        if c % 10 == 0:
+            self._notify(f"replay cycle {c}: equity {record['equity']:.2f}, trades {record['trades']}")
+        return record
+
+    def _notify(self, text: str) -> None:
+        if self.notifier is None:
+            return
+        try:
+            self.notifier.send(text)
+        except Exception as exc:  # a notification never stops the run
+            logger.warning("notification failed: %s", type(exc).__name__)

@@ -1,0 +1,1 @@
+"""Walk-forward direction models: causal features, purged splits, honest metrics, two-stage training."""

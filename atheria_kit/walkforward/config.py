@@ -1,0 +1,160 @@
+"""Walk-forward configuration: a validated dataclass read from YAML, ``ATHERIA_*`` variables and CLI flags.
+
+Precedence: defaults < YAML file < environment (``ATHERIA_HORIZON=4``) < flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atheria_kit._validation import require_choice, require_fraction, require_int, require_positive
+from atheria_kit.walkforward.gate import GateCriteria
+from atheria_kit.walkforward.models import MODELS
+
+MODES: tuple[str, ...] = ("quick", "full", "sequential", "count")
+ENV_PREFIX = "ATHERIA_"
+
+#: Split presets of the two-stage workflow (days).
+MODE_PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"test_span_days": 365, "window": "rolling", "train_window_days": 180, "test_period_days": 60,
+              "min_train_days": 180},
+    "full": {"test_span_days": None, "window": "expanding", "train_window_days": None, "test_period_days": 21,
+             "min_train_days": 120},
+}
+
+
+@dataclass
+class WalkForwardConfig:
+    """Everything one walk-forward run needs; defaults work with no configuration (shipped BTCUSDT 1h sample)."""
+
+    symbol: str = "BTCUSDT"
+    timeframe: str = "1h"
+    horizon: int = 1
+    data: str | None = None  # file path; None = shipped sample; "synthetic" = seeded synthetic bars
+    synthetic_bars: int = 20_000
+    max_bars: int = 0
+    start: str | None = None
+    end: str | None = None
+    mode: str = "quick"
+    n_splits: int = 5
+    embargo_minutes: float = 30.0
+    chunk_size: int = 50_000
+    memory_threshold: float = 0.85
+    model: str = "logreg"
+    use_gpu: bool = False
+    patience: int = 3
+    seed: int = 0
+    resume: bool = False
+    out: str = "artifacts"
+    jobs: int = 1
+    backend: str = "loky"
+    scheduler: str | None = None
+    leak_auc: float = 0.56
+    gate_recall: float = 0.35
+    gate_accuracy: float = 0.60
+    gate_auc: float = 0.61
+    gate_f1: float = 0.45
+    confirm: bool | None = None  # sequential mode: True (--yes), False (--no), None (ask when interactive)
+    budget_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require_int("horizon", self.horizon, minimum=1)
+        require_int("max_bars", self.max_bars, minimum=0)
+        require_int("synthetic_bars", self.synthetic_bars, minimum=100)
+        require_choice("mode", self.mode, MODES)
+        require_int("n_splits", self.n_splits, minimum=2)
+        require_positive("embargo_minutes", float(self.embargo_minutes), allow_zero=True)
+        require_int("chunk_size", self.chunk_size, minimum=1)
+        require_fraction("memory_threshold", self.memory_threshold, inclusive_high=True)
+        require_choice("model", self.model, MODELS)
+        require_int("patience", self.patience, minimum=1)
+        require_int("seed", self.seed, minimum=0)
+        require_int("jobs", self.jobs, minimum=-1)
+        require_choice("backend", self.backend, ("loky", "threading", "dask"))
+        if self.backend == "dask" and not self.scheduler:
+            raise ValueError("scheduler=None is invalid with backend='dask'; expected a scheduler address")
+        require_fraction("leak_auc", self.leak_auc)
+        if self.budget_seconds is not None:
+            require_positive("budget_seconds", self.budget_seconds)
+        self.gate  # validates the thresholds  # noqa: B018
+
+    @property
+    def gate(self) -> GateCriteria:
+        return GateCriteria(recall=self.gate_recall, accuracy=self.gate_accuracy, auc=self.gate_auc, f1=self.gate_f1)
+
+    @property
+    def embargo_ns(self) -> int:
+        return int(round(self.embargo_minutes * 60e9))
+
+    def run_name(self, mode: str | None = None) -> str:
+        return f"{self.symbol}_{self.timeframe}_H{self.horizon}_{self.model}_{mode or self.mode}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Settings that change results: a checkpoint only resumes a run with the same fingerprint."""
+        skip = {"resume", "out", "jobs", "backend", "scheduler", "confirm", "budget_seconds", "memory_threshold",
+                "chunk_size", "gate_recall", "gate_accuracy", "gate_auc", "gate_f1", "leak_auc", "extra"}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(WalkForwardConfig)}
+
+
+def _coerce(name: str, raw: str) -> Any:
+    kind = str(_FIELD_TYPES[name])
+    text = raw.strip()
+    if text.lower() in ("none", "null", "") and "None" in kind:
+        return None
+    try:
+        if kind.startswith("bool"):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is invalid; expected a {kind.split()[0]}") from exc
+    return text
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> WalkForwardConfig:
+    """Build the effective configuration: defaults, then YAML ``path``, then ``ATHERIA_*`` variables, then overrides
+    (flags; ``None`` values are ignored)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config={os.fspath(path)!r}: file not found")
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config={os.fspath(path)!r}: expected a YAML mapping of settings")
+        values.update(loaded)
+    env = os.environ if environ is None else environ
+    for name in _FIELD_TYPES:
+        key = ENV_PREFIX + name.upper()
+        if name != "extra" and key in env:
+            values[name] = _coerce(name, env[key])
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(_FIELD_TYPES))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; allowed: {sorted(_FIELD_TYPES)}")
+    return WalkForwardConfig(**values)

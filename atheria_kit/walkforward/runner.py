@@ -1,0 +1,369 @@
+"""Walk-forward training: data -> features -> labels -> purged splits -> one model per fold -> metrics and artifacts.
+
+Every fold is a unit of work: it is checked against the time budget before it starts, and a checkpoint holding
+all fold results so far is written after it (``CheckpointManager``). ``resume=True`` continues after the last
+completed fold; each fold is deterministic given the seed, so a resumed run reports exactly the metrics of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import psutil
+import torch
+
+from atheria_kit import _io, ohlcv
+from atheria_kit.walkforward import evaluation as ev
+from atheria_kit.walkforward import features as feats
+from atheria_kit.walkforward import splits as sp
+from atheria_kit.walkforward.config import MODE_PRESETS, WalkForwardConfig
+from atheria_kit.walkforward.gate import GateVerdict, evaluate_gate
+from atheria_kit.walkforward.labels import direction_labels
+from atheria_kit.walkforward.models import fit_counting_warnings, make_model, resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Dataset:
+    """Model-ready samples: rows with complete features and a label, in time order."""
+
+    X: np.ndarray  # float32 (m, n_features)
+    y: np.ndarray  # float32 0/1
+    times: np.ndarray  # int64 ns, bar open time
+    resolved_at: np.ndarray  # int64 ns, when the label is known
+    last_up: np.ndarray  # bool, direction of the sample's own bar (for the last-bar baseline)
+    feature_names: tuple[str, ...]
+    source: str
+    synthetic: bool
+    gaps: int
+
+
+@dataclass
+class StageResult:
+    """Outcome of one stage (quick, full or count)."""
+
+    mode: str
+    run_dir: Path
+    folds: list[dict[str, Any]]
+    summary: pd.DataFrame
+    status: str  # "finished" | "stopped"
+    stop_reason: str | None = None
+    convergence_warnings: int = 0
+    leak_warning: str | None = None
+    peak_rss_bytes: int = 0
+    best_fold: int | None = None
+    gate: GateVerdict | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def means(self) -> dict[str, float]:
+        return self.summary.loc["model"].to_dict() if "model" in self.summary.index else {}
+
+
+def _peak_rss() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _ram_fraction() -> float:
+    return psutil.virtual_memory().percent / 100.0
+
+
+def load_bars(config: WalkForwardConfig) -> pd.DataFrame:
+    """The bars named by the config: a file, the shipped sample, or synthetic (``data="synthetic"``)."""
+    if config.data == "synthetic":
+        df = ohlcv.synthetic_ohlcv(config.synthetic_bars, timeframe=config.timeframe, seed=config.seed)
+        return ohlcv.select_range(df, start=config.start, end=config.end, max_bars=config.max_bars)
+    path = config.data or ohlcv.sample_path(config.symbol, config.timeframe if config.timeframe == "1h" else "1h")
+    df = ohlcv.load_ohlcv(path, start=config.start, end=config.end, max_bars=0)
+    if ohlcv.infer_interval(df) != ohlcv.timeframe_to_timedelta(config.timeframe):
+        df = ohlcv.resample_ohlcv(df, config.timeframe)
+    return ohlcv.select_range(df, max_bars=config.max_bars) if config.max_bars else df
+
+
+def build_dataset(
+    df: pd.DataFrame, horizon: int, *, chunk_size: int = 50_000, memory_threshold: float = 0.85,
+    memory_guard: Callable[[], float] | None = _ram_fraction,
+) -> Dataset:
+    """Features (chunked, causal) and labels; keeps rows with complete features and a label."""
+    ohlcv.validate_ohlcv(df)
+    f = feats.compute_features(df, chunk_size=chunk_size, memory_guard=memory_guard, memory_threshold=memory_threshold)
+    lab = direction_labels(df, horizon)
+    X = f.to_numpy()
+    keep = lab.valid & np.isfinite(X).all(axis=1)
+    close = df["close"].to_numpy()
+    last_up = np.zeros(len(df), dtype=bool)
+    last_up[1:] = close[1:] > close[:-1]
+    return Dataset(
+        X=np.ascontiguousarray(X[keep]), y=lab.y[keep], times=df.index.as_unit("ns").asi8[keep],
+        resolved_at=lab.resolved_at[keep], last_up=last_up[keep], feature_names=tuple(f.columns),
+        source=str(df.attrs.get("source", "in-memory frame")), synthetic=bool(df.attrs.get("synthetic", False)),
+        gaps=int(df.attrs.get("gaps", 0)),
+    )
+
+
+def make_folds(ds: Dataset, config: WalkForwardConfig, mode: str) -> list[sp.Fold]:
+    if mode == "count":
+        return sp.walk_forward_splits(ds.times, ds.resolved_at, config.n_splits, embargo_ns=config.embargo_ns)
+    return sp.time_splits(ds.times, ds.resolved_at, embargo_ns=config.embargo_ns, **MODE_PRESETS[mode])
+
+
+def _fold_record(i: int, fold: sp.Fold, ds: Dataset, proba: np.ndarray, seconds: float, conv: int) -> dict[str, Any]:
+    y_tr, y_te = ds.y[fold.train], ds.y[fold.test]
+    rec: dict[str, Any] = {
+        "fold": i,
+        "train_size": int(len(fold.train)),
+        "test_size": int(len(fold.test)),
+        "test_start": pd.Timestamp(int(ds.times[fold.test[0]]), tz="UTC").isoformat(),
+        "test_end": pd.Timestamp(int(ds.times[fold.test[-1]]), tz="UTC").isoformat(),
+        "seconds": float(seconds),
+        "convergence_warnings": int(conv),
+    }
+    rec.update(ev.classification_metrics(y_te, proba))
+    maj = ev.majority_baseline(y_tr, len(y_te))
+    rec.update({f"majority_{k}": v for k, v in ev.classification_metrics(y_te, maj).items()})
+    last = ev.last_bar_baseline(y_tr, ds.last_up[fold.train], ds.last_up[fold.test])
+    rec.update({f"last_bar_{k}": v for k, v in ev.classification_metrics(y_te, last).items()})
+    return rec
+
+
+class _LogToFile:
+    """Send this package's log records to ``logs/walkforward.log`` for the duration of a run."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.logger = logging.getLogger("atheria_kit")
+        self.old_level = self.logger.level
+
+    def __enter__(self) -> _LogToFile:
+        self.logger.addHandler(self.handler)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.old_level)
+        self.handler.close()
+
+
+def _open_runlog(run_dir: Path, total: int, resume: bool):
+    """The shared progress log (progress.json + metrics.jsonl) that ``atheria monitor`` reads."""
+    from atheria_kit.runlog import RunLog
+
+    return RunLog(run_dir, kind="walkforward", total=total, unit="fold", resume=resume)
+
+
+def run_stage(
+    config: WalkForwardConfig,
+    mode: str,
+    *,
+    bars: pd.DataFrame | None = None,
+    dataset: Dataset | None = None,
+    budget: Any | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    memory_guard: Callable[[], float] | None = _ram_fraction,
+) -> StageResult:
+    """Run (or resume) one walk-forward stage and write its artifacts under ``{out}/direction/{run_name}``."""
+    from atheria_kit.checkpoint import CheckpointManager
+
+    run_dir = Path(config.out) / "direction" / config.run_name(mode)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model_name, device_note = resolve_model(config.model, config.use_gpu)
+    with _LogToFile(run_dir / "logs" / "walkforward.log"):
+        logger.info("%s: %s", config.run_name(mode), device_note)
+        _io.atomic_write_json(run_dir / "config.json", config.to_dict())
+        if dataset is None:
+            bars = load_bars(config) if bars is None else bars
+            dataset = build_dataset(bars, config.horizon, chunk_size=config.chunk_size,
+                                    memory_threshold=config.memory_threshold, memory_guard=memory_guard)
+        ds = dataset
+        if ds.synthetic:
+            logger.warning("data is SYNTHETIC (%s): metrics say nothing about real markets", ds.source)
+        folds = make_folds(ds, config, mode)
+        logger.info("%d samples, %d features, %d folds (%s)", len(ds.y), ds.X.shape[1], len(folds), mode)
+
+        mgr = CheckpointManager(run_dir / "checkpoints", monitor="best_auc", mode="max", keep_best=1,
+                                async_save=False, budget=budget)
+        fingerprint = json.loads(json.dumps(config.fingerprint() | {"mode": mode, "model": model_name}))
+        state: dict[str, Any] = {"fingerprint": fingerprint, "folds": [], "proba": [], "best_auc": -1.0,
+                                 "best_fold": None, "since_best": 0, "stopped_early": False}
+        if config.resume:
+            loaded = mgr.load("latest")
+            if loaded is not None:
+                if loaded.state.get("fingerprint") != fingerprint:
+                    raise ValueError(
+                        f"--resume: the checkpoint in {run_dir / 'checkpoints'} was made with different settings "
+                        f"({loaded.state.get('fingerprint')}); use the same settings or a different --out"
+                    )
+                state = dict(loaded.state)
+                logger.info("resuming after fold %d of %d", len(state["folds"]) - 1, len(folds))
+        elif mgr.latest() is not None:
+            logger.info("existing checkpoints in %s are ignored (no --resume); starting over", run_dir)
+
+        runlog = _open_runlog(run_dir, len(folds), config.resume)
+        runlog.update(done=len(state["folds"]), message=f"{mode}: {len(folds)} folds, {device_note}")
+        try:
+            status, reason = _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name, budget,
+                                        clock, memory_guard)
+        except BaseException as exc:
+            runlog.finish("error", message=f"{type(exc).__name__}: {exc}")
+            mgr.close()
+            raise
+        mgr.close()
+        runlog.finish(status, message=reason or f"{len(state['folds'])} folds done")
+        return _finish_stage(config, mode, ds, folds, state, run_dir, status, reason)
+
+
+def _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name, budget, clock, memory_guard):
+    """Train and evaluate the remaining folds; returns (status, stop reason)."""
+    t_start = clock()
+    done_at_start = len(state["folds"])
+    status, reason, next_report = "finished", None, 0.1
+    for i in range(len(state["folds"]), len(folds)):
+        if state["stopped_early"]:
+            break
+        if budget is not None and not budget.can_start():
+            status, reason = "stopped", "time budget: not enough time left for another fold and the final save"
+            break
+        if memory_guard is not None and memory_guard() > config.memory_threshold:
+            status, reason = "stopped", (
+                f"RAM use {memory_guard():.0%} is above memory_threshold={config.memory_threshold:.0%}; "
+                "stopped before the machine swaps (resume later with --resume, or lower --max-bars)"
+            )
+            break
+        fold = folds[i]
+        if budget is not None:
+            budget.start_unit()
+        t0 = clock()
+        model = make_model(model_name, len(fold.train), seed=config.seed, use_gpu=config.use_gpu)
+        fit = fit_counting_warnings(model, ds.X[fold.train], ds.y[fold.train])
+        proba = fit.model.predict_proba(ds.X[fold.test])[:, 1]
+        rec = _fold_record(i, fold, ds, proba, clock() - t0, fit.convergence_warnings)
+        if budget is not None:
+            budget.end_unit()
+        state["folds"].append(rec)
+        state["proba"].append(torch.from_numpy(proba.astype(np.float32)))
+        auc = rec["auc"] if math.isfinite(rec["auc"]) else -1.0
+        if auc > state["best_auc"]:
+            state.update(best_auc=float(auc), best_fold=i, since_best=0)
+            joblib.dump(fit.model, run_dir / ".tmp-best_model.joblib")
+            (run_dir / ".tmp-best_model.joblib").replace(run_dir / "best_model.joblib")
+        else:
+            state["since_best"] += 1
+            if state["since_best"] >= config.patience:
+                state["stopped_early"] = True
+                logger.info("early stop: AUC has not improved for %d folds (best: fold %d, %.4f)",
+                            config.patience, state["best_fold"], state["best_auc"])
+        mgr.save(state, step=i + 1, metrics={"best_auc": state["best_auc"], "auc": auc}, blocking=True)
+        done = i + 1
+        rss = psutil.Process().memory_info().rss
+        runlog.log({k: rec[k] for k in ("fold", "auc", "accuracy", "f1", "majority_auc", "last_bar_auc", "seconds")},
+                   done=done, message=f"{mode}: fold {done}/{len(folds)} AUC {rec['auc']:.4f}")
+        runlog.log_resources()
+        if done / len(folds) >= next_report or done == len(folds):
+            rate = (clock() - t_start) / max(done - done_at_start, 1)
+            eta = rate * (len(folds) - done)
+            logger.info("%3.0f%% fold %d/%d AUC %.4f (last-bar %.4f) acc %.4f | ETA %.0fs | RSS %.0f MB",
+                        100 * done / len(folds), done, len(folds), rec["auc"], rec["last_bar_auc"],
+                        rec["accuracy"], eta, rss / 2**20)
+            while next_report <= done / len(folds):
+                next_report += 0.1
+    return status, reason
+
+
+def _finish_stage(config, mode, ds, folds, state, run_dir, status, reason) -> StageResult:
+    result = StageResult(
+        mode=mode, run_dir=run_dir, folds=state["folds"], summary=ev.summarize(state["folds"]),
+        status=status, stop_reason=reason,
+        convergence_warnings=sum(f["convergence_warnings"] for f in state["folds"]),
+        peak_rss_bytes=_peak_rss(), best_fold=state["best_fold"],
+    )
+    if result.folds:
+        result.leak_warning = ev.leak_warning(float(result.means.get("auc", math.nan)), config.leak_auc)
+        if result.leak_warning:
+            logger.warning(result.leak_warning)
+        if result.convergence_warnings:
+            logger.warning("%d convergence warnings over %d folds (lbfgs stopped at max_iter; results are "
+                           "usually still fine for standardised features)", result.convergence_warnings,
+                           len(result.folds))
+        from atheria_kit.walkforward.report import write_artifacts
+
+        result.artifacts = write_artifacts(result, ds, folds, state["proba"], config)
+    return result
+
+
+def run_walkforward(
+    config: WalkForwardConfig,
+    *,
+    bars: pd.DataFrame | None = None,
+    confirm: Callable[[GateVerdict], bool] | None = None,
+    budget: Any | None = None,
+    memory_guard: Callable[[], float] | None = _ram_fraction,
+) -> list[StageResult]:
+    """Run the configured mode; ``sequential`` runs quick, applies the gate, then full if confirmed.
+
+    ``confirm(verdict)`` decides in sequential mode when ``config.confirm`` is None (the CLI asks on a terminal).
+    """
+    bars = load_bars(config) if bars is None else bars
+    ds = build_dataset(bars, config.horizon, chunk_size=config.chunk_size, memory_threshold=config.memory_threshold,
+                       memory_guard=memory_guard)
+    if config.mode != "sequential":
+        res = run_stage(config, config.mode, dataset=ds, budget=budget, memory_guard=memory_guard)
+        res.gate = evaluate_gate(res.means, config.gate) if res.folds else None
+        return [res]
+    quick = run_stage(config, "quick", dataset=ds, budget=budget, memory_guard=memory_guard)
+    quick.gate = evaluate_gate(quick.means, config.gate)
+    if config.confirm is not None:
+        go, how = config.confirm, "--yes" if config.confirm else "--no"
+    elif confirm is not None:
+        go = bool(confirm(quick.gate))
+        how = "confirmed interactively" if go else "declined interactively"
+    else:
+        go, how = quick.gate.passed, "gate verdict (non-interactive)"
+    from atheria_kit.walkforward.report import append_gate_verdict
+
+    append_gate_verdict(quick, go, how)
+    if not go or quick.status != "finished":
+        return [quick]
+    full = run_stage(config, "full", dataset=ds, budget=budget, memory_guard=memory_guard)
+    full.gate = evaluate_gate(full.means, config.gate) if full.folds else None
+    return [quick, full]
+
+
+def compare_shuffled_vs_walkforward(
+    bars: pd.DataFrame, *, horizon: int = 8, n_splits: int = 5, model: str = "hgb", seed: int = 0
+) -> dict[str, float]:
+    """Mean AUC of shuffled K-fold (the common mistake) and of purged walk-forward on the same data.
+
+    With overlapping ``horizon``-bar labels, shuffled K-fold puts near-duplicates of each test sample into
+    train, so even a pure random walk looks predictable; the purged walk-forward does not.
+    """
+    from sklearn.model_selection import KFold
+
+    ds = build_dataset(bars, horizon, memory_guard=None)
+    out: dict[str, list[float]] = {"shuffled_kfold": [], "purged_walk_forward": []}
+    shuffled = [(tr, te) for tr, te in KFold(n_splits, shuffle=True, random_state=seed).split(ds.X)]
+    wf = [(f.train, f.test) for f in sp.walk_forward_splits(ds.times, ds.resolved_at, n_splits)]
+    for name, pairs in (("shuffled_kfold", shuffled), ("purged_walk_forward", wf)):
+        for tr, te in pairs:
+            m = make_model(model, len(tr), seed=seed)
+            fit_counting_warnings(m, ds.X[tr], ds.y[tr])
+            out[name].append(ev.classification_metrics(ds.y[te], m.predict_proba(ds.X[te])[:, 1])["auc"])
+    return {k: float(np.mean(v)) for k, v in out.items()}

@@ -1,0 +1,187 @@
+"""Train/test splits for overlapping-horizon labels: walk-forward (by count or by time), purged K-fold, CPCV.
+
+All functions work on *sample positions* ``0..m-1`` (rows that have both features and a label) and return
+:class:`Fold` objects with sorted integer position arrays.
+
+Walk-forward purging uses times: a train sample is kept only if its label is resolved strictly before
+``test_start - embargo`` (``resolved_at`` from :mod:`.labels`). On gap-free data with ``embargo=0`` this is exactly
+scikit-learn's ``TimeSeriesSplit(n_splits, gap=horizon)``.
+
+Purged K-fold and combinatorial purged CV (Lopez de Prado, *Advances in Financial Machine Learning*, ch. 7 and 12)
+work in bars: ``horizon`` samples are purged before each contiguous test block (their labels reach into it) and
+``horizon + embargo_bars`` after it (the test labels reach into them, plus the embargo).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from atheria_kit._validation import require_choice, require_int
+
+_DAY_NS = 86_400 * 10**9
+
+
+class SplitError(ValueError):
+    """The data is too short (or the parameters inconsistent) for the requested split; says how much is needed."""
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One split: sample positions to train on and to test on (both sorted)."""
+
+    index: int
+    train: np.ndarray
+    test: np.ndarray
+
+    def describe(self, times: np.ndarray | None = None) -> str:
+        if times is None or not len(self.train):
+            return f"fold {self.index}: train {len(self.train)}, test {len(self.test)}"
+        import pandas as pd
+
+        t = lambda i: pd.Timestamp(int(times[i]), tz="UTC").strftime("%Y-%m-%d %H:%M")  # noqa: E731
+        return (f"fold {self.index}: train {t(self.train[0])}..{t(self.train[-1])} ({len(self.train)}), "
+                f"test {t(self.test[0])}..{t(self.test[-1])} ({len(self.test)})")
+
+
+def _purged_train(candidates: np.ndarray, resolved_at: np.ndarray, test_start_ns: int, embargo_ns: int) -> np.ndarray:
+    return candidates[resolved_at[candidates] < test_start_ns - embargo_ns]
+
+
+def walk_forward_splits(
+    times: np.ndarray,
+    resolved_at: np.ndarray,
+    n_splits: int = 5,
+    *,
+    embargo_ns: int = 0,
+    max_train_size: int | None = None,
+) -> list[Fold]:
+    """Count-based walk-forward: ``n_splits`` equal test blocks at the end, train on everything before (purged).
+
+    Test blocks are placed like ``TimeSeriesSplit``: size ``m // (n_splits + 1)``, the last block ending at the
+    last sample. ``max_train_size`` keeps only the most recent train samples (rolling window).
+    """
+    require_int("n_splits", n_splits, minimum=2)
+    require_int("embargo_ns", embargo_ns, minimum=0)
+    m = len(times)
+    test_size = m // (n_splits + 1)
+    if test_size < 1:
+        raise SplitError(f"n_splits={n_splits} needs at least {n_splits + 1} labelled samples, got {m}")
+    folds = []
+    positions = np.arange(m)
+    for i, start in enumerate(range(m - n_splits * test_size, m, test_size)):
+        train = _purged_train(positions[:start], resolved_at, int(times[start]), embargo_ns)
+        if max_train_size is not None:
+            train = train[-max_train_size:]
+        if not len(train):
+            raise SplitError(
+                f"fold {i} has no training samples after purging: {m} labelled samples are too few for "
+                f"n_splits={n_splits} with this horizon/embargo; need more than {n_splits * test_size} + the purge"
+            )
+        folds.append(Fold(i, train, positions[start : start + test_size]))
+    return folds
+
+
+def time_splits(
+    times: np.ndarray,
+    resolved_at: np.ndarray,
+    *,
+    test_period_days: float,
+    min_train_days: float,
+    window: str = "expanding",
+    train_window_days: float | None = None,
+    test_span_days: float | None = None,
+    embargo_ns: int = 0,
+) -> list[Fold]:
+    """Time-based walk-forward: consecutive test periods of ``test_period_days`` tiled backwards from the end.
+
+    A period is used only if at least ``min_train_days`` of data precede it; ``test_span_days`` limits the tested
+    span to the most recent days (quick mode). ``window="rolling"`` trains on the last ``train_window_days`` only.
+    """
+    require_choice("window", window, ("expanding", "rolling"))
+    for name, value in (("test_period_days", test_period_days), ("min_train_days", min_train_days)):
+        if not (isinstance(value, (int, float)) and value > 0):
+            raise SplitError(f"{name}={value!r} is invalid; expected a number of days > 0")
+    if window == "rolling" and not (train_window_days and train_window_days > 0):
+        raise SplitError(f"train_window_days={train_window_days!r} is required (> 0) with window='rolling'")
+    m = len(times)
+    if m < 2:
+        raise SplitError(f"need labelled samples to split, got {m}")
+    period = int(test_period_days * _DAY_NS)
+    first, end = int(times[0]), int(times[-1]) + 1
+    floor = first + int(min_train_days * _DAY_NS)
+    if test_span_days is not None:
+        floor = max(floor, end - int(test_span_days * _DAY_NS))
+    bounds = []
+    stop = end
+    while stop - period >= floor:
+        bounds.append((stop - period, stop))
+        stop -= period
+    bounds.reverse()
+    if not bounds:
+        have = (end - first) / _DAY_NS
+        raise SplitError(
+            f"the data covers {have:.1f} days of labelled samples; this split needs at least "
+            f"min_train_days + test_period_days = {min_train_days + test_period_days:g} days"
+        )
+    positions = np.arange(m)
+    folds = []
+    for lo, hi in bounds:
+        a, b = np.searchsorted(times, lo, "left"), np.searchsorted(times, hi, "left")
+        if a == b:
+            continue  # a test period falling entirely into a data gap
+        candidates = positions[:a]
+        if window == "rolling":
+            candidates = candidates[times[candidates] >= int(times[a]) - int(train_window_days * _DAY_NS)]
+        train = _purged_train(candidates, resolved_at, int(times[a]), embargo_ns)
+        if len(train):
+            folds.append(Fold(len(folds), train, positions[a:b]))
+    if not folds:
+        raise SplitError("no test period has both test and train samples; provide more data")
+    return folds
+
+
+def _purge_around_blocks(m: int, test: np.ndarray, horizon: int, embargo_bars: int) -> np.ndarray:
+    keep = np.ones(m, dtype=bool)
+    keep[test] = False
+    # contiguous runs of test positions
+    breaks = np.flatnonzero(np.diff(test) != 1)
+    starts = np.concatenate([[test[0]], test[breaks + 1]])
+    ends = np.concatenate([test[breaks], [test[-1]]])
+    for s, e in zip(starts, ends, strict=True):
+        keep[max(0, s - horizon) : s] = False
+        keep[e + 1 : e + 1 + horizon + embargo_bars] = False
+    return np.flatnonzero(keep)
+
+
+def purged_kfold(m: int, n_splits: int, horizon: int, embargo_bars: int = 0) -> list[Fold]:
+    """K contiguous test blocks (sizes as scikit-learn's unshuffled ``KFold``), train on the rest minus the purge."""
+    require_int("n_splits", n_splits, minimum=2)
+    require_int("horizon", horizon, minimum=0)
+    require_int("embargo_bars", embargo_bars, minimum=0)
+    if m < n_splits:
+        raise SplitError(f"purged K-fold with n_splits={n_splits} needs at least {n_splits} samples, got {m}")
+    blocks = np.array_split(np.arange(m), n_splits)
+    return [Fold(i, _purge_around_blocks(m, b, horizon, embargo_bars), b) for i, b in enumerate(blocks)]
+
+
+def combinatorial_purged_cv(
+    m: int, n_groups: int, n_test_groups: int, horizon: int, embargo_bars: int = 0
+) -> list[Fold]:
+    """Combinatorial purged CV: every choice of ``n_test_groups`` of ``n_groups`` contiguous groups is a test set.
+
+    There are C(n_groups, n_test_groups) splits, which combine into
+    ``n_test_groups * C(n_groups, n_test_groups) / n_groups`` backtest paths.
+    """
+    require_int("n_groups", n_groups, minimum=2)
+    require_int("n_test_groups", n_test_groups, minimum=1, maximum=n_groups - 1)
+    if m < n_groups:
+        raise SplitError(f"CPCV with n_groups={n_groups} needs at least {n_groups} samples, got {m}")
+    groups = np.array_split(np.arange(m), n_groups)
+    folds = []
+    for i, combo in enumerate(itertools.combinations(range(n_groups), n_test_groups)):
+        test = np.concatenate([groups[g] for g in combo])
+        folds.append(Fold(i, _purge_around_blocks(m, test, horizon, embargo_bars), test))
+    return folds

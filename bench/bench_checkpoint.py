@@ -1,0 +1,260 @@
+"""Checkpoint benchmark: training-loop stall per save, end-to-end overhead, verification and resume cost.
+
+Every figure is printed next to a baseline measured in the same run, as a ratio:
+  1. stall per checkpoint (~100 MB and ~500 MB states): our async save vs copying the state to CPU memory,
+     plain torch.save into the same directory, and PyTorch Lightning's ModelCheckpoint
+     (``pip install pytorch-lightning``; its row says "not installed" otherwise);
+     goals: ours <= 1.2x the copy, and >= 5x smaller than torch.save's;
+  2. end-to-end overhead of an async checkpoint every 10 s in a real training loop vs no checkpoints (goal <= 2 %);
+  3. verification throughput (sha256 of a checkpoint) vs reading the file, and time to resume from the latest
+     checkpoint vs a plain torch.load.
+
+Usage: .venv/bin/python bench/bench_checkpoint.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from atheria_kit.checkpoint import CheckpointManager  # noqa: E402
+from atheria_kit.retention import LatestN  # noqa: E402
+
+MB = 1_000_000
+
+
+def make_state(megabytes: int) -> dict:
+    """A model-like state: 4 MB float32 tensors adding up to ``megabytes``, plus counters."""
+    n = max(1, megabytes // 4)
+    model = {f"layer{i}.weight": torch.randn(1000, 1000) for i in range(n)}
+    return {"model": model, "step": 0, "history": [0.1] * 100}
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def lightning_stall(state: dict, directory: Path, repeats: int) -> float | None:
+    """Median time ModelCheckpoint blocks the training loop per save (its ``_save_checkpoint``)."""
+    try:
+        import pytorch_lightning as pl
+        from pytorch_lightning.callbacks import ModelCheckpoint
+    except ImportError:
+        try:
+            import lightning.pytorch as pl
+            from lightning.pytorch.callbacks import ModelCheckpoint
+        except ImportError:
+            return None
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    tensors = list(state["model"].values())
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.params = torch.nn.ParameterList([torch.nn.Parameter(t.clone()) for t in tensors])
+            self.head = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, _idx):
+            return self.head(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.head.parameters(), lr=0.01)  # no per-parameter state: ~state size
+
+    times: list[float] = []
+
+    class Timed(ModelCheckpoint):
+        def _save_checkpoint(self, trainer, filepath):  # what the training loop waits for
+            t0 = time.perf_counter()
+            super()._save_checkpoint(trainer, filepath)
+            times.append(time.perf_counter() - t0)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(repeats, 4)), batch_size=1)
+    cb = Timed(dirpath=str(directory), every_n_train_steps=1, save_top_k=-1)
+    trainer = pl.Trainer(max_steps=repeats, callbacks=[cb], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(Module(), data)
+    del trainer
+    return statistics.median(times) if times else None
+
+
+def bench_stall(megabytes: int, base: Path, repeats: int) -> list[tuple[str, float | None]]:
+    """Stall per save; the contenders take turns within each repeat so machine noise hits all alike."""
+    state = make_state(megabytes)
+    d = base / f"stall-{megabytes}"
+    d.mkdir()
+    mgr = CheckpointManager(d / "ours", policy=LatestN(1))
+    plain = d / "plain.pt"
+    times: dict[str, list[float]] = {"copy": [], "ours": [], "save": [], "save_fsync": []}
+
+    def timed(key: str, fn) -> None:
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times[key].append(time.perf_counter() - t0)
+
+    def save_fsync() -> None:
+        with open(plain, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    for step in range(1, repeats + 1):
+        timed("copy", lambda: {k: v.clone() for k, v in state["model"].items()})
+        timed("ours", lambda step=step: mgr.save(state, step=step))
+        mgr.wait()  # the next save starts after this one is on disk (as with saves 10 s apart)
+        timed("save", lambda: torch.save(state, plain))
+        timed("save_fsync", save_fsync)
+    mgr.close()
+    light_t = lightning_stall(state, d / "lightning", repeats)
+    state.clear()
+    gc.collect()
+    shutil.rmtree(d)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return [("copy to CPU memory (baseline)", med["copy"]), ("ours: async save()", med["ours"]),
+            ("plain torch.save", med["save"]), ("torch.save + fsync", med["save_fsync"]),
+            ("Lightning ModelCheckpoint", light_t)]
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
+                                       torch.nn.ReLU(), torch.nn.Linear(width, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def train(seconds: float, every: float | None, directory: Path) -> tuple[int, float, int]:
+    """Train for ``seconds``; checkpoint asynchronously every ``every`` seconds. Returns (steps, wall, saves)."""
+    torch.manual_seed(0)
+    model = MLP(1024)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(256, 1024), torch.randn(256, 1)
+    mgr = CheckpointManager(directory, policy=LatestN(1)) if every else None
+    steps = saves = 0
+    t0 = last = time.perf_counter()
+    while (now := time.perf_counter()) - t0 < seconds:
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+        if mgr is not None and now - last >= every:
+            mgr.save({"model": model.state_dict(), "opt": opt.state_dict()}, step=steps, metrics={"loss": loss.item()})
+            last, saves = now, saves + 1
+    wall = time.perf_counter() - t0
+    if mgr is not None:
+        mgr.close()
+    return steps, wall, saves
+
+
+def bench_overhead(base: Path, seconds: float, every: float, rounds: int) -> tuple[float, float, int]:
+    rates = {"none": [], "ckpt": []}
+    saves = 0
+    for r in range(rounds):  # alternate so that drift on a shared machine hits both alike
+        for kind in ("none", "ckpt"):
+            d = base / f"e2e-{kind}-{r}"
+            steps, wall, n = train(seconds, every if kind == "ckpt" else None, d)
+            rates[kind].append(steps / wall)
+            saves += n
+            shutil.rmtree(d, ignore_errors=True)
+    return statistics.median(rates["none"]), statistics.median(rates["ckpt"]), saves
+
+
+def bench_verify_resume(base: Path, megabytes: int, repeats: int) -> list[tuple[str, float, str]]:
+    d = base / "verify"
+    state = make_state(megabytes)
+    with CheckpointManager(d, async_save=False) as mgr:
+        mgr.save(state, step=1)
+    plain = base / "plain.pt"
+    torch.save(state, plain)
+    del state
+    rec = mgr.records()[-1]
+    size = rec.size / MB
+
+    def read_all() -> None:
+        with open(rec.path, "rb") as fh:
+            while fh.read(4 * 1024 * 1024):
+                pass
+
+    read_t = median_time(read_all, repeats)
+    verify_t = median_time(lambda: mgr.verify(rec), repeats)
+    plain_t = median_time(lambda: torch.load(plain, weights_only=True), repeats)
+    resume_t = median_time(lambda: CheckpointManager(d).load("latest"), repeats)
+    shutil.rmtree(d)
+    plain.unlink()
+    return [
+        ("read file (baseline), MB/s", size / read_t, ""),
+        ("sha256 verify, MB/s", size / verify_t, f"{read_t / verify_t:.2f}x read speed"),
+        ("torch.load plain file (baseline), s", plain_t, ""),
+        ("resume: open manager + verified load('latest'), s", resume_t, f"{resume_t / plain_t:.2f}x torch.load"),
+    ]
+
+
+def fmt(v: float | None) -> str:
+    return "not installed" if v is None else f"{v * 1000:9.1f} ms"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller states, shorter training loop")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    sizes = [100] if args.quick else [100, 500]
+    repeats = 3
+    seconds, every, rounds = (12.0, 3.0, 1) if args.quick else (30.0, 10.0, 2)
+    base = Path(tempfile.mkdtemp(prefix="bench-ckpt-", dir=os.environ.get("BENCH_DIR")))
+    try:
+        print(f"checkpoint benchmark ({'quick' if args.quick else 'full'}), torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, dir {base}")
+        print(f"\n1. training-loop stall per checkpoint (median of {repeats})")
+        for mb in sizes:
+            rows = bench_stall(mb, base, repeats)
+            copy_t, ours_t, save_t = rows[0][1], rows[1][1], rows[2][1]
+            print(f"  state ~{mb} MB")
+            for name, t in rows:
+                ratio = "" if t is None else f"{t / copy_t:6.2f}x copy   {t / ours_t:6.2f}x ours"
+                print(f"    {name:<32} {fmt(t)}   {ratio}")
+            ok1 = ours_t <= 1.2 * copy_t
+            ok2 = save_t >= 5 * ours_t
+            print(f"    goal ours <= 1.2x copy: {'met' if ok1 else 'MISSED'} ({ours_t / copy_t:.2f}x); "
+                  f"torch.save >= 5x ours: {'met' if ok2 else 'MISSED'} ({save_t / ours_t:.1f}x)")
+
+        print(f"\n2. end-to-end: async checkpoint every {every:g} s vs none ({rounds} x {seconds:g} s each, alternated)")
+        none_r, ckpt_r, saves = bench_overhead(base, seconds, every, rounds)
+        overhead = (none_r - ckpt_r) / none_r * 100
+        print(f"    no checkpoints (baseline)        {none_r:9.2f} steps/s")
+        print(f"    checkpoint every {every:g} s{'':<13}{ckpt_r:9.2f} steps/s  ({saves} saves of ~"
+              f"{sum(p.numel() for p in MLP(1024).parameters()) * 12 / MB:.0f} MB)")
+        print(f"    overhead {overhead:+.2f} %   goal <= 2 %: {'met' if overhead <= 2 else 'MISSED'}")
+
+        print(f"\n3. verification and resume (~{sizes[-1]} MB checkpoint, median of {repeats})")
+        for name, v, note in bench_verify_resume(base, sizes[-1], repeats):
+            print(f"    {name:<52} {v:9.2f}   {note}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
