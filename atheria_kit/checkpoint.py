@@ -426,8 +426,8 @@ class CheckpointManager:
 
     def records(self) -> list[CheckpointRecord]:
         """The checkpoints listed in the manifest, oldest (lowest step) first; not verified."""
-        with self._commit_lock:
-            return list(self._records)
+        # No lock: commits replace the list object whole, and the training thread must not wait for a write.
+        return list(self._records)
 
     def verify(self, record: CheckpointRecord) -> str | None:
         """None when ``record``'s file exists with the listed size and sha256, else the reason it is bad."""

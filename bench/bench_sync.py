@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -61,19 +62,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    seconds = 6.0 if args.quick else 20.0
+    seconds = 4.0 if args.quick else 8.0
     latency = 2.0
     sizes_mb = [10, 50] if args.quick else [10, 100, 500]
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     try:
-        print(f"1) training throughput, {seconds:.0f} s per run, checkpoint every 3 s, remote latency {latency} s/upload")
-        base, _ = train(seconds, work / "c0")
-        slow = FsspecTarget(f"/bench-{uuid.uuid4().hex}",
-                            fs=FaultyFileSystem(fsspec.filesystem("memory"), latency=latency))
-        synced, st = train(seconds, work / "c1", slow)
+        rounds = 3 if args.quick else 5
+        print(f"1) training throughput: {rounds} interleaved rounds of {seconds:.0f} s per condition (medians), "
+              f"checkpoint every 3 s, remote latency {latency} s/upload")
+        base_rates, sync_rates, sent, failures = [], [], 0, 0
+        for r in range(rounds):
+            base_rates.append(train(seconds, work / f"c0-{r}")[0])
+            slow = FsspecTarget(f"/bench-{uuid.uuid4().hex}",
+                                fs=FaultyFileSystem(fsspec.filesystem("memory"), latency=latency))
+            rate, st = train(seconds, work / f"c1-{r}", slow)
+            sync_rates.append(rate)
+            sent, failures = sent + st["files_sent"], failures + st["failures"]
+        base, synced = statistics.median(base_rates), statistics.median(sync_rates)
         print(f"   checkpoints, no sync       : {base:9.1f} steps/s")
         print(f"   checkpoints + slow sync    : {synced:9.1f} steps/s   ratio {synced / base:.3f}  "
-              f"(files sent {st['files_sent']}, failures {st['failures']})")
+              f"(files sent {sent}, failures {failures})")
 
         print("2) start -> first training step from a remote-only checkpoint (download + verify + safe load)")
         print(f"   {'size':>7} | {'remote resume':>13} | {'local load':>10} | ratio")

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from atheria_kit.ensemble.backtest import BacktestConfig, BacktestResult, backtest, metrics_by_regime, summarize
+from atheria_kit.ensemble.backtest import (
+    BacktestConfig,
+    BacktestResult,
+    backtest,
+    metrics_by_regime,
+    summarize,
+)
 from atheria_kit.ensemble.dynamic import DynamicEnsemble, EnsembleRun
 from atheria_kit.ensemble.performance import bars_per_year
 from atheria_kit.ensemble.regime import REGIMES
@@ -99,7 +105,7 @@ def reading(results: Mapping[str, SymbolExperiment]) -> str:
         lines.append(
             f"{sym}: ensemble {ens['total_return']:+.1%} (Sharpe {ens['sharpe']:.2f}, max drawdown "
             f"{ens['max_drawdown']:.1%}, {int(ens['n_trades'])} trades, win rate {ens['win_rate']:.0%}, costs "
-            f"{ens['cost_paid']:.1%} of equity in total) vs buy-and-hold {bh['total_return']:+.1%} and best single "
+            f"{ens['cost_paid']:.0%} of equity summed over all position changes) vs buy-and-hold {bh['total_return']:+.1%} and best single "
             f"strategy {best} {singles.loc[best, 'total_return']:+.1%}; its best regime was {by_reg.idxmax()} "
             f"({by_reg.max():+.1%}), its worst {by_reg.idxmin()} ({by_reg.min():+.1%})."
         )

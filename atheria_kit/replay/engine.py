@@ -109,8 +109,11 @@ class ReplayEngine:
     def __init__(self, config: ReplayConfig, *, feed: BarFeed | None = None, out_dir: str | os.PathLike | None = None,
                  ensemble_factory: Callable[[], DynamicEnsemble] = DynamicEnsemble,
                  notifier: Any = None, clock: Callable[[], float] = time.perf_counter,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, live_interval_s: float = 1.0) -> None:
         self.config = config
+        # live_status.json is rewritten (fsync'd) at most this often between cycles: fsync costs ~10-30 ms.
+        self.live_interval_s = float(live_interval_s)
+        self._last_live = -math.inf
         self.feed = feed if feed is not None else HistoricalFeed(load_frames(config))
         self.symbols = list(self.feed.symbols)
         self.out_dir = Path(out_dir if out_dir is not None else config.out_dir)
@@ -252,8 +255,11 @@ class ReplayEngine:
                 if bar is not None:
                     self._decide(sym, ts)
             k["updates"] += 1
-            self._last_latency = self._clock() - started
-            self._write_live("running", self._kpis())
+            now = self._clock()
+            self._last_latency = now - started
+            if now - self._last_live >= self.live_interval_s:
+                self._last_live = now
+                self._write_live("running", self._kpis())
 
     def _decide(self, sym: str, ts: str) -> None:
         window = self.feed.history(sym, self.config.lookback_bars)

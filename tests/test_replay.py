@@ -1,0 +1,251 @@
+"""Multi-symbol historical replay: feed, paper account, penalties, config, artifacts and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from atheria_kit.ensemble.performance import PerformanceTracker
+from atheria_kit.replay.account import AccountConfig, PaperAccount
+from atheria_kit.replay.config import ReplayConfig
+from atheria_kit.replay.engine import ReplayEngine, penalty_decision
+from atheria_kit.replay.feed import HistoricalFeed
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = {"symbols": ["BTCUSDT", "ETHUSDT"], "timeframe": "1h", "data": "sample", "max_bars": 400,
+         "cycle_size_bars": 80, "update_every_bars": 10, "lookback_bars": 200}
+# Compared byte for byte between runs; live_status.json, progress.json, metrics.jsonl, resources.jsonl,
+# summary.json (the run log) and checkpoints/ hold wall-clock times, latency, CPU and memory and are excluded.
+COMPARED = ("cycle_*.json", "strategies_cycle_*.json", "*_trades.jsonl", "*_penalties.jsonl", "replay_summary.json")
+
+
+def _bars(times: list[str], price: float) -> pd.DataFrame:
+    idx = pd.DatetimeIndex(pd.to_datetime(times, utc=True))
+    p = [price + i for i in range(len(times))]
+    return pd.DataFrame({"open": p, "high": p, "low": p, "close": p, "volume": 1.0}, index=idx)
+
+
+def _artifacts(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for pattern in COMPARED for p in sorted(run_dir.glob(pattern))}
+
+
+def _write_config(path: Path, **overrides) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"historical": {**SMALL, **overrides}}), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ feed
+
+
+def test_feed_advances_symbols_in_lock_step_across_gaps():
+    t = ["2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 02:00", "2024-01-01 03:00"]
+    feed = HistoricalFeed({"A": _bars(t, 10), "B": _bars([t[0], t[2], t[3]], 20), "C": _bars(t[1:], 30)})
+    steps = []
+    while (step := feed.next()) is not None:
+        steps.append({s: (None if b is None else b.open) for s, b in step.bars.items()})
+    assert steps == [
+        {"A": 10, "B": 20, "C": None},
+        {"A": 11, "B": None, "C": 30},
+        {"A": 12, "B": 21, "C": 31},
+        {"A": 13, "B": 22, "C": 32},
+    ]
+    assert list(feed.history("B", 10)["open"]) == [20, 21, 22]
+    assert list(feed.history("A", 2)["open"]) == [12, 13]
+
+
+def test_feed_state_restores_position_and_histories():
+    t = ["2024-01-01 00:00", "2024-01-01 01:00", "2024-01-01 02:00"]
+    frames = {"A": _bars(t, 10), "B": _bars([t[0], t[2]], 20)}
+    feed = HistoricalFeed(frames)
+    feed.next(), feed.next()
+    other = HistoricalFeed(frames)
+    other.load_state_dict(feed.state_dict())
+    assert list(other.history("B", 5)["open"]) == [20]
+    assert other.next().bars["B"].open == 21
+
+
+# --------------------------------------------------------------------------------------------------- account
+
+
+def test_account_fills_at_next_open_with_fees_and_exposure_cap():
+    acc = PaperAccount(["A", "B"], AccountConfig(initial_balance=1000, per_trade_pct=10, max_exposure_pct=15,
+                                                 fee_pct=0.1, slippage_pct=0))
+    acc.submit("A", 1)
+    assert acc.positions == {} and acc.equity() == 1000  # nothing happens until A's next bar
+    acc.on_bar("A", "t1", 100.0, 110.0)
+    # notional 10 % of 1000 = 100 at 100 -> qty 1; fee 0.1; marked at 110 -> +10
+    assert acc.positions["A"]["qty"] == pytest.approx(1.0)
+    assert acc.cash == pytest.approx(999.9)
+    assert acc.equity() == pytest.approx(1009.9)
+    acc.submit("B", -1)
+    acc.on_bar("B", "t1", 50.0, 50.0)
+    # 10 % of 1009.9 = 100.99, but the cap leaves 15 % of 1009.9 - 100 = 51.485
+    assert acc.positions["B"]["qty"] * 50.0 == pytest.approx(51.485)
+    assert acc.cash == pytest.approx(999.9 - 0.051485)
+    acc.submit("A", 0)
+    (trade,) = acc.on_bar("A", "t2", 120.0, 130.0)
+    # gross 1 * (120 - 100) = 20, exit fee 0.12, entry fee 0.1
+    assert trade["pnl"] == pytest.approx(19.78)
+    assert trade["return"] == pytest.approx(0.1978)
+    assert acc.realized_by_symbol["A"] == pytest.approx(19.78)
+    assert "A" not in acc.positions
+
+
+def test_account_slippage_moves_fills_against_the_trader():
+    acc = PaperAccount(["A"], AccountConfig(per_trade_pct=10, fee_pct=0, slippage_pct=1))
+    acc.submit("A", -1)
+    acc.on_bar("A", "t1", 100.0, 100.0)
+    assert acc.positions["A"]["entry_price"] == pytest.approx(99.0)  # a short sells below the open
+    acc.submit("A", 1)
+    (trade,) = acc.on_bar("A", "t2", 100.0, 100.0)
+    assert trade["exit_price"] == pytest.approx(101.0)
+    assert acc.positions["A"]["entry_price"] == pytest.approx(101.0)
+
+
+def test_account_rejects_an_order_beyond_the_exposure_cap():
+    acc = PaperAccount(["A", "B"], AccountConfig(per_trade_pct=20, max_exposure_pct=20, fee_pct=0, slippage_pct=0))
+    acc.submit("A", 1), acc.on_bar("A", "t", 10.0, 10.0)
+    acc.submit("B", 1), acc.on_bar("B", "t", 10.0, 10.0)
+    assert "B" not in acc.positions and acc.rejected == 1
+
+
+# ------------------------------------------------------------------------------------------------- penalties
+
+
+def _stats(returns):
+    t = PerformanceTracker(50)
+    t.record_trades(returns)
+    return t.stats()
+
+
+@pytest.mark.parametrize(
+    ("returns", "multiplier", "expected", "action", "why"),
+    [
+        ([-0.01] * 5, 1.0, 0.5, "cut", "losing streak 5"),
+        ([-0.01] * 4, 1.0, 1.0, None, ""),
+        ([0.1, -0.25], 1.0, 0.5, "cut", "drawdown 25.00%"),  # 1 - 1.1 * 0.75 / 1.1 = 25 %
+        ([-0.01] * 6, 0.15, 1.0, "reset", "losing streak 6"),  # 0.075 < reset_below 0.1
+    ],
+)
+def test_penalty_cuts_then_resets_past_limits(returns, multiplier, expected, action, why):
+    cfg = ReplayConfig(max_drawdown_pct=20, max_losing_streak=5, weight_cut=0.5, reset_below=0.1)
+    new, act, reason = penalty_decision(_stats(returns), multiplier, cfg)
+    assert (new, act) == (pytest.approx(expected), action)
+    assert why in reason
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ({"cycle_size_bars": 0}, "cycle_size_bars=0"),
+        ({"update_every_bars": 200}, "update_every_bars=200"),
+        ({"risk": {"per_trade_pct": -1}}, "per_trade_pct=-1"),
+        ({"costs": {"fee_pct": 60}}, "fee_pct=60"),
+        ({"symbols": []}, "symbols=()"),
+        ({"bogus": 1}, "bogus"),
+        ({"data": "nowhere.csv"}, "data='nowhere.csv'"),
+        ({"timeframe": "7x"}, "timeframe='7x'"),
+        ({"penalties": {"weight_cut": 1.5}}, "weight_cut=1.5"),
+    ],
+)
+def test_bad_config_names_field_and_value(tmp_path, override, needle):
+    with pytest.raises(ValueError) as info:
+        ReplayConfig.from_yaml(_write_config(tmp_path / "c.yaml", **override))
+    assert needle in str(info.value)
+
+
+def test_config_reads_nested_sections(tmp_path):
+    cfg = ReplayConfig.from_yaml(_write_config(tmp_path / "c.yaml", risk={"initial_balance": 500},
+                                               penalties={"max_losing_streak": 3}))
+    assert (cfg.initial_balance, cfg.max_losing_streak, cfg.symbols) == (500, 3, ("BTCUSDT", "ETHUSDT"))
+    assert ReplayConfig().cycle_size_bars == 500 and ReplayConfig().update_every_bars == 25
+
+
+# ---------------------------------------------------------------------------------------------------- engine
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """An uninterrupted replay of 400 bars of the shipped BTC/ETH sample in cycles of 80."""
+    out = tmp_path_factory.mktemp("reference")
+    ReplayEngine(ReplayConfig(**{**SMALL, "symbols": tuple(SMALL["symbols"])}), out_dir=out).run(resume=False)
+    return out
+
+
+def test_replay_writes_every_artifact(reference_run):
+    names = {p.name for p in reference_run.iterdir()}
+    for sym in ("BTCUSDT", "ETHUSDT"):
+        assert {f"{sym}_trades.jsonl", f"{sym}_penalties.jsonl"} <= names
+    assert {f"cycle_{i}.json" for i in range(1, 6)} <= names
+    assert {f"strategies_cycle_{i}.json" for i in range(1, 6)} <= names
+    assert {"live_status.json", "progress.json", "metrics.jsonl", "replay_summary.json"} <= names
+    last = json.loads((reference_run / "cycle_5.json").read_text())
+    trades = [json.loads(line) for s in ("BTCUSDT", "ETHUSDT")
+              for line in (reference_run / f"{s}_trades.jsonl").read_text().splitlines()]
+    assert last["trades"] == len(trades) > 0
+    assert last["winners"] == sum(t["pnl"] > 0 for t in trades)
+    assert last["win_rate"] == pytest.approx(last["winners"] / len(trades))
+    assert last["bars_done"] == 400 and last["progress"] == 1.0
+    # realized PnL of closed trades + open positions' marks add up to the equity change
+    assert sum(last["symbol_pnl"].values()) == pytest.approx(last["cumulative_pnl"])
+    assert 0 <= last["current_drawdown"] <= last["max_drawdown"] < 1
+    live = json.loads((reference_run / "live_status.json").read_text())
+    assert live["status"] == "finished"
+    assert {"latency_ms", "cpu_percent", "memory_rss_bytes"} <= set(live)
+    progress = json.loads((reference_run / "progress.json").read_text())
+    assert (progress["kind"], progress["unit"], progress["done"], progress["total"]) == ("replay", "cycle", 5, 5)
+
+
+def test_penalty_events_follow_the_configured_cut(reference_run):
+    events = [json.loads(line) for s in ("BTCUSDT", "ETHUSDT")
+              for line in (reference_run / f"{s}_penalties.jsonl").read_text().splitlines()]
+    assert events, "the real sample's losing streaks should trigger penalties"
+    for e in events:
+        if e["action"] == "cut":
+            assert e["multiplier_after"] == pytest.approx(e["multiplier_before"] * 0.5)
+            assert e["multiplier_after"] >= 0.1
+        else:
+            assert e["action"] == "reset" and e["multiplier_after"] == 1.0
+        assert e["losing_streak"] >= 5 or e["max_drawdown_pct"] >= 20
+
+
+def test_resume_after_sigkill_ends_with_identical_artifacts(tmp_path, reference_run):
+    config = _write_config(tmp_path / "replay.yaml")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "atheria_kit.replay.cli", "--config", str(config), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    for line in proc.stdout:
+        if line.startswith("cycle 2 done"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.stdout.close()
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "replay_summary.json").exists()
+    resumed = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines()[0].startswith("cycle 3 done")  # continued after the last checkpoint
+    assert _artifacts(out) == _artifacts(reference_run)
+
+
+def test_truncates_lines_written_after_the_checkpoint(tmp_path, reference_run):
+    cfg = ReplayConfig(**{**SMALL, "symbols": tuple(SMALL["symbols"])})
+    out = tmp_path / "run"
+    ReplayEngine(cfg, out_dir=out).run(resume=False, max_cycles=3)
+    with open(out / "BTCUSDT_trades.jsonl", "a") as fh:  # as if killed mid-cycle after writing a trade
+        fh.write('{"partial": true}\n')
+    (out / "cycle_4.json").write_text("{}")
+    ReplayEngine(cfg, out_dir=out).run(resume=True)
+    assert _artifacts(out) == _artifacts(reference_run)
