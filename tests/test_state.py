@@ -323,3 +323,24 @@ def test_a_full_collected_state_holds_only_tensors_and_plain_types():
     assert any(path.startswith("state['rng']['numpy']") for path, _t in leaves)
     # A pickle that would run code on load is not in here; a weights_only load proves it rebuilds from plain parts.
     weights_only_round_trip(state)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_every_cuda_device_rng_is_captured_and_restored():
+    devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    state = weights_only_round_trip(capture_rng_state())
+    assert len(state["cuda"]) == len(devices)
+    expected = [torch.rand(3, device=d).tolist() for d in devices]
+    torch.cuda.manual_seed_all(123)
+    restore_rng_state(state)
+    assert [torch.rand(3, device=d).tolist() for d in devices] == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks resuming a GPU run's state on a CPU-only machine")
+def test_cuda_states_without_cuda_are_skipped_with_a_warning(caplog: pytest.LogCaptureFixture):
+    state = capture_rng_state()
+    state["cuda"] = [torch.get_rng_state()]  # stands in for the state a GPU session saved
+    expected = draws()
+    restore_rng_state(state)
+    assert draws() == expected  # everything else is still restored
+    assert "RNG states for 1 CUDA device(s) but 0 are available" in caplog.text
