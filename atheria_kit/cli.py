@@ -12,7 +12,6 @@ from atheria_kit import __version__
 
 # (module, purpose). Each module exposes ``add_parser(subparsers)``; the sub-parser sets ``func(args) -> int``.
 COMMANDS: tuple[tuple[str, str], ...] = (
-    ("atheria_kit.session_cli", "progressive training run (the notebook's loop, headless)"),
     ("atheria_kit.walkforward.cli", "walk-forward direction models"),
     ("atheria_kit.watch", "watch a running or finished run"),
     ("atheria_kit.replay.cli", "multi-symbol historical replay"),

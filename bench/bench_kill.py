@@ -46,10 +46,12 @@ def merge(reports: list[KillReport]) -> dict[str, object]:
     return {
         "kills": sum(r.kills for r in reports),
         "kills during a write": sum(r.kills_during_write for r in reports),
+        "  of which in the manifest write": sum(r.kills_during_manifest_write for r in reports),
         "kills between writes": sum(r.kills - r.kills_during_write for r in reports),
         "lives (processes)": sum(r.lives for r in reports),
         "resumes": sum(r.resumes for r in reports),
         "resumed from newest complete": sum(r.resumed_from_newest for r in reports),
+        "  of which not yet in the manifest": sum(r.resumed_unlisted for r in reports),
         "partial loads (must be 0)": sum(r.partial_loads for r in reports),
         "steps differing from reference": sum(r.step_mismatches for r in reports),
         "temporary files left behind": sum(r.temp_files_left for r in reports),

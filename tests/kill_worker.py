@@ -343,6 +343,16 @@ def reference_run(directory: Path, *, steps: int, save_every: int) -> Reference:
     return Reference(digests, final)
 
 
+def newest_is_listed(directory: Path) -> bool:
+    """Whether manifest.json lists the highest-numbered checkpoint file."""
+    names = os.listdir(directory) if directory.is_dir() else []
+    steps = {int(m.group(1)): n for n in names if (m := _CKPT_RE.match(n))}
+    manifest = directory / "manifest.json"
+    if not steps or not manifest.is_file():
+        return False
+    return steps[max(steps)] in {c["file"] for c in json.loads(manifest.read_text())["checkpoints"]}
+
+
 def scan_directory(directory: Path) -> tuple[int | None, list[str], list[str]]:
     """(newest complete step, temporary files, problems) observed on disk, independently of the kit.
 
@@ -370,6 +380,8 @@ def scan_directory(directory: Path) -> tuple[int | None, list[str], list[str]]:
 class KillReport:
     kills: int = 0
     kills_during_write: int = 0
+    kills_during_manifest_write: int = 0
+    resumed_unlisted: int = 0  # the newest file was renamed into place but the manifest did not list it yet
     resumes: int = 0
     resumed_from_newest: int = 0
     partial_loads: int = 0
@@ -394,7 +406,9 @@ def _read_life(proc: Life, plan: tuple[str, int] | None, ref: Reference, report:
     ``("step", n)``: kill after the n-th step, at a moment when no file is being written (if a write
     is open then, at the next moment the writer is held before creating its temporary file).
     """
-    seen: dict[str, Any] = {"first": None, "last_step": None, "last_commit": None, "done": None, "killed": False}
+    seen: dict[str, Any] = {
+        "first": None, "last_step": None, "last_commit": None, "done": None, "killed": False, "killed_in": None,
+    }
     count = 0
     open_write: str | None = None
     kill_when_idle = False
@@ -448,6 +462,7 @@ def _read_life(proc: Life, plan: tuple[str, int] | None, ref: Reference, report:
                 count += 1
                 if count == plan[1]:
                     kill()
+                    seen["killed_in"] = parts[1]
                     continue
             go()
     proc.wait()
@@ -487,6 +502,7 @@ def run_with_kills(
                 report.fail(f"gave up after {report.lives} lives")
                 return report
             expected, temps_before, problems = scan_directory(directory)
+            listed_before = newest_is_listed(directory)
             for p in problems:
                 report.fail(p)
             if kills_left > 0:
@@ -512,6 +528,7 @@ def run_with_kills(
                 resumed = int(first[1])
                 if resumed == expected:
                     report.resumed_from_newest += 1
+                    report.resumed_unlisted += not listed_before
                 else:
                     report.fail(f"resumed from step {resumed}, newest complete checkpoint is {expected}")
                 if ref.steps.get(resumed) != first[2]:
@@ -531,6 +548,7 @@ def run_with_kills(
             if seen["killed"]:
                 kills_left -= 1
                 report.kills += 1
+                report.kills_during_manifest_write += seen["killed_in"] == "manifest.json"
                 last_commit_seen = seen["last_commit"] if seen["last_commit"] is not None else last_commit_seen
                 newest, _temps, _ = scan_directory(directory)
                 if seen["last_step"] is not None:
