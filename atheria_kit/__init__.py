@@ -39,6 +39,8 @@ _EXPORTS: dict[str, str] = {
     "seed_everything": "atheria_kit.state",
     "SeededGenerators": "atheria_kit.state",
     "TrainingProgress": "atheria_kit.state",
+    "validate_plain": "atheria_kit.state",
+    "ResumableLoader": "atheria_kit.resumable",
     # progressive training
     "SessionConfig": "atheria_kit.session_config",
     "TrainingSession": "atheria_kit.session",

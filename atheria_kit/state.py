@@ -17,6 +17,11 @@ The pieces:
 * :func:`collect_state` / :func:`restore_state`: one state dict from named objects with
   ``state_dict()`` (models, optimizers, schedulers, GradScaler, user objects) plus the RNG state.
 * :func:`validate_plain`: the check that a state holds only tensors and plain types.
+
+Limits of exactness: restored streams make a resumed CPU run bit-identical to an uninterrupted one
+when all randomness comes from these generators. Nondeterministic GPU kernels (atomics in
+scatter/index_add, some cuDNN algorithms), a different number of threads or devices, and changed
+code, batch size or data break bit-identity, though not the resume itself.
 """
 
 from __future__ import annotations

@@ -72,9 +72,12 @@ def with_session(episodes: int, steps: int, root: Path) -> float:
     session.restore(model=model, optimizer=opt)
     for _ in session.episodes():
         session.log(loss=episode(model, opt, x, y, steps))
-    loop_end = time.perf_counter()
     session.checkpoints.wait()
-    return loop_end - t0
+    elapsed = time.perf_counter() - t0
+    if session.episode != episodes:
+        raise SystemExit(f"the session ran {session.episode} of {episodes} episodes; the comparison is void")
+    session.finish()
+    return elapsed
 
 
 def main() -> None:
