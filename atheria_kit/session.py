@@ -397,23 +397,20 @@ class TrainingSession:
     def _export(self, model: torch.nn.Module, example_input: Any) -> list[dict[str, Any]]:
         from atheria_kit.export import export_model
 
-        source = "final model"
-        if self.config.export == "best":
-            best = self.checkpoints.load("best")
-            if best is not None:
-                # Export the best weights without disturbing the caller's model or the RNG streams.
-                current = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                name = next((n for n, o in self._objects.items() if o is model), None)
-                if name is not None:
-                    model.load_state_dict(best.state["objects"][name])
-                    source = f"best checkpoint ({best.record.file})"
-                    try:
-                        return [dict(r.to_dict(), source=source) for r in export_model(
-                            model, example_input, self.paths.exports, formats=self.config.export_formats)]
-                    finally:
-                        model.load_state_dict(current)
-        return [dict(r.to_dict(), source=source) for r in export_model(
-            model, example_input, self.paths.exports, formats=self.config.export_formats)]
+        source, restore = "final model", None
+        name = next((n for n, o in self._objects.items() if o is model), None)
+        best = self.checkpoints.load("best") if self.config.export == "best" and name is not None else None
+        if best is not None:
+            # Export the best weights without disturbing the caller's model.
+            restore = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(best.state["objects"][name])
+            source = f"best checkpoint ({best.record.file})"
+        try:
+            results = export_model(model, example_input, self.paths.exports, formats=self.config.export_formats)
+        finally:
+            if restore is not None:
+                model.load_state_dict(restore)
+        return [dict(r.to_dict(), source=source) for r in results]
 
     def __enter__(self) -> TrainingSession:
         return self

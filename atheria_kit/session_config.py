@@ -91,8 +91,8 @@ class SessionConfig:
     def from_params(cls, params: Mapping[str, Any] | None = None, **kwargs: Any) -> SessionConfig:
         """Build from a mapping and/or keywords; keys may be field names or the seed's upper-case names.
 
-        Keys that are not settings (e.g. a notebook's other parameters such as ``SMOKE``) are ignored only when
-        passed via ``params`` with ``ignore_unknown``; as keywords, an unknown name is an error naming it.
+        Keys in ``params`` that are not settings (a notebook's other parameters such as ``SMOKE``, so that
+        ``globals()`` can be passed) are ignored; an unknown keyword is an error naming it.
         """
         merged: dict[str, Any] = {}
         names = {f.name for f in dataclasses.fields(cls)}

@@ -17,7 +17,7 @@ from pathlib import Path
 NOTEBOOK = Path(__file__).resolve().parent / "01_progressive_training.ipynb"
 
 #: A small but real run: about 0.1-0.3 s per episode on 2 CPU cores.
-DEMO_PARAMS = {"EXPERIMENT_NAME": "demo", "TOTAL_EPISODES": 60, "WINDOW": 32, "BATCH_SIZE": 128,
+DEMO_PARAMS = {"EXPERIMENT_NAME": "demo", "TOTAL_EPISODES": 100, "WINDOW": 32, "BATCH_SIZE": 128,
                "STEPS_PER_EPISODE": 10, "SAVE_EVERY_EPISODES": 5, "DRIVE_SYNC_EVERY": 0, "LIVE_VIEW": "text"}
 
 

@@ -19,8 +19,10 @@ spec.loader.exec_module(run_demo_module)
 def test_stop_then_resume_and_finish(tmp_path):
     # Enough episodes that even a fast machine cannot finish them within the first session's budget.
     total = 150
-    summary = run_demo_module.run_demo(tmp_path, first_budget_s=6.0,
-                                       params={"TOTAL_EPISODES": total, "STEPS_PER_EPISODE": 3, "BATCH_SIZE": 64})
+    # (each episode is ~10 optimizer steps plus a validation pass: about 0.1 s on a quiet 2-core machine, so the
+    # 150 episodes need well over the first session's 4 s, and the second session finishes them in under a minute)
+    summary = run_demo_module.run_demo(tmp_path, first_budget_s=4.0,
+                                       params={"TOTAL_EPISODES": total, "STEPS_PER_EPISODE": 10, "BATCH_SIZE": 128})
     sessions = summary["sessions"]
     assert [s["end_reason"] for s in sessions] == ["budget", "done"]
     assert 0 < sessions[0]["last_episode"] < total
