@@ -12,6 +12,11 @@ write is in flight. A save requested while a write is in flight *coalesces*: its
 one-slot queue and replaces any older snapshot still waiting there, so the training thread never
 waits for the disk (unless ``blocking=True``), and memory holds at most two snapshots. A failed
 background write is re-raised by the next ``save``/``wait``/``close`` call, never lost.
+
+Buffer reuse (``reuse_buffers=True``, the default): once a snapshot is written, the manager keeps it and
+the next save copies into its tensors in place. Saving is then one memory copy with no allocation, at the
+price of one copy of the state staying in CPU memory between saves (pinned memory for CUDA tensors).
+Pass ``reuse_buffers=False`` when host memory is tighter than the training loop's time.
 """
 
 from __future__ import annotations
@@ -156,38 +161,83 @@ def _versions() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------- snapshot
 
 
-def snapshot_state(state: Any) -> Any:
-    """Deep copy of nested dict/list/tuple ``state`` with every tensor detached and cloned to CPU.
+def snapshot_state(state: Any, reuse: Any = None) -> Any:
+    """Deep copy of nested dict/list/tuple ``state`` with every tensor detached and copied to CPU.
 
     This is the training thread's whole cost in an asynchronous save: afterwards the training loop may
     change its parameters in place while the writer serializes the copy. A tensor reachable twice (tied
     weights) is copied once, so the copy keeps the sharing; a view is copied compactly.
+
+    ``reuse`` is an earlier snapshot that nobody needs any more (its write is finished). Its tensors are
+    overwritten in place wherever the structure, shape and dtype still match, so a save is a plain memory
+    copy instead of an allocation: fresh memory costs a page fault per page, which on a CPU machine made
+    the copy as slow as ``torch.save`` itself. CUDA tensors are copied into pinned (page-locked) host
+    memory, which is allocated once and then reused, and the copy is complete when this returns.
     """
     memo: dict[int, Any] = {}
+    used: set[int] = set()  # buffers of ``reuse`` already filled in this call: never fill one twice
+    cuda_devices: set[torch.device] = set()
 
-    def copy_(obj: Any) -> Any:
+    def tensor_copy(t: torch.Tensor, old: Any) -> torch.Tensor:
+        if _reusable(old, t) and id(old) not in used:
+            used.add(id(old))
+            old.copy_(t, non_blocking=t.is_cuda)
+            if t.is_cuda:
+                cuda_devices.add(t.device)
+            return old
+        if t.device.type == "cpu":
+            return t.clone()
+        if t.is_cuda and t.layout == torch.strided:
+            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            buf.copy_(t, non_blocking=True)
+            cuda_devices.add(t.device)
+            return buf
+        return t.to("cpu")
+
+    def copy_(obj: Any, old: Any) -> Any:
         if isinstance(obj, torch.Tensor):
             key = id(obj)
             if key not in memo:
-                t = obj.detach()
-                memo[key] = t.clone() if t.device.type == "cpu" else t.to("cpu")
+                memo[key] = tensor_copy(obj.detach(), old)
             return memo[key]
         if isinstance(obj, Mapping):
-            items = [(k, copy_(v)) for k, v in obj.items()]
+            olds = old if isinstance(old, Mapping) else {}
+            items = [(k, copy_(v, olds.get(k))) for k, v in obj.items()]
             try:
                 return type(obj)(items)  # keeps OrderedDict (what state_dict() returns)
             except TypeError:
                 return dict(items)
-        if isinstance(obj, tuple):
-            items = [copy_(v) for v in obj]
+        if isinstance(obj, (tuple, list)):
+            olds = old if isinstance(old, (tuple, list)) and len(old) == len(obj) else [None] * len(obj)
+            items = [copy_(v, o) for v, o in zip(obj, olds, strict=True)]
+            if isinstance(obj, list):
+                return items
             return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
-        if isinstance(obj, list):
-            return [copy_(v) for v in obj]
         if obj is None or isinstance(obj, (str, bytes, int, float, bool, complex)):
             return obj
         return copy.deepcopy(obj)
 
-    return copy_(state)
+    snap = copy_(state, reuse)
+    for device in cuda_devices:  # non-blocking copies into pinned memory must land before anyone reads them
+        torch.cuda.synchronize(device)
+    return snap
+
+
+def _reusable(old: Any, t: torch.Tensor) -> bool:
+    """True if ``old`` (a tensor of an earlier snapshot) can take a copy of ``t`` in place."""
+    return (
+        isinstance(old, torch.Tensor)
+        and old.device.type == "cpu"
+        and old.layout == torch.strided
+        and t.layout == torch.strided
+        and not t.is_quantized
+        and old.shape == t.shape
+        and old.dtype == t.dtype
+        and not old.requires_grad
+        # it owns its whole storage (not a view into something else that may still be in use)
+        and old.storage_offset() == 0
+        and old.untyped_storage().nbytes() == old.numel() * old.element_size()
+    )
 
 
 # -------------------------------------------------------------------------------------------- storage
@@ -293,6 +343,7 @@ class CheckpointManager:
         budget: SaveBudget | None = None,
         allow_pickle: bool = False,
         *,
+        reuse_buffers: bool = True,
         storage: DiskStorage | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -310,6 +361,7 @@ class CheckpointManager:
         self.budget = budget
         self.async_save = bool(async_save)
         self.allow_pickle = bool(allow_pickle)
+        self.reuse_buffers = bool(reuse_buffers)
         self.directory = Path(directory)
         self.storage = storage if storage is not None else DiskStorage(self.directory)
         self._clock = clock
@@ -321,6 +373,7 @@ class CheckpointManager:
         self._commit_lock = threading.RLock()  # one commit (file + manifest + retention) at a time
         self._cond = threading.Condition()
         self._pending: _Job | None = None
+        self._spare: Any = None  # a written snapshot whose tensors the next save() overwrites (reuse_buffers)
         self._in_flight = False
         self._error: BaseException | None = None
         self._closing = False
@@ -610,8 +663,11 @@ class CheckpointManager:
             raise CheckpointError("save() after close()")
         self.raise_pending_error()
 
+        with self._cond:
+            spare, self._spare = self._spare, None
         t0 = self._clock()
-        snap = snapshot_state(state)
+        snap = snapshot_state(state, reuse=spare)
+        del spare
         job = _Job(snap, step, episode, clean_metrics, self._clock() - t0)
         if blocking or not self.async_save:
             with self._cond:
@@ -620,6 +676,7 @@ class CheckpointManager:
                     self.coalesced += 1
                     self._cond.notify_all()
             self._commit(job)  # the commit lock waits for an in-flight background write
+            self._recycle(job)
             return
         with self._cond:
             if self._pending is not None:
@@ -628,6 +685,14 @@ class CheckpointManager:
             self._pending = job
             self._ensure_writer()
             self._cond.notify_all()
+
+    def _recycle(self, job: _Job) -> None:
+        """Keep a written snapshot so that the next save copies into its tensors instead of allocating."""
+        if self.reuse_buffers:
+            with self._cond:
+                if self._spare is None and not self._closing:
+                    self._spare = job.state
+        job.state = None
 
     def _ensure_writer(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -645,6 +710,7 @@ class CheckpointManager:
                 self._in_flight = True
             try:
                 self._commit(job)
+                self._recycle(job)
             except BaseException as e:  # kept for the next call: a failed write is never lost
                 logger.error("background checkpoint write of step %d failed: %s", job.step, e)
                 with self._cond:
@@ -750,6 +816,7 @@ class CheckpointManager:
         with self._cond:
             self._cond.wait_for(lambda: self._pending is None and not self._in_flight)
             self._closing = True
+            self._spare = None
             self._cond.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()

@@ -463,6 +463,81 @@ def test_snapshot_state_is_isolated_from_later_in_place_changes() -> None:
     assert isinstance(snap["pair"], tuple) and snap["pair"][1] == 7 and snap["name"] == "x"
 
 
+def test_snapshot_state_overwrites_a_reusable_earlier_snapshot_in_place() -> None:
+    old = snapshot_state(state_for(1))
+    buffers = [old["model"]["w"], old["model"]["b"], old["rng"]]
+    snap = snapshot_state(state_for(2), reuse=old)
+    assert all(a is b for a, b in zip([snap["model"]["w"], snap["model"]["b"], snap["rng"]], buffers, strict=True))
+    for key in ("w", "b"):
+        assert torch.equal(snap["model"][key], state_for(2)["model"][key])
+    assert snap["counters"] == state_for(2)["counters"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["shape", "dtype", "new key", "longer list", "tensor becomes number"],
+)
+def test_snapshot_state_allocates_where_the_earlier_snapshot_does_not_fit(change: str) -> None:
+    state = {"w": torch.ones(4), "hist": [torch.zeros(2)], "n": torch.tensor(3)}
+    old = snapshot_state(state)
+    new = {"w": torch.full((4,), 2.0), "hist": [torch.full((2,), 5.0)], "n": torch.tensor(4)}
+    if change == "shape":
+        new["w"] = torch.full((5,), 2.0)
+    elif change == "dtype":
+        new["w"] = torch.full((4,), 2, dtype=torch.int32)
+    elif change == "new key":
+        new["extra"] = torch.ones(2)
+    elif change == "longer list":
+        new["hist"].append(torch.ones(2))
+    else:
+        new["n"] = 4
+    snap = snapshot_state(new, reuse=old)
+    for key, value in new.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(snap[key], value) and snap[key].dtype == value.dtype
+        elif isinstance(value, list):
+            assert all(torch.equal(a, b) for a, b in zip(snap[key], value, strict=True))
+        else:
+            assert snap[key] == value
+    assert (snap["w"] is old["w"]) == (change not in ("shape", "dtype"))
+
+
+def test_snapshot_state_never_fills_one_reused_buffer_twice() -> None:
+    tied = torch.ones(3)
+    old = snapshot_state({"a": tied, "b": tied})  # one buffer, reachable under both keys
+    untied = {"a": torch.full((3,), 2.0), "b": torch.full((3,), 7.0)}
+    snap = snapshot_state(untied, reuse=old)
+    assert torch.equal(snap["a"], untied["a"]) and torch.equal(snap["b"], untied["b"])
+    assert snap["a"] is not snap["b"]
+
+
+def test_saves_reusing_buffers_each_keep_their_own_values(tmp_path: Path) -> None:
+    storage = GatedStorage(tmp_path)
+    mgr = CheckpointManager(tmp_path, policy=LatestN(10), storage=storage)
+    state = state_for(1)
+
+    def save(step: int) -> None:
+        state["model"]["w"].fill_(float(step))  # the training loop changes the same tensor in place
+        mgr.save(state, step=step)
+
+    for step in (1, 2):  # each save reuses the previous, already written, snapshot
+        save(step)
+        assert mgr.wait(60)
+    storage.release.clear()
+    save(3)
+    assert storage.started.wait(30)  # step 3 is being written: its buffers must not be reused
+    save(4)  # waits in the slot...
+    save(5)  # ...and is replaced by step 5
+    storage.release.set()
+    assert mgr.wait(60)
+    save(6)
+    mgr.close()
+    records = mgr.records()
+    assert [r.step for r in records] == [1, 2, 3, 5, 6]
+    for rec in records:
+        assert torch.equal(mgr.load(rec).state["model"]["w"], torch.full((64,), float(rec.step)))
+
+
 def test_async_save_writes_the_values_at_save_time(tmp_path: Path) -> None:
     storage = GatedStorage(tmp_path)
     storage.release.clear()
