@@ -82,12 +82,15 @@ _EXPORTS: dict[str, str] = {
     "notifier_from_environment": "atheria_kit.notify",
     "TelegramNotifier": "atheria_kit.notify",
     "NtfyNotifier": "atheria_kit.notify",
+    "RunNotifier": "atheria_kit.notify",
     # ensemble experiments
     "DynamicEnsemble": "atheria_kit.ensemble",
     "RegimeDetector": "atheria_kit.ensemble",
     "PerformanceTracker": "atheria_kit.ensemble",
     "backtest": "atheria_kit.ensemble",
     "BacktestConfig": "atheria_kit.ensemble",
+    "SignalModelConfig": "atheria_kit.ensemble.signal_model",
+    "fit_signal_model": "atheria_kit.ensemble.signal_model",
     # replay
     "ReplayConfig": "atheria_kit.replay.config",
     "ReplayEngine": "atheria_kit.replay.engine",

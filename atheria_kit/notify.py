@@ -353,7 +353,7 @@ class RunNotifier:
     # ------------------------------------------------------------------ events
     def message(self, text: str) -> None:
         """Queue ``text``; returns immediately."""
-        if not self.notifier.enabled:
+        if not getattr(self.notifier, "enabled", True):
             return
         with self._cond:
             if self._closing:

@@ -137,6 +137,9 @@ class TrainingSession:
             self.sync.attach(self.checkpoints)
             self.monitor.add_status_provider("sync", self.sync.status)
         self.notifier = notifier if notifier is not None else _notifier_from_environment()
+        # Messages go out from a background thread behind a rate limit: a slow or dead server never holds up
+        # an episode, and a burst (many short episodes) arrives as one message.
+        self._notes = _run_notifier(self.notifier, cfg)
 
         self._objects: dict[str, Any] = {}
         self.start_episode = 0
@@ -201,8 +204,12 @@ class TrainingSession:
         )
         for rec in self.history:  # the live figure starts with what earlier sessions did
             self._live.points.append(_live_point(rec, self.config.monitor))
-        self._notify("start", f"{'resumed at' if self.episode else 'started'} episode {self.episode}/"
-                              f"{self.config.total_episodes} on {self.environment.kind}")
+        if self._notes is not None:
+            if self.episode:
+                self._notes.message(f"▶ {self.config.experiment_name} resumed at episode {self.episode}/"
+                                    f"{self.config.total_episodes} on {self.environment.kind}")
+            else:
+                self._notes.started(total=self.config.total_episodes, platform=self.environment.kind)
         return self.episode
 
     # ------------------------------------------------------------------------------------------ loop
@@ -264,8 +271,9 @@ class TrainingSession:
         last = self.episode >= self.config.total_episodes
         if self.episode % self.config.save_every_episodes == 0 or last or self.budget.should_save_now():
             self._save(blocking=last)
-        if self.notifier is not None and self.episode % max(1, self.config.total_episodes // 10) == 0:
-            self._notify("progress", f"episode {self.episode}/{self.config.total_episodes} loss={values['loss']:.4g}")
+        if self._notes is not None:
+            self._notes.progress(self.episode, self.config.total_episodes,
+                                 {k: v for k, v in values.items() if isinstance(v, float)})
 
     def _handle_nan(self, ep: int, value: float) -> None:
         if self.config.nan_policy == "stop":
@@ -319,7 +327,8 @@ class TrainingSession:
         self._save(blocking=True)
         if self.sync is not None:
             self.sync.sync_now(timeout=300)
-        self._notify("emergency", f"emergency save at episode {self.episode}")
+        if self._notes is not None:
+            self._notes.emergency_save(self.episode, reason=self._end_reason or "", metrics=self._final_metrics())
 
     # ------------------------------------------------------------------------------------------ status
     def status_line(self) -> str:
@@ -339,14 +348,6 @@ class TrainingSession:
             sessions[-1]["last_episode"] = self.episode
             sessions[-1]["end_reason"] = self._end_reason or "running"
         return sessions
-
-    def _notify(self, event: str, text: str) -> None:
-        if self.notifier is None:
-            return
-        try:
-            self.notifier.send(f"[{self.config.experiment_name}] {event}: {text}")
-        except Exception as exc:  # a notification must never stop training
-            log.warning("notification failed: %s", exc.__class__.__name__)
 
     # ------------------------------------------------------------------------------------------ end
     def finish(self, model: torch.nn.Module | None = None, example_input: Any = None) -> SessionResult:
@@ -381,8 +382,14 @@ class TrainingSession:
         if self.sync is not None:
             self.sync.finish(extra_dirs=(self.paths.logs, self.paths.exports))
         self.checkpoints.close()
-        self._notify("end", f"session ended ({reason}) at episode {self.episode}/{self.config.total_episodes}; "
-                            + ", ".join(f"{k}={v:.4g}" for k, v in self._final_metrics().items()))
+        if self._notes is not None:
+            ended = "finished" if reason == "done" else f"stopped ({reason}) at episode {self.episode}/" \
+                f"{self.config.total_episodes}; run again to resume"
+            self._notes.finished(self._final_metrics(), status=ended)
+            if self._notes is self.notifier:
+                self._notes.flush(timeout=30)  # the caller's RunNotifier: theirs to close
+            else:
+                self._notes.close()
         self._result = SessionResult(reason, self.episode, self.config.total_episodes, self.sessions, report,
                                      plots, exports, summary)
         self._finished = True
@@ -447,6 +454,16 @@ def _open_runlog(logs: Path, cfg: SessionConfig, clock, wall_clock):
 
     return RunLog(logs, kind="progressive", total=cfg.total_episodes, unit="episode",
                   clock=clock, wall_clock=wall_clock)
+
+
+def _run_notifier(notifier: Any, cfg: SessionConfig):
+    if notifier is None or not getattr(notifier, "enabled", True):
+        return None
+    from atheria_kit.notify import RunNotifier
+
+    if isinstance(notifier, RunNotifier):
+        return notifier
+    return RunNotifier(notifier, run_name=cfg.experiment_name, every=max(1, cfg.total_episodes // 10))
 
 
 def _notifier_from_environment():

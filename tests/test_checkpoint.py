@@ -511,6 +511,18 @@ def test_snapshot_state_never_fills_one_reused_buffer_twice() -> None:
     assert snap["a"] is not snap["b"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_snapshot_state_copies_cuda_tensors_to_pinned_memory_and_reuses_them() -> None:
+    w = torch.arange(1000, dtype=torch.float32, device="cuda")
+    first = snapshot_state({"w": w})
+    assert first["w"].device.type == "cpu" and first["w"].is_pinned()
+    assert torch.equal(first["w"], w.cpu())
+    w.mul_(3)  # queued after the copy on the same stream: must not leak into the first snapshot
+    assert torch.equal(first["w"], torch.arange(1000, dtype=torch.float32))
+    second = snapshot_state({"w": w}, reuse=first)
+    assert second["w"] is first["w"] and torch.equal(second["w"], w.cpu())
+
+
 def test_saves_reusing_buffers_each_keep_their_own_values(tmp_path: Path) -> None:
     storage = GatedStorage(tmp_path)
     mgr = CheckpointManager(tmp_path, policy=LatestN(10), storage=storage)

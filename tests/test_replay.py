@@ -23,7 +23,8 @@ SMALL = {"symbols": ["BTCUSDT", "ETHUSDT"], "timeframe": "1h", "data": "sample",
          "cycle_size_bars": 80, "update_every_bars": 10, "lookback_bars": 200}
 # Compared byte for byte between runs; live_status.json, progress.json, metrics.jsonl, resources.jsonl,
 # summary.json (the run log) and checkpoints/ hold wall-clock times, latency, CPU and memory and are excluded.
-COMPARED = ("cycle_*.json", "strategies_cycle_*.json", "*_trades.jsonl", "*_penalties.jsonl", "replay_summary.json")
+COMPARED = ("cycle_*.json", "strategies_cycle_*.json", "*_trades.jsonl", "*_penalties.jsonl", "updates.jsonl",
+            "replay_summary.json")
 
 
 def _bars(times: list[str], price: float) -> pd.DataFrame:
@@ -249,3 +250,112 @@ def test_truncates_lines_written_after_the_checkpoint(tmp_path, reference_run):
     (out / "cycle_4.json").write_text("{}")
     ReplayEngine(cfg, out_dir=out).run(resume=True)
     assert _artifacts(out) == _artifacts(reference_run)
+
+
+def test_a_time_budget_stops_at_a_cycle_end_and_the_next_run_continues(tmp_path, reference_run):
+    cfg = ReplayConfig(**{**SMALL, "symbols": tuple(SMALL["symbols"])})
+    out = tmp_path / "run"
+    first = ReplayEngine(cfg, out_dir=out).run(resume=False, max_seconds=0)
+    assert (first["status"], first["cycle"], first["bars_done"]) == ("stopped", 1, 80)
+    assert json.loads((out / "progress.json").read_text())["status"] == "stopped"
+    assert not (out / "replay_summary.json").exists()
+    second = ReplayEngine(cfg, out_dir=out).run(resume=True)
+    assert (second["status"], second["cycle"]) == ("finished", 5)
+    assert _artifacts(out) == _artifacts(reference_run)
+
+
+def test_resuming_with_other_settings_is_refused_naming_them(tmp_path):
+    cfg = ReplayConfig(**{**SMALL, "symbols": tuple(SMALL["symbols"])})
+    ReplayEngine(cfg, out_dir=tmp_path).run(resume=False, max_cycles=1)
+    changed = ReplayConfig(**{**SMALL, "symbols": tuple(SMALL["symbols"]), "update_every_bars": 20})
+    with pytest.raises(ValueError, match=r"update_every_bars=20 \(checkpoint: 10\)"):
+        ReplayEngine(changed, out_dir=tmp_path).run(resume=True)
+    assert ReplayEngine(changed, out_dir=tmp_path).run(resume=False, max_cycles=1)["cycle"] == 1
+
+
+def test_report_tables_agree_with_the_artifacts(reference_run):
+    from atheria_kit.replay import report
+
+    summary = json.loads((reference_run / "replay_summary.json").read_text())
+    table = report.symbol_table(reference_run)
+    assert list(table.index) == ["BTCUSDT", "ETHUSDT"]
+    assert table["trades"].sum() == summary["trades"] and table["winners"].sum() == summary["winners"]
+    assert table["resets"].sum() == summary["resets"]
+    assert table["penalties"].sum() + table["resets"].sum() == summary["penalties"]
+    assert table["equity"].sum() == pytest.approx(summary["equity"])
+    updates = report.load_updates(reference_run)
+    assert len(updates) == 400 // 10 and updates["bar"].tolist() == list(range(10, 401, 10))
+    assert updates["max_drawdown"].is_monotonic_increasing
+    assert updates["trades"].iloc[-1] <= summary["trades"]
+    assert list(report.load_cycles(reference_run).index) == [1, 2, 3, 4, 5]
+    fig = report.plot_replay(reference_run)
+    assert len(fig.axes) == 5  # four panels and the per-symbol equity axis
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_cli_notifies_start_progress_and_end_without_leaking_the_token(tmp_path):
+    from tests.fakes.bot_api import TOKEN, BotApi
+
+    api = BotApi()
+    try:
+        config = _write_config(tmp_path / "replay.yaml", max_bars=240)
+        out = tmp_path / "run"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "ATHERIA_TELEGRAM_TOKEN": TOKEN,
+               "ATHERIA_TELEGRAM_CHAT_ID": "4242", "ATHERIA_TELEGRAM_BASE_URL": api.url}
+        cmd = [sys.executable, "-m", "atheria_kit.cli", "-v", "replay", "--config", str(config), "--out", str(out),
+               "--notify-every", "1"]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        texts = "\n".join(api.texts())
+    finally:
+        api.close()
+    assert "replay started: 3 cycles planned" in texts
+    assert "cycle 1/3" in texts and "cycle 3/3" in texts
+    assert "replay finished" in texts and "win_rate=" in texts
+    assert all(r["path"].startswith("/bot") for r in api.requests)  # the token travels in the URL only
+    everything = [done.stdout, done.stderr] + [p.read_bytes().decode("utf-8", "replace")
+                                               for p in out.rglob("*") if p.is_file()]
+    assert not any(TOKEN in text for text in everything)
+
+
+def test_update_regimes_match_the_whole_series_detection(tmp_path):
+    """The default trailing window is long enough for every regime, 'volatile' included."""
+    from atheria_kit.ensemble.regime import RegimeDetector
+    from atheria_kit.ohlcv import load_ohlcv, sample_path
+    from atheria_kit.replay import report
+
+    cfg = ReplayConfig(symbols=("BTCUSDT",), max_bars=1500, cycle_size_bars=750, update_every_bars=25)
+    ReplayEngine(cfg, out_dir=tmp_path).run(resume=False)
+    updates = report.load_updates(tmp_path)
+    full = RegimeDetector().detect(load_ohlcv(sample_path("BTCUSDT")).iloc[:1500])
+    expected = full.loc[updates.index].astype(str).tolist()
+    assert updates["regime_BTCUSDT"].tolist() == expected
+    assert "volatile" in expected
+
+
+@pytest.mark.notebook
+def test_notebook_04_continues_on_a_second_run_all(tmp_path):
+    papermill = pytest.importorskip("papermill")
+    notebook = REPO / "notebooks" / "04_historical_replay.ipynb"
+    params = {"SMOKE": True, "OUTPUT_ROOT": str(tmp_path / "runs"), "MAX_CYCLES_PER_RUN": 2}
+    texts = []
+    for i in (1, 2):
+        out = tmp_path / f"run{i}.ipynb"
+        papermill.execute_notebook(str(notebook), str(out), parameters=params, kernel_name="python3",
+                                   cwd=str(tmp_path), progress_bar=False, execution_timeout=240)
+        texts.append("".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"]
+                             for o in c.get("outputs", [])))
+    assert "this run went from cycle 0 to 2" in texts[0]
+    assert "this run went from cycle 2 to 4" in texts[1] and "cycle   3:" in texts[1]
+    run_dir = tmp_path / "runs" / "replay" / "replay_sample_1h_smoke"
+    assert json.loads((run_dir / "progress.json").read_text())["done"] == 4
+    assert "replay" in texts[1] and "4/6" in texts[1]  # atheria monitor's view of the run
+
+
+def test_the_same_engine_can_start_over(tmp_path, reference_run):
+    engine = ReplayEngine(ReplayConfig(**{**SMALL, "symbols": tuple(SMALL["symbols"])}), out_dir=tmp_path)
+    engine.run(resume=False, max_cycles=2)
+    assert engine.run(resume=False)["started_after_cycle"] == 0
+    assert _artifacts(tmp_path) == _artifacts(reference_run)

@@ -206,3 +206,30 @@ def test_kaggle_resumes_from_an_earlier_versions_output(tmp_path):
                             torch_module=None, runtime_started_at=None)
     s2, r2, _ = run_session(config(tmp_path, max_training_seconds=10_000, root=None), v2, FakeClock())
     assert s2.start_episode == r1.episodes_done and r2.end_reason == "done"
+
+
+def test_notifications_at_start_progress_stop_resume_and_end_without_leaking_the_token(tmp_path, local_env):
+    from atheria_kit.notify import TelegramNotifier
+    from tests.fakes.bot_api import TOKEN, BotApi
+
+    api = BotApi()
+    try:
+        def notifier():
+            return TelegramNotifier(TOKEN, "4242", base_url=api.url, timeout=5)
+
+        _, r1, _ = run_session(config(tmp_path, max_training_seconds=70.0), local_env, FakeClock(), notifier=notifier())
+        first = api.texts()
+        _, r2, _ = run_session(config(tmp_path, max_training_seconds=10_000), local_env, FakeClock(),
+                               notifier=notifier())
+        second = api.texts()[len(first):]
+    finally:
+        api.close()
+    assert r1.end_reason == "budget" and r2.end_reason == "done"
+    assert f"{TOTAL} episodes planned" in first[0]
+    assert "episode 1/" in "\n".join(first)  # progress (messages that pile up behind the rate limit are merged)
+    assert f"stopped (budget) at episode {r1.episodes_done}/{TOTAL}" in first[-1]
+    assert f"resumed at episode {r1.episodes_done}/{TOTAL}" in second[0]
+    assert "finished" in second[-1] and "loss=" in second[-1]
+    assert all(r["path"] == f"/bot{TOKEN}/sendMessage" for r in api.requests)  # the real Bot API route
+    written = [p for p in (tmp_path / "root").rglob("*") if p.is_file()]
+    assert written and not any(TOKEN.encode() in p.read_bytes() for p in written)

@@ -21,6 +21,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue after the last completed cycle (default) or start over")
     p.add_argument("--max-cycles", type=int, default=None, help="stop after this many cycles in this invocation")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop at the first cycle end after this many minutes (a session's budget); run again to continue")
+    p.add_argument("--notify-every", type=int, default=10, metavar="N",
+                   help="with a notifier configured (ATHERIA_TELEGRAM_* / ATHERIA_NTFY_*), a message every N cycles")
     p.set_defaults(func=run)
     return p
 
@@ -29,14 +33,18 @@ def run(args: argparse.Namespace) -> int:
     config = ReplayConfig.from_yaml(args.config) if args.config else ReplayConfig()
     if args.max_cycles is not None and args.max_cycles < 1:
         raise ValueError(f"--max-cycles={args.max_cycles!r} is invalid; expected an integer >= 1")
-    engine = ReplayEngine(config, out_dir=args.out, notifier=notifier_from_environment())
+    engine = ReplayEngine(config, out_dir=args.out, notifier=notifier_from_environment(),
+                          notify_every=args.notify_every)
 
     def report(record: dict[str, Any]) -> None:
         print(f"cycle {record['cycle']} done: bars {record['bars_done']}/{record['total_bars']} "
               f"equity {record['equity']:.4f} trades {record['trades']}", flush=True)
 
-    summary = engine.run(resume=args.resume, max_cycles=args.max_cycles, on_cycle=report)
-    print(f"replay done: equity {summary['equity']:.4f} trades {summary['trades']} "
+    if args.max_minutes is not None and not args.max_minutes >= 0:
+        raise ValueError(f"--max-minutes={args.max_minutes!r} is invalid; expected a number >= 0")
+    max_seconds = None if args.max_minutes is None else args.max_minutes * 60
+    summary = engine.run(resume=args.resume, max_cycles=args.max_cycles, max_seconds=max_seconds, on_cycle=report)
+    print(f"replay {summary['status']}: equity {summary['equity']:.4f} trades {summary['trades']} "
           f"win rate {summary['win_rate']:.1%} max drawdown {summary['max_drawdown']:.2%}", flush=True)
     return 0
 

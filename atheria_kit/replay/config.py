@@ -9,7 +9,7 @@ YAML shape (every key optional; nested sections are flattened into the dataclass
       max_bars: 0               # 0 = all bars
       cycle_size_bars: 500
       update_every_bars: 25
-      lookback_bars: 300
+      lookback_bars: 600        # > the regime detector's vol_lookback + vol_window (524 bars)
       risk: {initial_balance: 1000, per_trade_pct: 0.5, max_exposure_pct: 20}
       costs: {fee_pct: 0.1, slippage_pct: 0.05}
       penalties: {max_drawdown_pct: 20, max_losing_streak: 5, weight_cut: 0.5, reset_below: 0.1}
@@ -40,7 +40,7 @@ class ReplayConfig:
     max_bars: int = 0
     cycle_size_bars: int = 500
     update_every_bars: int = 25
-    lookback_bars: int = 300
+    lookback_bars: int = 600
     initial_balance: float = 1000.0
     per_trade_pct: float = 0.5
     max_exposure_pct: float = 20.0

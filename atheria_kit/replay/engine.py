@@ -7,11 +7,13 @@ its decision to the paper account (filled at the next bar's open). Every ``cycle
 cycle's artifacts and a checkpoint of the whole engine state, with the byte length of every JSONL file it
 covers; a restart truncates those files back and continues, so the artifacts end byte-identical to a run that
 never stopped. Wall-clock quantities (latency, CPU, memory, times) live only in ``live_status.json`` and the
-run log, never in the per-cycle artifacts.
+run log, never in the per-cycle artifacts. Each update's KPIs (equity, per-symbol equity, drawdown, trades,
+regimes) are appended to ``updates.jsonl``, the series the notebook plots.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -26,10 +28,12 @@ import pandas as pd
 import psutil
 
 from atheria_kit._io import atomic_write_json
+from atheria_kit._validation import require_int, require_positive
 from atheria_kit.checkpoint import CheckpointManager
 from atheria_kit.ensemble import strategies as strat
 from atheria_kit.ensemble.dynamic import DynamicEnsemble
 from atheria_kit.ensemble.performance import PerformanceTracker, TradeStats
+from atheria_kit.notify import RunNotifier
 from atheria_kit.ohlcv import load_ohlcv
 from atheria_kit.replay.account import PaperAccount
 from atheria_kit.replay.config import ReplayConfig
@@ -41,6 +45,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 LIVE_STATUS = "live_status.json"
 SUMMARY = "replay_summary.json"
+UPDATES = "updates.jsonl"
+#: Settings that may differ between a run and its resumption (where it writes, not what it computes).
+RESUMABLE_CHANGES = ("out_dir",)
 MIN_HISTORY = 30  # bars a symbol needs before the ensemble decides for it
 
 
@@ -108,9 +115,15 @@ class ReplayEngine:
 
     def __init__(self, config: ReplayConfig, *, feed: BarFeed | None = None, out_dir: str | os.PathLike | None = None,
                  ensemble_factory: Callable[[], DynamicEnsemble] = DynamicEnsemble,
-                 notifier: Any = None, clock: Callable[[], float] = time.perf_counter,
+                 notifier: Any = None, notify_every: int = 10, clock: Callable[[], float] = time.perf_counter,
                  wall_clock: Callable[[], float] = time.time, live_interval_s: float = 1.0) -> None:
+        """``notifier``: a :class:`~atheria_kit.notify.Notifier` (wrapped in a rate-limited ``RunNotifier`` per run)
+        or a ``RunNotifier``; messages go out at the start, every ``notify_every`` cycles, on a stop and at the end."""
+        if not isinstance(config, ReplayConfig):
+            raise ValueError(f"config={config!r} is invalid; expected a ReplayConfig")
+        require_int("notify_every", notify_every, minimum=1)
         self.config = config
+        self.notify_every = notify_every
         # live_status.json is rewritten (fsync'd) at most this often between cycles: fsync costs ~10-30 ms.
         self.live_interval_s = float(live_interval_s)
         self._last_live = -math.inf
@@ -118,12 +131,23 @@ class ReplayEngine:
         self.symbols = list(self.feed.symbols)
         self.out_dir = Path(out_dir if out_dir is not None else config.out_dir)
         self.notifier = notifier
+        self._notes: RunNotifier | None = None
         self._clock = clock
         self._wall_clock = wall_clock
         self._process = psutil.Process()
+        self._process.cpu_percent(None)  # the first reading only sets psutil's baseline
+        self._cpu_percent = 0.0
+        self._cpu_at = clock()
         self.account = PaperAccount(self.symbols, config.account_config())
         self.ensembles = {s: ensemble_factory() for s in self.symbols}
         self.names = self.ensembles[self.symbols[0]].names
+        det = self.ensembles[self.symbols[0]].regime_detector
+        needed = det.vol_lookback + det.vol_window
+        if config.lookback_bars < needed:
+            # The volatility percentile is NaN on a shorter window, so 'volatile' could never be detected.
+            logger.warning("lookback_bars=%d is shorter than the %d bars the regime detector's volatility "
+                           "percentile needs; the 'volatile' regime will never be detected", config.lookback_bars,
+                           needed)
         window = self.ensembles[self.symbols[0]].adjustment.window
         self.trackers = {s: {n: PerformanceTracker(window) for n in self.names} for s in self.symbols}
         self.multipliers = {s: dict.fromkeys(self.names, 1.0) for s in self.symbols}
@@ -137,10 +161,16 @@ class ReplayEngine:
         self.offsets: dict[str, int] = {}
         self._files: dict[str, _Lines] = {}
         self._last_latency = 0.0
+        self._initial_state = copy.deepcopy(self.state_dict())  # what run(resume=False) starts from
 
     # ------------------------------------------------------------------------------------------- state
+    def _config_dict(self) -> dict[str, Any]:
+        d = {f: getattr(self.config, f) for f in self.config.__dataclass_fields__ if f not in RESUMABLE_CHANGES}
+        return json.loads(json.dumps(d, default=str))  # plain types, as a checkpoint stores them
+
     def state_dict(self) -> dict[str, Any]:
         return {
+            "config": self._config_dict(),
             "feed": self.feed.state_dict(), "account": self.account.state_dict(),
             "ensembles": {s: e.state_dict() for s, e in self.ensembles.items()},
             "trackers": {s: {n: t.state_dict() for n, t in ts.items()} for s, ts in self.trackers.items()},
@@ -150,6 +180,15 @@ class ReplayEngine:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = state.get("config")
+        if saved is not None:
+            mine = self._config_dict()
+            changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            if changed:
+                detail = ", ".join(f"{k}={mine.get(k)!r} (checkpoint: {saved.get(k)!r})" for k in changed)
+                raise ValueError(f"the run directory holds a replay with other settings: {detail}; expected the "
+                                 "same settings to resume, or start over (--no-resume / resume=False) or use "
+                                 "another output directory")
         self.feed.load_state_dict(state["feed"])
         self.account.load_state_dict(state["account"])
         for s, e in self.ensembles.items():
@@ -163,9 +202,19 @@ class ReplayEngine:
         self.offsets = {k: int(v) for k, v in state["offsets"].items()}
 
     # --------------------------------------------------------------------------------------------- run
-    def run(self, *, resume: bool = True, max_cycles: int | None = None,
+    def run(self, *, resume: bool = True, max_cycles: int | None = None, max_seconds: float | None = None,
             on_cycle: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Replay to the end (or ``max_cycles`` more cycles); return the final summary."""
+        """Replay to the end; return the final KPIs, ``status`` (``finished`` or ``stopped``) and
+        ``started_after_cycle`` (0 on a fresh start, else the checkpoint's cycle this call resumed from).
+
+        ``max_cycles`` stops after that many more cycles; ``max_seconds`` stops at the first cycle end after that
+        much wall time in this call (a session's budget). A stopped run continues on the next ``run()``.
+        """
+        if max_cycles is not None:
+            require_int("max_cycles", max_cycles, minimum=1)
+        if max_seconds is not None:
+            require_positive("max_seconds", max_seconds, allow_zero=True)
+        started = self._clock()
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir = self.out_dir / CHECKPOINT_DIR
@@ -173,8 +222,14 @@ class ReplayEngine:
             self._clear_artifacts(ckpt_dir)
         mgr = CheckpointManager(ckpt_dir, monitor="equity", mode="max", keep_best=2, async_save=False)
         loaded = mgr.load("latest") if resume else None
+        if not resume:
+            self.load_state_dict(copy.deepcopy(self._initial_state))  # also when this engine has run before
         if loaded is not None:
-            self.load_state_dict(loaded.state)
+            try:
+                self.load_state_dict(loaded.state)
+            except BaseException:
+                mgr.close()
+                raise
             logger.info("resuming after cycle %d (bar %d)", self.kpi["cycle"], self.kpi["bars_done"])
         else:
             self.offsets = {}
@@ -182,14 +237,19 @@ class ReplayEngine:
             idx = cycle_file.stem.rsplit("_", 1)[-1]
             if idx.isdigit() and int(idx) > self.kpi["cycle"]:
                 cycle_file.unlink()  # written after the checkpoint we resume from
-        for sym in self.symbols:
-            for kind in ("trades", "penalties"):
-                name = f"{sym}_{kind}.jsonl"
-                self._files[name] = _Lines(self.out_dir / name, self.offsets.get(name, 0))
+        first_cycle = self.kpi["cycle"]
+        names = [f"{sym}_{kind}.jsonl" for sym in self.symbols for kind in ("trades", "penalties")] + [UPDATES]
+        for name in names:
+            self._files[name] = _Lines(self.out_dir / name, self.offsets.get(name, 0))
         n_cycles = math.ceil(self.total_bars / cfg.cycle_size_bars) if self.total_bars else None
         runlog = RunLog(self.out_dir, "replay", total=n_cycles, unit="cycle", resume=resume)
-        self._notify(f"replay {'resumed at cycle ' + str(self.kpi['cycle']) if loaded else 'started'}: "
-                     f"{', '.join(self.symbols)}")
+        own_notes = not isinstance(self.notifier, RunNotifier)
+        notes = RunNotifier(self.notifier, run_name="replay", every=self.notify_every) if own_notes else self.notifier
+        self._notes = notes
+        info = {"symbols": "/".join(self.symbols), "bars": self.total_bars}
+        if loaded is not None:
+            info["resumed_after_cycle"] = self.kpi["cycle"]
+        notes.started(total=n_cycles, unit="cycle", **info)
         cycles_run = 0
         status = "finished"
         try:
@@ -206,7 +266,8 @@ class ReplayEngine:
                             on_cycle(record)
                     if step is None:
                         break
-                    if max_cycles is not None and cycles_run >= max_cycles:
+                    if (max_cycles is not None and cycles_run >= max_cycles) or (
+                            max_seconds is not None and cycles_run and self._clock() - started >= max_seconds):
                         status = "stopped"
                         break
             summary = self._kpis()
@@ -214,20 +275,34 @@ class ReplayEngine:
                 atomic_write_json(self.out_dir / SUMMARY, summary)
             self._write_live(status, self._kpis())
             runlog.finish(status, f"{status} after cycle {self.kpi['cycle']}")
-            self._notify(f"replay {status} after cycle {self.kpi['cycle']}: equity {summary['equity']:.2f}, "
-                         f"trades {summary['trades']}, win rate {summary['win_rate']:.1%}")
-            return summary
+            key = {k: summary[k] for k in ("equity", "cumulative_pnl", "trades", "win_rate", "max_drawdown",
+                                           "penalties", "resets")}
+            if status == "stopped":
+                notes.message(f"⏸ replay stopped after cycle {self.kpi['cycle']}/{n_cycles}; run it again to "
+                              f"continue — equity={summary['equity']:.2f}, trades={summary['trades']}")
+            else:
+                notes.finished(key, status=status)
+            return {**summary, "status": status, "started_after_cycle": first_cycle}
+        except KeyboardInterrupt:
+            runlog.finish("stopped", f"interrupted; resumes after cycle {self.kpi['cycle']}")
+            notes.message(f"⚠ replay interrupted; the last checkpoint is cycle {self.kpi['cycle']}: run it again to "
+                          "resume")
+            raise
         except BaseException as exc:
             runlog.finish("error", f"{type(exc).__name__}: {exc}")
+            notes.failed(exc)
             raise
         finally:
             for f in self._files.values():
                 f.close()
             mgr.close()
+            if own_notes:
+                notes.close(timeout=15.0)  # delivers what is queued; a dead server costs at most this long
+            self._notes = None
 
     def _clear_artifacts(self, ckpt_dir: Path) -> None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-        for pattern in ("*cycle_*.json", "*_trades.jsonl", "*_penalties.jsonl", SUMMARY, LIVE_STATUS,
+        for pattern in ("*cycle_*.json", "*_trades.jsonl", "*_penalties.jsonl", UPDATES, SUMMARY, LIVE_STATUS,
                         "progress.json", "metrics.jsonl", "resources.jsonl"):
             for p in self.out_dir.glob(pattern):
                 p.unlink()
@@ -255,6 +330,7 @@ class ReplayEngine:
                 if bar is not None:
                     self._decide(sym, ts)
             k["updates"] += 1
+            self._files[UPDATES].write(self._update_record(ts, equity))
             now = self._clock()
             self._last_latency = now - started
             if now - self._last_live >= self.live_interval_s:
@@ -307,6 +383,18 @@ class ReplayEngine:
         logger.info("%s %s: %s (%s)", sym, name, action, reason)
 
     # -------------------------------------------------------------------------------------------- KPIs
+    def _update_record(self, ts: str, equity: float) -> dict[str, Any]:
+        """The deterministic KPIs of one update (one line of ``updates.jsonl``)."""
+        k, acc = self.kpi, self.account
+        share = self.config.initial_balance / len(self.symbols)
+        closed = k["winners"] + k["losers"]
+        return {"bar": k["bars_done"], "timestamp": ts, "equity": equity,
+                "drawdown": 1 - equity / k["peak_equity"], "max_drawdown": k["max_drawdown"],
+                "symbol_equity": {s: share + acc.symbol_pnl(s) for s in self.symbols},
+                "trades": k["trades"], "win_rate": k["winners"] / closed if closed else 0.0,
+                "regimes": {s: self.ensembles[s].regime for s in self.symbols},
+                "positions": {s: acc.positions.get(s, {}).get("direction", 0) for s in self.symbols}}
+
     def _kpis(self) -> dict[str, Any]:
         k, acc, cfg = self.kpi, self.account, self.config
         equity = acc.equity()
@@ -328,9 +416,16 @@ class ReplayEngine:
 
     def _write_live(self, status: str, kpis: dict[str, Any]) -> None:
         live = dict(kpis, status=status, latency_ms=self._last_latency * 1000,
-                    cpu_percent=self._process.cpu_percent(None), memory_rss_bytes=self._process.memory_info().rss,
+                    cpu_percent=self._cpu(), memory_rss_bytes=self._process.memory_info().rss,
                     updated_at=self._wall_clock())
         atomic_write_json(self.out_dir / LIVE_STATUS, live)
+
+    def _cpu(self) -> float:
+        """CPU % of this process since the last reading, re-read at most every 0.5 s (shorter spans are noise)."""
+        now = self._clock()
+        if now - self._cpu_at >= 0.5:
+            self._cpu_percent, self._cpu_at = self._process.cpu_percent(None), now
+        return self._cpu_percent
 
     def _end_cycle(self, mgr: CheckpointManager, runlog: RunLog) -> dict[str, Any]:
         self.kpi["cycle"] += 1
@@ -349,14 +444,7 @@ class ReplayEngine:
         runlog.log({k: v for k, v in record.items() if not isinstance(v, dict)}
                    | {"latency_ms": self._last_latency * 1000}, done=c)
         self._write_live("running", record)
-        if c % 10 == 0:
-            self._notify(f"replay cycle {c}: equity {record['equity']:.2f}, trades {record['trades']}")
+        if self._notes is not None:  # sends every notify_every cycles, from a background thread
+            self._notes.progress(c, runlog.total, {k: record[k] for k in ("equity", "trades", "win_rate",
+                                                                          "max_drawdown")}, unit="cycle")
         return record
-
-    def _notify(self, text: str) -> None:
-        if self.notifier is None:
-            return
-        try:
-            self.notifier.send(text)
-        except Exception as exc:  # a notification never stops the run
-            logger.warning("notification failed: %s", type(exc).__name__)

@@ -1,0 +1,195 @@
+"""Read a replay's artifacts back as tables and plot them (what notebook 04 shows).
+
+Everything here reads files only, so it works on a finished run, a stopped one, or one still running in another
+process (a JSONL line still being written is ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from atheria_kit.ensemble.experiment import REGIME_COLORS
+from atheria_kit.replay.engine import LIVE_STATUS, SUMMARY, UPDATES
+
+
+def _run_dir(run_dir: str | os.PathLike) -> Path:
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ValueError(f"run_dir={str(path)!r} is invalid; expected a replay's output directory")
+    return path
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if line.endswith("\n") and line.strip():  # an unterminated last line is still being written
+            records.append(json.loads(line))
+    return records
+
+
+def symbols_of(run_dir: str | os.PathLike) -> list[str]:
+    """The symbols of a run, from its ``{symbol}_trades.jsonl`` files."""
+    return sorted(p.name[: -len("_trades.jsonl")] for p in _run_dir(run_dir).glob("*_trades.jsonl"))
+
+
+def load_updates(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per update (``updates.jsonl``): equity, drawdown, trades, win rate, and per symbol its equity
+    (``equity_{symbol}``), regime (``regime_{symbol}``) and position (``position_{symbol}``); indexed by time."""
+    rows = []
+    for r in _jsonl(_run_dir(run_dir) / UPDATES):
+        row = {k: v for k, v in r.items() if not isinstance(v, dict)}
+        for key, prefix in (("symbol_equity", "equity"), ("regimes", "regime"), ("positions", "position")):
+            row.update({f"{prefix}_{s}": v for s, v in r.get(key, {}).items()})
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    frame.index = pd.DatetimeIndex(pd.to_datetime(frame.pop("timestamp")), name="timestamp")
+    return frame
+
+
+def load_cycles(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per completed cycle (``cycle_X.json``), nested per-symbol values flattened to ``key_{symbol}``."""
+    path = _run_dir(run_dir)
+    files = sorted(path.glob("cycle_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
+    rows = []
+    for f in files:
+        r = json.loads(f.read_text(encoding="utf-8"))
+        row = {k: v for k, v in r.items() if not isinstance(v, dict)}
+        for key in ("symbol_equity", "symbol_pnl"):
+            row.update({f"{key}_{s}": v for s, v in r.get(key, {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("cycle") if rows else pd.DataFrame()
+
+
+def load_trades(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every closed trade of every symbol, ordered by exit time."""
+    path = _run_dir(run_dir)
+    rows = [t for s in symbols_of(path) for t in _jsonl(path / f"{s}_trades.jsonl")]
+    if not rows:
+        return pd.DataFrame(columns=["symbol", "direction", "entry_time", "exit_time", "pnl", "return", "fees"])
+    frame = pd.DataFrame(rows)
+    for col in ("entry_time", "exit_time"):
+        frame[col] = pd.to_datetime(frame[col])
+    return frame.sort_values(["exit_time", "symbol"], kind="stable").reset_index(drop=True)
+
+
+def load_penalties(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every penalty or reset event with its symbol, ordered by time."""
+    path = _run_dir(run_dir)
+    rows = [dict(e, symbol=s) for s in symbols_of(path) for e in _jsonl(path / f"{s}_penalties.jsonl")]
+    if not rows:
+        return pd.DataFrame(columns=["symbol", "timestamp", "strategy", "action", "reason"])
+    frame = pd.DataFrame(rows)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+    return frame.sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)
+
+
+def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The latest KPIs: ``live_status.json`` (with latency, CPU, memory), or ``{}`` before the first update."""
+    path = _run_dir(run_dir) / LIVE_STATUS
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def is_finished(run_dir: str | os.PathLike) -> bool:
+    return (_run_dir(run_dir) / SUMMARY).is_file()
+
+
+def symbol_table(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """Per symbol: equity share, PnL, trades, winners, losers, win rate, profit factor, fees, penalties, resets.
+
+    PnL here is realized (closed trades, net of fees); an open position's mark is in ``open_pnl``.
+    """
+    path = _run_dir(run_dir)
+    status = read_status(path)
+    trades, penalties = load_trades(path), load_penalties(path)
+    rows = {}
+    for s in symbols_of(path):
+        t = trades[trades["symbol"] == s] if len(trades) else trades
+        p = penalties[penalties["symbol"] == s] if len(penalties) else penalties
+        wins, losses = t["pnl"][t["pnl"] > 0], t["pnl"][t["pnl"] <= 0]
+        realized = float(t["pnl"].sum())
+        rows[s] = {
+            "equity": status.get("symbol_equity", {}).get(s, np.nan),
+            "realized_pnl": realized,
+            "open_pnl": status.get("symbol_pnl", {}).get(s, np.nan) - realized if status else np.nan,
+            "trades": len(t), "winners": len(wins), "losers": len(losses),
+            "win_rate": len(wins) / len(t) if len(t) else np.nan,
+            "profit_factor": wins.sum() / -losses.sum() if len(losses) and losses.sum() < 0 else np.nan,
+            "fees": float(t["fees"].sum()) if len(t) else 0.0,
+            "penalties": int((p["action"] == "cut").sum()) if len(p) else 0,
+            "resets": int((p["action"] == "reset").sum()) if len(p) else 0,
+        }
+    return pd.DataFrame(rows).T
+
+
+def kpi_summary(run_dir: str | os.PathLike) -> pd.Series:
+    """The run's headline KPIs from ``live_status.json`` (progress, equity, PnL, trades, drawdowns, latency ...)."""
+    status = read_status(run_dir)
+    keys = ("status", "cycle", "bars_done", "total_bars", "progress", "equity", "cumulative_pnl", "cycle_pnl",
+            "trades", "winners", "losers", "win_rate", "max_drawdown", "current_drawdown", "penalties", "resets",
+            "rejected_orders", "latency_ms", "cpu_percent", "memory_rss_bytes")
+    return pd.Series({k: status.get(k) for k in keys}, name="value", dtype=object)
+
+
+def plot_replay(run_dir: str | os.PathLike, max_points: int = 4000):
+    """Four panels: total and per-symbol equity, drawdown, cumulative realized PnL per symbol (trades), and each
+    symbol's regime at the updates with its penalty events marked."""
+    import matplotlib.pyplot as plt
+
+    path = _run_dir(run_dir)
+    u = load_updates(path)
+    if u.empty:
+        raise ValueError(f"run_dir={str(path)!r} has no updates yet; run the replay first")
+    u = u.iloc[:: max(1, len(u) // max_points)]
+    symbols = symbols_of(path)
+    trades, penalties = load_trades(path), load_penalties(path)
+    fig, axes = plt.subplots(4, 1, figsize=(12, 12), sharex=True,
+                             gridspec_kw={"height_ratios": [2, 1, 2, 1]})
+    ax = axes[0]
+    ax.plot(u.index, u["equity"], color="black", lw=1.5, label="account")
+    ax2 = ax.twinx()
+    for s in symbols:
+        ax2.plot(u.index, u[f"equity_{s}"], lw=0.9, label=s)
+    ax.set_title("equity: account (left axis) and each symbol's share (right axis)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax2.legend(loc="upper right", fontsize=8, ncol=len(symbols))
+    axes[1].fill_between(u.index, -100 * u["drawdown"], 0, color="tab:red", alpha=0.4, step="post")
+    axes[1].axhline(-100 * u["max_drawdown"].iloc[-1], color="tab:red", lw=1, ls="--",
+                    label=f"max drawdown {100 * u['max_drawdown'].iloc[-1]:.2f}%")
+    axes[1].set_ylabel("%")
+    axes[1].legend(loc="lower left", fontsize=8)
+    axes[1].set_title("drawdown of the account")
+    for s in symbols:
+        t = trades[trades["symbol"] == s] if len(trades) else trades
+        if len(t):
+            axes[2].step(t["exit_time"], t["pnl"].cumsum(), where="post",
+                         label=f"{s}: {len(t)} trades, win rate {(t['pnl'] > 0).mean():.0%}")
+    axes[2].axhline(0, color="grey", lw=0.8)
+    axes[2].legend(loc="upper left", fontsize=8)
+    axes[2].set_title("cumulative realized PnL per symbol (after fees)")
+    codes = {name: i for i, name in enumerate(REGIME_COLORS)}
+    for i, s in enumerate(symbols):
+        col = u[f"regime_{s}"].map(codes).to_numpy()
+        for name, color in REGIME_COLORS.items():
+            hit = col == codes[name]
+            axes[3].scatter(u.index[hit], np.full(hit.sum(), i), color=color, s=40, marker="|",
+                            label=name if i == 0 else None)
+        p = penalties[penalties["symbol"] == s] if len(penalties) else penalties
+        if len(p):
+            axes[3].scatter(p["timestamp"], np.full(len(p), i + 0.3), color="black", s=10, marker="v",
+                            label="penalty / reset" if i == 0 else None)
+    axes[3].set_yticks(range(len(symbols)), symbols)
+    axes[3].set_ylim(-0.5, len(symbols) + 0.3)  # room for the legend above the top row
+    axes[3].legend(loc="upper left", fontsize=8, ncol=5, markerscale=2)
+    axes[3].set_title("regime at each update, and penalty events")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,145 @@
+"""Builds notebooks/01_progressive_training.ipynb (run: python notebooks/build/build_01.py). Edit here, not the JSON."""
+
+from pathlib import Path
+
+import nbformat as nbf
+
+md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+cells = [
+    md("""# 01 · Progressive training that survives the session limit
+
+Press **Run all** and walk away. Before the session's time limit the notebook saves and stops cleanly; press
+**Run all** in the next session and it continues from the newest complete checkpoint, with the same result as a run
+that never stopped. Along the way it shows progress, a live figure and GPU/RAM/time; at the end it writes plots, a
+Markdown report, logs, and exports of the model (TorchScript, `torch.export`, ONNX when installed).
+
+Sections: setup · configuration · persistence · data · model · auto-resume and training · results."""),
+    md("## Setup and install (Colab, Kaggle, local)\nOn Colab and Kaggle this installs the kit once per session "
+       "(it keeps the platform's own CUDA torch). Locally, `make run` or `pip install -e .` has done it."),
+    code("""import importlib.util, subprocess, sys
+if importlib.util.find_spec("atheria_kit") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/atheria/atheria_kit"], check=True)"""),
+    md("## Configuration\nThe parameters cell (tagged `parameters` for papermill). `SMOKE=True` shrinks everything "
+       "to a run of about a minute on a CPU."),
+    code("""EXPERIMENT_NAME = "btc_direction_gru"
+MAX_TRAINING_HOURS = 10          # this session's cap; the platform's own limit applies too
+MAX_TRAINING_SECONDS = None      # exact cap in seconds (demos); overrides MAX_TRAINING_HOURS
+TOTAL_EPISODES = 400
+SAVE_EVERY_EPISODES = 10
+DRIVE_SYNC_EVERY = 50            # 0 turns the remote copy off (Kaggle: /kaggle/working persists)
+KEEP_BEST_N = 5
+AUTO_RESUME = True
+REMOTE = None                    # a folder or fsspec URL for the persistent copy (None: Drive on Colab)
+OUTPUT_ROOT = None               # None: /content/atheria, /kaggle/working/atheria or ./runs
+DATA = "sample"                  # "sample" (real BTC/ETH/BNB 1h bars shipped with the kit), "synthetic", or a CSV/Parquet path
+SYMBOL = "BTCUSDT"
+WINDOW = 64
+BATCH_SIZE = 256
+STEPS_PER_EPISODE = 40
+SEED = 0
+LIVE_VIEW = "auto"               # "widget", "text" (headless) or "off"
+SMOKE = False""", metadata={"tags": ["parameters"]}),
+    code("""import atheria_kit as ak
+
+if SMOKE:
+    TOTAL_EPISODES, WINDOW, BATCH_SIZE, STEPS_PER_EPISODE = min(TOTAL_EPISODES, 16), 24, 64, 4
+config = ak.SessionConfig.from_params(globals(), root=OUTPUT_ROOT, remote=REMOTE, seed=SEED,
+                                      monitor="val_accuracy", mode="max", plot_every=5 if SMOKE else 10)
+env = ak.detect_environment()
+print(env.kind, "| GPUs:", [g.name for g in env.gpus] or "none", "| session limit:", env.session_limit_seconds)"""),
+    md("## Persistence\nOn Colab, Drive is mounted and checkpoints are copied there every `DRIVE_SYNC_EVERY` "
+       "episodes (fast local disk first, Drive second). On Kaggle, `/kaggle/working` persists in a saved version; "
+       "set `DRIVE_SYNC_EVERY = 0`. See `docs/persistence.md`."),
+    code("""if env.kind == "colab" and config.drive_sync_every > 0 and env.drive_dir is None:
+    ak.mount_drive()"""),
+    md("## Data\nWindows of OHLCV bars; the label is whether the next bar closes higher. The shipped sample is "
+       "real Binance data (see `atheria_kit/data/SOURCES.md`); `DATA='synthetic'` uses the seeded generator."),
+    code("""from atheria_kit.ohlcv import load_ohlcv, sample_path, synthetic_ohlcv
+from atheria_kit.sequence_data import make_direction_windows
+
+if DATA == "synthetic":
+    bars = synthetic_ohlcv(20_000, seed=SEED)
+else:
+    bars = load_ohlcv(sample_path(SYMBOL) if DATA == "sample" else DATA)
+data = make_direction_windows(bars, window=WINDOW, max_samples=3_000 if SMOKE else 0)
+print(f"{len(bars)} bars ({'synthetic' if bars.attrs.get('synthetic') else bars.attrs.get('source')}), "
+      f"{len(data.x_train)} train / {len(data.x_val)} validation windows")"""),
+    md("## Model\n**Replace these two functions to train your own model**: `build_model` returns the module, "
+       "`train_one_episode` trains it for one episode and returns the metrics to log (a `loss` at least)."),
+    code("""import torch
+from torch import nn
+
+
+def build_model(n_features: int) -> nn.Module:
+    class DirectionGRU(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(n_features, 32, batch_first=True)
+            self.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(32, 1))
+
+        def forward(self, x):
+            out, _ = self.gru(x)
+            return self.head(out[:, -1]).squeeze(-1)
+
+    return DirectionGRU()
+
+
+def train_one_episode(model, optimizer, scaler, generator, device) -> dict:
+    model.train()
+    losses = []
+    for _ in range(STEPS_PER_EPISODE):
+        idx = torch.randint(len(data.x_train), (BATCH_SIZE,), generator=generator)
+        x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            loss = nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.x_val.to(device))
+        val_loss = nn.functional.binary_cross_entropy_with_logits(logits, data.y_val.to(device)).item()
+        val_acc = ((logits > 0).float() == data.y_val.to(device)).float().mean().item()
+    return {"loss": sum(losses) / len(losses), "val_loss": val_loss, "val_accuracy": val_acc}"""),
+    md("## Auto-resume and training\n`restore` loads the newest valid checkpoint when one exists (nothing to "
+       "resume on a first run is fine). `episodes()` stops by itself when the next episode and a final save would "
+       "no longer fit in the session."),
+    code("""session = ak.TrainingSession(config, environment=env)
+device = session.device
+ak.seed_everything(SEED)
+model = build_model(data.n_features).to(device)
+optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=TOTAL_EPISODES)
+scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+gens = ak.SeededGenerators(SEED)
+
+start = session.restore(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, generators=gens)
+print(f"starting at episode {start} of {TOTAL_EPISODES}")
+for episode in session.episodes():
+    metrics = train_one_episode(model, optimizer, scaler, gens.torch, device)
+    scheduler.step()
+    session.log(**metrics)"""),
+    md("## Results\nFinal save and sync, plots, the Markdown report and (once all episodes are done) the exports, "
+       "each verified by loading it in a fresh process."),
+    code("""result = session.finish(model=model, example_input=data.x_val[:8].to(device))
+print(f"session ended: {result.end_reason}; {result.episodes_done}/{result.total_episodes} episodes; "
+      f"{len(result.sessions)} session(s)")
+print("report:", result.report)
+for e in result.exports:
+    print(f"export {e['format']:>12}: {e['status']}  max abs err {e['max_abs_err']}")"""),
+    code("""from IPython.display import Markdown, display
+display(Markdown(result.report.read_text().split("## Plots")[0]))"""),
+]
+nb = nbf.v4.new_notebook(cells=cells)
+nb.metadata = {
+    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+    "language_info": {"name": "python"},
+    "accelerator": "GPU",
+    "colab": {"gpuType": "T4", "provenance": []},
+    "kaggle": {"accelerator": "gpu", "isGpuEnabled": True, "isInternetEnabled": True},
+}
+out = Path(__file__).resolve().parents[1] / "01_progressive_training.ipynb"
+nbf.write(nb, out)
+print("wrote", out)
