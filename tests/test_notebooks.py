@@ -6,6 +6,8 @@ The checks on the committed files are cheap; the executions are marked ``noteboo
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,24 @@ def test_notebook_runs_in_smoke_mode(path: Path, tmp_path: Path) -> None:
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"{path.name}: cell errors: {errors}"
+
+
+BUILD_SCRIPTS = sorted((REPO_ROOT / "notebooks" / "build").glob("*.py"))
+
+
+def _cells(nb: dict) -> list[tuple[str, str, list[str]]]:
+    return [(c["cell_type"], "".join(c["source"]), sorted(c.get("metadata", {}).get("tags", []))) for c in nb["cells"]]
+
+
+@pytest.mark.parametrize("script", BUILD_SCRIPTS, ids=_ids(BUILD_SCRIPTS))
+def test_committed_notebook_is_what_its_build_script_makes(script: Path, tmp_path: Path) -> None:
+    # The build scripts write next to their parent folder; run a copy so the committed notebooks stay untouched.
+    (tmp_path / "build").mkdir()
+    copy = tmp_path / "build" / script.name
+    copy.write_text(script.read_text())
+    subprocess.run([sys.executable, str(copy)], check=True, capture_output=True, cwd=tmp_path)
+    [made] = list(tmp_path.glob("*.ipynb"))
+    committed = REPO_ROOT / "notebooks" / made.name
+    assert committed.is_file(), f"{script.name} makes {made.name}, which is not committed"
+    assert _cells(json.loads(made.read_text())) == _cells(json.loads(committed.read_text())), (
+        f"{committed.name} differs from what {script.name} makes: run the script and commit the result")
