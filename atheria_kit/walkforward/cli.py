@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbol", default=d, help="symbol(s), comma-separated (default BTCUSDT)")
     p.add_argument("--tf", default=d, help="timeframe(s), comma-separated, e.g. 1h,4h (default 1h)")
     p.add_argument("--horizon", type=int, default=d, help="label horizon in bars (default 1)")
-    p.add_argument("--data", default=d, help="CSV/Parquet file (normalized or Binance klines), or 'synthetic'")
+    p.add_argument("--data", default=d, help="CSV/Parquet file (normalized or Binance klines), or 'synthetic'; "
+                   "with several symbols use {symbol} (and {tf}) in the path, e.g. data/{symbol}_1m.csv")
     p.add_argument("--max-bars", type=int, default=d, help="use only the last N bars (0 = all)")
     p.add_argument("--from", dest="from_", default=d, help="first bar (date, UTC)")
     p.add_argument("--to", default=d, help="end (exclusive, date, UTC)")
@@ -50,9 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d)
     p.add_argument("--mode", choices=MODES, default=d, help="quick, full, sequential (quick, gate, full) or count")
     p.add_argument("--config", default=None, help="YAML file with settings (flags and ATHERIA_* override it)")
-    p.add_argument("--jobs", type=int, default=d, help="parallel runs for several symbols/timeframes")
-    p.add_argument("--backend", choices=("loky", "threading", "dask"), default=d)
-    p.add_argument("--scheduler", default=d, help="dask scheduler address for --backend dask")
+    p.add_argument("--jobs", type=int, default=d,
+                   help="parallel runs for several symbols/timeframes (-1: all cores, or all dask workers' threads)")
+    p.add_argument("--backend", choices=("loky", "threading", "dask"), default=d,
+                   help="joblib backend for --jobs (default loky: one process per run)")
+    p.add_argument("--scheduler", default=d, help="dask scheduler address for --backend dask, e.g. tcp://host:8786")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--yes", dest="confirm", action="store_const", const=True, default=None,
                    help="sequential: run the full stage whatever the gate says")
@@ -61,13 +64,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-seconds", type=float, default=d, help="stop cleanly before this much time has passed")
 
 
+def _own_dests() -> set[str]:
+    """The argparse destinations of this command's flags (the namespace also holds the top-level ones)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return {a.dest for a in parser._actions} - {"config"}
+
+
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> WalkForwardConfig:
-    overrides = {}
-    for key, value in vars(args).items():
-        if key in ("config", "func", "command"):
-            continue
-        overrides[_FLAG_TO_FIELD.get(key, key)] = value
-    return load_config(args.config, environ=environ, overrides=overrides)
+    """The effective configuration: defaults < ``--config`` YAML < ``ATHERIA_*`` variables < flags."""
+    own = _own_dests()
+    overrides = {_FLAG_TO_FIELD.get(k, k): v for k, v in vars(args).items() if k in own}
+    return load_config(getattr(args, "config", None), environ=environ, overrides=overrides)
+
+
+def expand_configs(base: WalkForwardConfig) -> list[WalkForwardConfig]:
+    """One configuration per symbol x timeframe of the comma-separated ``symbol`` and ``timeframe`` settings.
+
+    A ``data`` path may name each file with ``{symbol}`` and ``{tf}``; one fixed file for several symbols is an
+    error (every "symbol" would silently train on the same bars). Several timeframes of one file are fine: each
+    run resamples it.
+    """
+    symbols = [s.strip() for s in base.symbol.split(",") if s.strip()]
+    tfs = [t.strip() for t in base.timeframe.split(",") if t.strip()]
+    if not symbols or not tfs:
+        raise ValueError(f"symbol={base.symbol!r}, timeframe={base.timeframe!r}: expected at least one of each")
+    file = base.data not in (None, "synthetic")
+    if file and len(symbols) > 1 and "{symbol}" not in base.data:
+        raise ValueError(
+            f"data={base.data!r} is one file for symbols {symbols}; put {{symbol}} in the path "
+            "(e.g. data/{symbol}_1m.csv) or run one symbol at a time"
+        )
+    out = []
+    for sym in symbols:
+        for tf in tfs:
+            data = base.data.replace("{symbol}", sym).replace("{tf}", tf) if file else base.data
+            out.append(dataclasses.replace(base, symbol=sym, timeframe=tf, data=data))
+    return out
 
 
 def _run_one(config: WalkForwardConfig) -> list[dict[str, Any]]:
@@ -101,10 +134,17 @@ def run_many(configs: list[WalkForwardConfig], jobs: int = 1, backend: str = "lo
     if len(configs) == 1 and backend != "dask":
         return [_run_one(configs[0])]
     if backend == "dask":
-        from dask.distributed import Client
-
-        with Client(scheduler) as client, parallel_config(backend="dask", n_jobs=jobs):
-            del client  # the parallel_config picks up the active client
+        if not scheduler:
+            raise ValueError("scheduler=None is invalid with backend='dask'; expected an address like tcp://host:8786")
+        try:
+            from dask.distributed import Client
+        except ImportError as exc:
+            raise ValueError("backend='dask' needs dask.distributed: pip install 'dask[distributed]'") from exc
+        try:
+            client = Client(scheduler, timeout=30)
+        except OSError as exc:
+            raise ValueError(f"scheduler={scheduler!r}: cannot connect to the dask scheduler ({exc})") from exc
+        with client, parallel_config(backend="dask", n_jobs=jobs):  # joblib sends the calls to this client
             return Parallel()(delayed(_run_one)(c) for c in configs)
     return Parallel(n_jobs=jobs, backend=backend)(delayed(_run_one)(c) for c in configs)
 
@@ -117,9 +157,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    symbols = [s.strip() for s in base.symbol.split(",") if s.strip()]
-    tfs = [t.strip() for t in base.timeframe.split(",") if t.strip()]
-    configs = [dataclasses.replace(base, symbol=s, timeframe=t) for s in symbols for t in tfs]
+    try:
+        configs = expand_configs(base)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     effective = yaml.safe_dump(base.to_dict(), sort_keys=True)
     print("effective configuration:\n" + effective)
     Path(base.out).mkdir(parents=True, exist_ok=True)

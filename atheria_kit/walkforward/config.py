@@ -16,7 +16,7 @@ import yaml
 
 from atheria_kit._validation import require_choice, require_fraction, require_int, require_positive
 from atheria_kit.walkforward.gate import GateCriteria
-from atheria_kit.walkforward.models import MODELS
+from atheria_kit.walkforward.models import MODELS, effective_model
 
 MODES: tuple[str, ...] = ("quick", "full", "sequential", "count")
 ENV_PREFIX = "ATHERIA_"
@@ -45,6 +45,11 @@ class WalkForwardConfig:
     mode: str = "quick"
     n_splits: int = 5
     embargo_minutes: float = 30.0
+    # time-based modes (quick, full): None keeps the mode's preset (MODE_PRESETS); a value overrides it
+    test_period_days: float | None = None
+    min_train_days: float | None = None
+    window: str | None = None  # "expanding" or "rolling"
+    train_window_days: float | None = None
     chunk_size: int = 50_000
     memory_threshold: float = 0.85
     model: str = "logreg"
@@ -72,6 +77,11 @@ class WalkForwardConfig:
         require_choice("mode", self.mode, MODES)
         require_int("n_splits", self.n_splits, minimum=2)
         require_positive("embargo_minutes", float(self.embargo_minutes), allow_zero=True)
+        for name in ("test_period_days", "min_train_days", "train_window_days"):
+            if getattr(self, name) is not None:
+                require_positive(name, getattr(self, name))
+        if self.window is not None:
+            require_choice("window", self.window, ("expanding", "rolling"))
         require_int("chunk_size", self.chunk_size, minimum=1)
         require_fraction("memory_threshold", self.memory_threshold, inclusive_high=True)
         require_choice("model", self.model, MODELS)
@@ -90,12 +100,22 @@ class WalkForwardConfig:
     def gate(self) -> GateCriteria:
         return GateCriteria(recall=self.gate_recall, accuracy=self.gate_accuracy, auc=self.gate_auc, f1=self.gate_f1)
 
+    def split_params(self, mode: str) -> dict[str, Any]:
+        """Arguments of :func:`splits.time_splits` for a time-based ``mode``: its preset, with any override."""
+        params = dict(MODE_PRESETS[mode])
+        for name in ("test_period_days", "min_train_days", "window", "train_window_days"):
+            if getattr(self, name) is not None:
+                params[name] = getattr(self, name)
+        return params
+
     @property
     def embargo_ns(self) -> int:
         return int(round(self.embargo_minutes * 60e9))
 
     def run_name(self, mode: str | None = None) -> str:
-        return f"{self.symbol}_{self.timeframe}_H{self.horizon}_{self.model}_{mode or self.mode}"
+        """``{symbol}_{tf}_H{h}_{model}_{mode}``, naming the model actually trained (``--use-gpu`` -> torch)."""
+        model = effective_model(self.model, self.use_gpu)
+        return f"{self.symbol}_{self.timeframe}_H{self.horizon}_{model}_{mode or self.mode}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,7 +147,10 @@ def _coerce(name: str, raw: str) -> Any:
         if kind.startswith("float"):
             return float(text)
     except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is invalid; expected a {kind.split()[0]}") from exc
+        expected = {"bool": "true/false (1/0, yes/no, on/off)", "int": "an integer", "float": "a number"}
+        raise ValueError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is invalid; expected {expected.get(kind.split()[0], kind)}"
+        ) from exc
     return text
 
 

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
 
 from atheria_kit._validation import require_choice
 
@@ -31,6 +32,60 @@ def adaptive_max_iter(n_samples: int) -> int:
     return int(min(1000, max(200, 2_000_000 // max(n_samples, 1))))
 
 
+class Float32Scaler(TransformerMixin, BaseEstimator):
+    """Standardise columns with statistics of the rows it is fit on; float32 out, no full-size float64 copy.
+
+    Same result as scikit-learn's ``StandardScaler`` up to float rounding, but that one builds a float64 copy
+    of the whole matrix to compute the variance (twice the float32 data); here float64 sums are accumulated
+    over blocks of ``block_rows`` rows, so the only full-size allocation is the float32 output of ``transform``.
+    """
+
+    def __init__(self, block_rows: int = 65_536) -> None:
+        self.block_rows = block_rows
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> Float32Scaler:
+        X = np.asarray(X)
+        if X.ndim != 2 or len(X) == 0:
+            raise ValueError(f"X has shape {X.shape}; expected a non-empty 2-D (samples, features) matrix")
+        n, b = len(X), int(self.block_rows)
+        total = np.zeros(X.shape[1])
+        for i in range(0, n, b):
+            total += X[i : i + b].sum(axis=0, dtype=np.float64)
+        mean = total / n
+        squares = np.zeros(X.shape[1])
+        for i in range(0, n, b):
+            d = X[i : i + b].astype(np.float64) - mean
+            squares += np.einsum("ij,ij->j", d, d)
+        var = squares / n
+        scale = np.sqrt(var)
+        scale[scale < 10 * np.finfo(np.float64).eps] = 1.0  # constant column: leave it centred, do not blow it up
+        self.mean_, self.var_, self.scale_ = mean, var, scale
+        self.n_features_in_, self.n_samples_seen_ = X.shape[1], n
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "scale_")
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has shape {X.shape}; expected (samples, {self.n_features_in_})")
+        out = np.empty(X.shape, dtype=np.float32)
+        b = int(self.block_rows)
+        for i in range(0, len(X), b):
+            out[i : i + b] = (X[i : i + b] - self.mean_) / self.scale_
+        return out
+
+
+def gpu_batch_size(free_bytes: int, n_features: int, hidden: int = 0, *, minimum: int = 256,
+                   maximum: int = 1 << 20) -> int:
+    """Mini-batch rows for a GPU with ``free_bytes`` free: a quarter of it, at ~32 bytes per feature/unit.
+
+    A row costs about ``(features + hidden units) * 4 bytes * 8`` (input, activations, gradients, optimizer
+    state); the rest of the free memory is left to the CUDA allocator and other processes.
+    """
+    per_row = (n_features + max(hidden, 1)) * 4 * 8
+    return int(max(minimum, min(maximum, int(free_bytes) // 4 // per_row)))
+
+
 class TorchClassifier(ClassifierMixin, BaseEstimator):
     """Logistic regression (``hidden=0``) or a one-hidden-layer MLP in torch, trained with AdamW on mini-batches.
 
@@ -39,13 +94,14 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, hidden: int = 0, epochs: int = 5, lr: float = 1e-2, batch_size: int = 4096,
-                 device: str = "auto", seed: int = 0) -> None:
+                 device: str = "auto", seed: int = 0, min_steps: int = 300) -> None:
         self.hidden = hidden
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
+        self.min_steps = min_steps
 
     def _device(self):
         import torch
@@ -60,15 +116,27 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         if device.type != "cuda":
             return self.batch_size
         free, _ = torch.cuda.mem_get_info(device)
-        # a row costs ~ (features + hidden) * 4 bytes * ~8 (activations, grads, optimizer); use a quarter of free
-        per_row = (n_features + max(self.hidden, 1)) * 4 * 8
-        return int(max(self.batch_size, min(1 << 20, free // 4 // per_row)))
+        return gpu_batch_size(free, n_features, self.hidden)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> TorchClassifier:
         import torch
 
-        torch.manual_seed(self.seed)
         dev = self._device()
+        threads = torch.get_num_threads()
+        if dev.type == "cpu":
+            # batches of a few thousand rows x a few dozen columns: one thread is as fast, and idle OpenMP
+            # threads spinning against other processes on a busy 2-core machine cost seconds per fold
+            torch.set_num_threads(1)
+        try:
+            with torch.random.fork_rng(devices=[]):  # seeded weights without resetting the caller's generator
+                torch.manual_seed(self.seed)
+                return self._fit(dev, X, y)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, dev, X: np.ndarray, y: np.ndarray) -> TorchClassifier:
+        import torch
+
         X = np.asarray(X, dtype=np.float32)
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0) + 1e-8
@@ -79,13 +147,15 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
             torch.nn.Linear(d, self.hidden), torch.nn.ReLU(), torch.nn.Linear(self.hidden, 1)]
         self.net_ = torch.nn.Sequential(*layers).to(dev)
         opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=1e-4)
-        bs = self._batch_size(dev, d)
-        steps = self.epochs * math.ceil(len(Xt) / bs)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=max(steps, 1))
+        bs = min(self._batch_size(dev, d), len(Xt))
+        per_epoch = math.ceil(len(Xt) / bs)
+        # a GPU-sized batch can hold the whole train set; enough optimizer steps matter more than epochs
+        epochs = max(self.epochs, math.ceil(self.min_steps / per_epoch))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=epochs * per_epoch)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         loss_fn = torch.nn.BCEWithLogitsLoss()
         self.net_.train()
-        for _ in range(self.epochs):
+        for _ in range(epochs):
             order = torch.randperm(len(Xt), generator=gen).to(dev)
             for i in range(0, len(Xt), bs):
                 idx = order[i : i + bs]
@@ -96,7 +166,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
                 sched.step()
         self.net_.eval().cpu()
         self.classes_ = np.array([0.0, 1.0])
-        self.batch_size_used_ = bs
+        self.batch_size_used_, self.epochs_used_ = bs, epochs
         self.device_used_ = str(dev)
         return self
 
@@ -117,7 +187,7 @@ def make_model(name: str, n_samples: int, *, seed: int = 0, use_gpu: bool = Fals
     require_choice("model", name, MODELS)
     if name == "logreg":
         return Pipeline([
-            ("scale", StandardScaler()),
+            ("scale", Float32Scaler()),
             ("clf", LogisticRegression(C=1.0, max_iter=adaptive_max_iter(n_samples), random_state=seed)),
         ])
     if name == "hgb":
@@ -127,16 +197,26 @@ def make_model(name: str, n_samples: int, *, seed: int = 0, use_gpu: bool = Fals
                            device="auto" if use_gpu else "cpu")
 
 
+def effective_model(name: str, use_gpu: bool) -> str:
+    """The model actually trained: ``--use-gpu`` swaps scikit-learn models for their torch counterpart
+    (logistic regression -> ``torch_logreg``, gradient boosting -> the non-linear ``torch_mlp``)."""
+    require_choice("model", name, MODELS)
+    if not use_gpu or name.startswith("torch_"):
+        return name
+    return "torch_logreg" if name == "logreg" else "torch_mlp"
+
+
 def resolve_model(name: str, use_gpu: bool) -> tuple[str, str]:
     """The model to train and a sentence for the user: ``--use-gpu`` picks torch and says whether CUDA is there."""
+    model = effective_model(name, use_gpu)
     if not use_gpu:
-        return name, f"model {name} on CPU"
+        return model, f"model {model} on CPU"
     import torch
 
-    torch_name = name if name.startswith("torch_") else "torch_logreg"
     if torch.cuda.is_available():
-        return torch_name, f"--use-gpu: {torch_name} on CUDA ({torch.cuda.get_device_name(0)})"
-    return torch_name, f"--use-gpu: no CUDA device found, {torch_name} runs on the CPU"
+        return model, f"--use-gpu: {model} on CUDA ({torch.cuda.get_device_name(0)})"
+    logger.warning("--use-gpu: no CUDA device found; %s runs on the CPU (slower)", model)
+    return model, f"--use-gpu: no CUDA device found, {model} runs on the CPU"
 
 
 @dataclass
@@ -145,9 +225,26 @@ class FitResult:
     convergence_warnings: int
 
 
+# ``warnings.catch_warnings`` swaps process-global state, and torch seeds its global generator: fits that share a
+# process (joblib's threading backend, a threaded dask worker) take turns so counts and results stay exact.
+_FIT_LOCK = threading.Lock()
+
+
+#: Below this many train rows a fit uses one OpenMP thread (scikit-learn's losses and histogram GBM).
+SMALL_FIT_ROWS = 100_000
+
+
 def fit_counting_warnings(model, X: np.ndarray, y: np.ndarray) -> FitResult:
-    """Fit and count ConvergenceWarnings instead of printing one per fold (reported in the summary)."""
-    with warnings.catch_warnings(record=True) as caught:
+    """Fit and count ConvergenceWarnings instead of printing one per fold (reported in the summary).
+
+    Small fits run on one OpenMP thread: they gain nothing from more, and OpenMP threads waiting at barriers
+    for a core that another process holds made a 0.3 s histogram-GBM fit take 20 s on a busy 2-core machine.
+    """
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+    threads = 1 if len(X) < SMALL_FIT_ROWS else None
+    with _FIT_LOCK, threadpool_limits(limits=threads, user_api="openmp"), \
+            warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         model.fit(X, y)
     n = sum(issubclass(w.category, ConvergenceWarning) for w in caught)

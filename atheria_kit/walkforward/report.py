@@ -15,17 +15,17 @@ _FOLD_COLUMNS = ("fold", "test_start", "test_end", "train_size", "test_size", "a
 
 
 def _plots(result, ds, folds, proba) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure objects, not pyplot: no global backend switch inside a notebook, and safe when several runs
+    # share a process (joblib threading backend, a dask worker with threads).
+    from matplotlib.figure import Figure
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import roc_curve
 
     out: dict[str, str] = {}
     df = [dict(f) for f in result.folds]
     x = [f["fold"] for f in df]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     ax.plot(x, [f["auc"] for f in df], "o-", label="model")
     ax.plot(x, [f["last_bar_auc"] for f in df], "s--", label="baseline: last-bar direction")
     ax.axhline(0.5, color="grey", lw=1, label="coin flip / majority")
@@ -34,11 +34,11 @@ def _plots(result, ds, folds, proba) -> dict[str, str]:
     fig.tight_layout()
     out["auc_per_fold"] = str(result.run_dir / "auc_per_fold.png")
     fig.savefig(out["auc_per_fold"], dpi=100)
-    plt.close(fig)
     idx = np.concatenate([folds[i].test for i in range(len(proba))])
     y = ds.y[idx]
     p = np.concatenate([t.numpy() for t in proba])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
+    fig = Figure(figsize=(9, 4))
+    a1, a2 = fig.subplots(1, 2)
     if len(np.unique(y)) == 2:
         fpr, tpr, _ = roc_curve(y, p)
         a1.plot(fpr, tpr, label="model (all folds, out of sample)")
@@ -52,7 +52,6 @@ def _plots(result, ds, folds, proba) -> dict[str, str]:
     fig.tight_layout()
     out["roc_calibration"] = str(result.run_dir / "roc_calibration.png")
     fig.savefig(out["roc_calibration"], dpi=100)
-    plt.close(fig)
     return out
 
 

@@ -13,6 +13,7 @@ import logging
 import math
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from atheria_kit import _io, ohlcv
 from atheria_kit.walkforward import evaluation as ev
 from atheria_kit.walkforward import features as feats
 from atheria_kit.walkforward import splits as sp
-from atheria_kit.walkforward.config import MODE_PRESETS, WalkForwardConfig
+from atheria_kit.walkforward.config import WalkForwardConfig
 from atheria_kit.walkforward.gate import GateVerdict, evaluate_gate
 from atheria_kit.walkforward.labels import direction_labels
 from atheria_kit.walkforward.models import fit_counting_warnings, make_model, resolve_model
@@ -95,6 +96,17 @@ def load_bars(config: WalkForwardConfig) -> pd.DataFrame:
     return ohlcv.select_range(df, max_bars=config.max_bars) if config.max_bars else df
 
 
+def take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``a[rows]`` for sorted, unique ``rows``; a view (no copy) when they are one contiguous range.
+
+    Train and test sets of walk-forward folds usually are, and copying a large feature matrix per fold would
+    double its memory.
+    """
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+        return a[int(rows[0]) : int(rows[-1]) + 1]
+    return a[rows]
+
+
 def build_dataset(
     df: pd.DataFrame, horizon: int, *, chunk_size: int = 50_000, memory_threshold: float = 0.85,
     memory_guard: Callable[[], float] | None = _ram_fraction,
@@ -104,13 +116,15 @@ def build_dataset(
     f = feats.compute_features(df, chunk_size=chunk_size, memory_guard=memory_guard, memory_threshold=memory_threshold)
     lab = direction_labels(df, horizon)
     X = f.to_numpy()
+    names = tuple(f.columns)
+    del f
     keep = lab.valid & np.isfinite(X).all(axis=1)
     close = df["close"].to_numpy()
     last_up = np.zeros(len(df), dtype=bool)
     last_up[1:] = close[1:] > close[:-1]
     return Dataset(
-        X=np.ascontiguousarray(X[keep]), y=lab.y[keep], times=df.index.as_unit("ns").asi8[keep],
-        resolved_at=lab.resolved_at[keep], last_up=last_up[keep], feature_names=tuple(f.columns),
+        X=take_rows(X, np.flatnonzero(keep)), y=lab.y[keep], times=df.index.as_unit("ns").asi8[keep],
+        resolved_at=lab.resolved_at[keep], last_up=last_up[keep], feature_names=names,
         source=str(df.attrs.get("source", "in-memory frame")), synthetic=bool(df.attrs.get("synthetic", False)),
         gaps=int(df.attrs.get("gaps", 0)),
     )
@@ -119,7 +133,7 @@ def build_dataset(
 def make_folds(ds: Dataset, config: WalkForwardConfig, mode: str) -> list[sp.Fold]:
     if mode == "count":
         return sp.walk_forward_splits(ds.times, ds.resolved_at, config.n_splits, embargo_ns=config.embargo_ns)
-    return sp.time_splits(ds.times, ds.resolved_at, embargo_ns=config.embargo_ns, **MODE_PRESETS[mode])
+    return sp.time_splits(ds.times, ds.resolved_at, embargo_ns=config.embargo_ns, **config.split_params(mode))
 
 
 def _fold_record(i: int, fold: sp.Fold, ds: Dataset, proba: np.ndarray, seconds: float, conv: int) -> dict[str, Any]:
@@ -142,25 +156,44 @@ def _fold_record(i: int, fold: sp.Fold, ds: Dataset, proba: np.ndarray, seconds:
 
 
 class _LogToFile:
-    """Send this package's log records to ``logs/walkforward.log`` for the duration of a run."""
+    """Send this package's log records to ``logs/walkforward.log`` for the duration of a run.
+
+    Only records of the thread that opened it go to the file: runs sharing a process (joblib's threading
+    backend, a dask worker with several threads) each keep their own log. The package logger's level is lowered
+    to INFO while any run is active and restored when the last one ends.
+    """
+
+    _lock = threading.Lock()
+    _active = 0
+    _saved_level = logging.NOTSET
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handler = logging.FileHandler(path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        thread = threading.get_ident()
+        self.handler.addFilter(lambda record: record.thread == thread)
         self.logger = logging.getLogger("atheria_kit")
-        self.old_level = self.logger.level
 
     def __enter__(self) -> _LogToFile:
+        cls = type(self)
+        with cls._lock:
+            if cls._active == 0:
+                cls._saved_level = self.logger.level
+                if self.logger.getEffectiveLevel() > logging.INFO:
+                    self.logger.setLevel(logging.INFO)
+            cls._active += 1
         self.logger.addHandler(self.handler)
-        if self.logger.getEffectiveLevel() > logging.INFO:
-            self.logger.setLevel(logging.INFO)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.logger.removeHandler(self.handler)
-        self.logger.setLevel(self.old_level)
         self.handler.close()
+        cls = type(self)
+        with cls._lock:
+            cls._active -= 1
+            if cls._active == 0:
+                self.logger.setLevel(cls._saved_level)
 
 
 def _open_runlog(run_dir: Path, total: int, resume: bool):
@@ -185,8 +218,8 @@ def run_stage(
 
     run_dir = Path(config.out) / "direction" / config.run_name(mode)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model_name, device_note = resolve_model(config.model, config.use_gpu)
     with _LogToFile(run_dir / "logs" / "walkforward.log"):
+        model_name, device_note = resolve_model(config.model, config.use_gpu)  # logs a missing GPU to the file
         logger.info("%s: %s", config.run_name(mode), device_note)
         _io.atomic_write_json(run_dir / "config.json", config.to_dict())
         if dataset is None:
@@ -253,8 +286,8 @@ def _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name,
             budget.start_unit()
         t0 = clock()
         model = make_model(model_name, len(fold.train), seed=config.seed, use_gpu=config.use_gpu)
-        fit = fit_counting_warnings(model, ds.X[fold.train], ds.y[fold.train])
-        proba = fit.model.predict_proba(ds.X[fold.test])[:, 1]
+        fit = fit_counting_warnings(model, take_rows(ds.X, fold.train), ds.y[fold.train])
+        proba = fit.model.predict_proba(take_rows(ds.X, fold.test))[:, 1]
         rec = _fold_record(i, fold, ds, proba, clock() - t0, fit.convergence_warnings)
         if budget is not None:
             budget.end_unit()
@@ -296,7 +329,9 @@ def _finish_stage(config, mode, ds, folds, state, run_dir, status, reason) -> St
         peak_rss_bytes=_peak_rss(), best_fold=state["best_fold"],
     )
     if result.folds:
-        result.leak_warning = ev.leak_warning(float(result.means.get("auc", math.nan)), config.leak_auc)
+        last_bar = result.summary.loc["last_bar"].to_dict() if "last_bar" in result.summary.index else {}
+        result.leak_warning = ev.leak_warning(float(result.means.get("auc", math.nan)), config.leak_auc,
+                                              baseline_auc=float(last_bar.get("auc", math.nan)))
         if result.leak_warning:
             logger.warning(result.leak_warning)
         if result.convergence_warnings:
@@ -324,6 +359,7 @@ def run_walkforward(
     bars = load_bars(config) if bars is None else bars
     ds = build_dataset(bars, config.horizon, chunk_size=config.chunk_size, memory_threshold=config.memory_threshold,
                        memory_guard=memory_guard)
+    del bars  # the stages need only the dataset; a frame loaded here can be freed
     if config.mode != "sequential":
         res = run_stage(config, config.mode, dataset=ds, budget=budget, memory_guard=memory_guard)
         res.gate = evaluate_gate(res.means, config.gate) if res.folds else None

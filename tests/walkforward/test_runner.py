@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,16 +10,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from atheria_kit import ohlcv
 from atheria_kit.runlog import read_progress
+from atheria_kit.walkforward import evaluation as ev
 from atheria_kit.walkforward.config import WalkForwardConfig
-from atheria_kit.walkforward.runner import build_dataset, run_stage, run_walkforward
+from atheria_kit.walkforward.features import LOOKBACK
+from atheria_kit.walkforward.models import TorchClassifier
+from atheria_kit.walkforward.runner import (
+    build_dataset,
+    load_bars,
+    make_folds,
+    run_stage,
+    run_walkforward,
+    take_rows,
+)
 
 REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "tests" / "data"
 _VOLATILE = ("seconds",)
 
 
@@ -51,14 +65,27 @@ def test_count_mode_writes_artifacts_and_baselines(tmp_path, bars):
     assert "ETA" in (d / "logs" / "walkforward.log").read_text()
 
 
-def test_early_stopping_keeps_best_fold(tmp_path, bars):
-    cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=10, patience=1)
-    (res,) = run_walkforward(cfg, bars=bars)
-    aucs = [f["auc"] for f in res.folds]
-    # patience 1: stops at the first fold that does not beat the best so far
-    first_bad = next(i for i in range(1, 10) if aucs[i] <= max(aucs[:i])) if len(aucs) < 10 else None
-    assert first_bad is None or len(aucs) == first_bad + 1
-    assert res.best_fold == int(np.argmax(aucs))
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping_across_folds_keeps_the_best_model(tmp_path, bars, patience):
+    ds = build_dataset(bars, 1)
+    cfg = WalkForwardConfig(out=str(tmp_path / "all"), mode="count", n_splits=10, patience=100)
+    every = [f["auc"] for f in run_stage(cfg, "count", dataset=ds).folds]
+    # by hand from the uninterrupted run: stop after `patience` folds in a row without a new best AUC
+    best, since, stop = -1.0, 0, len(every)
+    for i, auc in enumerate(every):
+        best, since = (auc, 0) if auc > best else (best, since + 1)
+        if since >= patience:
+            stop = i + 1
+            break
+    assert stop < 10, "the data should trigger early stopping; pick another seed"
+    cfg = WalkForwardConfig(out=str(tmp_path / "es"), mode="count", n_splits=10, patience=patience)
+    res = run_stage(cfg, "count", dataset=ds)
+    assert [f["auc"] for f in res.folds] == every[:stop]
+    assert res.best_fold == int(np.argmax(every[:stop]))
+    best_model = joblib.load(res.run_dir / "best_model.joblib")
+    fold = make_folds(ds, cfg, "count")[res.best_fold]
+    proba = best_model.predict_proba(ds.X[fold.test])[:, 1]
+    assert ev.classification_metrics(ds.y[fold.test], proba)["auc"] == pytest.approx(max(every[:stop]), abs=1e-12)
 
 
 def test_random_walk_has_no_edge_out_of_sample(tmp_path):
@@ -164,3 +191,110 @@ def test_shuffled_kfold_inflates_auc_on_a_random_walk_but_purged_walk_forward_do
     auc = compare_shuffled_vs_walkforward(rw, horizon=8, n_splits=5)
     assert auc["shuffled_kfold"] > 0.56 and abs(auc["purged_walk_forward"] - 0.5) < 0.05
     assert auc["shuffled_kfold"] - auc["purged_walk_forward"] > 0.05
+
+
+def test_load_bars_binance_klines_range_and_resample(tmp_path):
+    """A raw Binance kline file (12 columns, ms open times), --from/--to, resampled to 15m, then --max-bars."""
+    raw = pd.read_csv(DATA / "BTCUSDT_1m_2025-05-20.csv")
+    ts = pd.to_datetime(raw["timestamp"], utc=True)
+    ms = (ts - pd.Timestamp("1970-01-01T00:00Z")) // pd.Timedelta(milliseconds=1)
+    kl = pd.DataFrame({"t": ms, **{c: raw[c] for c in ("open", "high", "low", "close", "volume")}, "ct": ms + 59_999,
+                       "qv": 0.0, "n": 1, "tb": 0.0, "tq": 0.0, "ig": 0})
+    path = tmp_path / "BTCUSDT-1m-2025-05-20.csv"
+    kl.to_csv(path, header=False, index=False)
+    cfg = WalkForwardConfig(data=str(path), timeframe="15m", start="2025-05-20T01:00", end="2025-05-20T10:00",
+                            max_bars=20)
+    bars = load_bars(cfg)
+    assert len(bars) == 20 and bars.index[-1] == pd.Timestamp("2025-05-20T09:45Z")  # 36 bars in range, last 20
+    assert bars.index[0] == pd.Timestamp("2025-05-20T05:00Z")
+    # the 05:00 bar by hand from the 1-minute rows 05:00..05:14
+    rows = raw[(ts >= pd.Timestamp("2025-05-20T05:00Z")) & (ts < pd.Timestamp("2025-05-20T05:15Z"))]
+    assert len(rows) == 15
+    first = bars.iloc[0]
+    assert (first["open"], first["close"]) == (rows["open"].iloc[0], rows["close"].iloc[-1])
+    assert (first["high"], first["low"]) == (rows["high"].max(), rows["low"].min())
+    assert first["volume"] == pytest.approx(rows["volume"].sum(), rel=1e-12)
+    with pytest.raises(ValueError, match="finer than the data's interval"):
+        load_bars(WalkForwardConfig(data=str(DATA / "BTCUSDT_1h_2023-03.csv"), timeframe="15m"))
+
+
+def test_bad_bars_stop_at_the_boundary_naming_row_and_value(tmp_path, bars):
+    bad = bars.iloc[:500].copy()
+    bad.iloc[123, bad.columns.get_loc("high")] = bad["low"].iloc[123] * 0.5
+    with pytest.raises(ohlcv.OHLCVError, match=r"row 123 .*high is below max\(open, close\)"):
+        build_dataset(bad, 1)
+    bad = bars.iloc[:500].copy()
+    bad.iloc[7, bad.columns.get_loc("volume")] = float("nan")
+    with pytest.raises(ohlcv.OHLCVError, match=r"row 7 .*volume is NaN"):
+        run_walkforward(WalkForwardConfig(out=str(tmp_path), mode="count"), bars=bad)
+
+
+def test_gaps_are_counted_and_reported_not_filled(tmp_path):
+    real = ohlcv.load_ohlcv(DATA / "BTCUSDT_1h_2023-03.csv")  # holds one real missing hour
+    ds = build_dataset(real, 1, memory_guard=None)
+    assert ds.gaps == 1 and not ds.synthetic
+    assert len(ds.y) == len(real) - LOOKBACK - 1  # warm-up rows and the last, unlabelled bar; nothing inserted
+
+
+def test_take_rows_is_a_view_for_contiguous_rows():
+    a = np.arange(20.0).reshape(10, 2)
+    v = take_rows(a, np.arange(3, 7))
+    assert np.shares_memory(v, a) and v.flags.c_contiguous and v.tolist() == a[3:7].tolist()
+    c = take_rows(a, np.array([1, 2, 5]))
+    assert not np.shares_memory(c, a) and c.tolist() == a[[1, 2, 5]].tolist()
+    assert take_rows(a, np.array([], dtype=np.int64)).shape == (0, 2)
+
+
+def test_use_gpu_without_cuda_trains_torch_on_the_cpu_end_to_end(tmp_path, bars):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present here; this test checks the no-GPU fallback")
+    ds = build_dataset(bars, 1)
+    ref = run_stage(WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=3, patience=10), "count", dataset=ds)
+    cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=3, patience=10, use_gpu=True)
+    res = run_stage(cfg, "count", dataset=ds)
+    assert res.run_dir.name == "BTCUSDT_1h_H1_torch_logreg_count" and res.status == "finished"
+    log = (res.run_dir / "logs" / "walkforward.log").read_text()
+    assert "WARNING" in log and "no CUDA device found; torch_logreg runs on the CPU" in log
+    for got, want in zip(res.folds, ref.folds, strict=True):
+        assert all(np.isfinite(got[m]) for m in ev.METRICS)
+        # the same linear model family on the same folds: close to scikit-learn's logistic regression
+        assert abs(got["auc"] - want["auc"]) < 0.02 and abs(got["log_loss"] - want["log_loss"]) < 0.01
+    model = joblib.load(res.artifacts["model"])
+    assert isinstance(model, TorchClassifier) and model.device_used_ == "cpu"
+    assert model.predict_proba(ds.X[:4]).shape == (4, 2)
+
+
+def test_a_planted_leak_is_flagged_in_the_result_and_the_report(tmp_path, bars):
+    ds = build_dataset(bars, 1)
+    noise = np.random.default_rng(0).normal(scale=0.8, size=len(ds.y)).astype(np.float32)
+    leaky = dataclasses.replace(ds, X=np.column_stack([ds.X, ds.y + noise]))  # a "feature" that peeks at the label
+    res = run_stage(WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=3, patience=10), "count",
+                    dataset=leaky)
+    assert res.means["auc"] > 0.7 and "suspect a leak first" in res.leak_warning
+    assert "Leak warning" in (res.run_dir / "report.md").read_text()
+    assert "suspect a leak first" in (res.run_dir / "logs" / "walkforward.log").read_text()
+
+
+def test_time_split_overrides_reach_the_folds(tmp_path):
+    bars = ohlcv.synthetic_ohlcv(24 * 300, timeframe="1h", seed=3)
+    ds = build_dataset(bars, 1)
+    preset = make_folds(ds, WalkForwardConfig(mode="full"), "full")
+    cfg = WalkForwardConfig(mode="full", test_period_days=42, window="rolling", train_window_days=30)
+    folds = make_folds(ds, cfg, "full")
+    assert len(preset) == (len(ds.y) / 24 - 120) // 21 and len(folds) == len(preset) // 2
+    hour = 3600 * 10**9
+    for f in folds:
+        assert len(f.test) == 42 * 24 and (ds.times[f.test[0]] - ds.times[f.train[0]]) == 30 * 24 * hour
+
+
+def test_ram_guard_stops_between_folds_and_resume_matches(tmp_path, bars):
+    ds = build_dataset(bars, 1)
+    full = run_stage(WalkForwardConfig(out=str(tmp_path / "a"), mode="count", n_splits=5, patience=10), "count",
+                     dataset=ds, memory_guard=None)
+    readings = iter([0.5, 0.5, 0.97, 0.97])  # fine before folds 0 and 1, then RAM is short
+    cfg = WalkForwardConfig(out=str(tmp_path / "b"), mode="count", n_splits=5, patience=10, memory_threshold=0.9)
+    part = run_stage(cfg, "count", dataset=ds, memory_guard=lambda: next(readings))
+    assert part.status == "stopped" and len(part.folds) == 2
+    assert "RAM use 97% is above memory_threshold=90%" in part.stop_reason and "--resume" in part.stop_reason
+    rest = run_stage(dataclasses.replace(cfg, resume=True), "count", dataset=ds, memory_guard=lambda: 0.5)
+    assert rest.status == "finished" and _metrics(rest.folds) == _metrics(full.folds)

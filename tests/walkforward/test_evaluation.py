@@ -1,0 +1,75 @@
+"""Fold metrics equal scikit-learn's, the naive baselines and the summary are right by hand, the leak check fires."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from atheria_kit.walkforward import evaluation as ev
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_equal_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 500).astype(np.float32)
+    p = np.clip(rng.uniform(size=500) * 0.6 + y * 0.3 * seed, 0, 1)
+    p[:3] = [0.0, 1.0, 0.5]  # clipped ends and the threshold itself
+    got = ev.classification_metrics(y, p)
+    pc = np.clip(p, 1e-7, 1 - 1e-7)
+    pred = (pc >= 0.5).astype(int)
+    want = {
+        "auc": skm.roc_auc_score(y, pc), "brier": skm.brier_score_loss(y, pc), "accuracy": skm.accuracy_score(y, pred),
+        "precision": skm.precision_score(y, pred), "recall": skm.recall_score(y, pred), "f1": skm.f1_score(y, pred),
+        "log_loss": skm.log_loss(y, pc), "positive_rate": pred.mean(),
+    }
+    assert set(got) == set(ev.METRICS)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-12, abs=1e-15), k
+
+
+def test_degenerate_test_sets():
+    # one class only: AUC undefined; nothing predicted positive: precision, recall and F1 are 0 (not an error)
+    m = ev.classification_metrics(np.zeros(4), np.full(4, 0.2))
+    assert math.isnan(m["auc"]) and m["accuracy"] == 1.0 and m["precision"] == 0.0 and m["positive_rate"] == 0.0
+    m = ev.classification_metrics(np.array([1, 0, 1, 0]), np.full(4, 0.3))
+    assert m["auc"] == 0.5 and m["recall"] == 0.0 and m["f1"] == 0.0
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="y_true contains 2"):
+        ev.classification_metrics(np.array([0, 1, 2]), np.full(3, 0.5))
+    with pytest.raises(ValueError, match=r"y_true has shape \(3,\) and proba \(2,\)"):
+        ev.classification_metrics(np.array([0, 1, 1]), np.full(2, 0.5))
+
+
+def test_baselines_by_hand():
+    y_tr = np.array([1, 1, 0, 1, 0, 0, 1, 1], dtype=np.float32)
+    up_tr = np.array([1, 1, 1, 0, 0, 0, 0, 1], dtype=bool)
+    # P(up | last bar up) = mean(y at up_tr) = (1+1+0+1)/4 = 0.75; P(up | down) = (1+0+0+1)/4 = 0.5
+    got = ev.last_bar_baseline(y_tr, up_tr, np.array([True, False, True]))
+    np.testing.assert_array_equal(got, [0.75, 0.5, 0.75])
+    np.testing.assert_array_equal(ev.majority_baseline(y_tr, 3), [0.625] * 3)
+    # no down bars in train: falls back to the train up-rate
+    np.testing.assert_array_equal(ev.last_bar_baseline(y_tr, np.ones(8, bool), np.array([False])), [0.625])
+
+
+def test_summary_mean_and_std_over_folds():
+    folds = [{"auc": 0.5, "accuracy": 0.6, "last_bar_auc": 0.52}, {"auc": 0.54, "accuracy": 0.4, "last_bar_auc": 0.5}]
+    s = ev.summarize(folds)
+    assert list(s.index) == ["model", "last_bar"]
+    assert s.loc["model", "auc"] == pytest.approx(0.52) and s.loc["model", "auc_std"] == pytest.approx(0.02)
+    assert s.loc["model", "accuracy"] == pytest.approx(0.5) and s.loc["last_bar", "auc"] == pytest.approx(0.51)
+
+
+def test_leak_warning_only_above_threshold():
+    assert ev.leak_warning(0.53) is None and ev.leak_warning(float("nan")) is None
+    msg = ev.leak_warning(0.62)
+    assert "0.620 is above 0.56" in msg and "purging" in msg and "scalers" in msg
+    assert ev.leak_warning(0.58, threshold=0.6) is None
+    # a model a little above a strong last-bar baseline is not suspicious; far above it is
+    assert ev.leak_warning(0.575, baseline_auc=0.564) is None
+    assert "+0.050 over the last-bar baseline (0.530)" in ev.leak_warning(0.58, baseline_auc=0.53)
+    assert ev.leak_warning(0.62, baseline_auc=float("nan")) is not None
