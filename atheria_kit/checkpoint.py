@@ -188,7 +188,10 @@ def snapshot_state(state: Any, reuse: Any = None) -> Any:
         if t.device.type == "cpu":
             return t.clone()
         if t.is_cuda and t.layout == torch.strided:
-            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            try:
+                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            except RuntimeError:  # page-locked memory can be capped (containers, ulimit -l): pageable works too
+                return t.to("cpu")
             buf.copy_(t, non_blocking=True)
             cuda_devices.add(t.device)
             return buf
