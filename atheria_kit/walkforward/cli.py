@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embargo-minutes", type=float, default=d, help="gap between train and test (default 30)")
     p.add_argument("--chunk-size", type=int, default=d, help="feature rows per chunk (default 50000)")
     p.add_argument("--memory-threshold", type=float, default=d, help="RAM fraction that triggers the guard (0.85)")
+    p.add_argument("--out-of-core", choices=("auto", "on", "off"), default=d,
+                   help="features on disk and SGD over chunks: memory bounded by --chunk-size (default auto: when "
+                   "the in-memory run would not fit in --memory-threshold of the available RAM)")
     p.add_argument("--model", choices=MODELS, default=d, help="classifier (default logreg)")
     p.add_argument("--use-gpu", action="store_true", default=d, help="torch model on CUDA when available")
     p.add_argument("--resume", action="store_true", default=d, help="continue after the last completed fold")

@@ -30,6 +30,16 @@ MODE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _out_of_core_choice(value: Any) -> str:
+    """``out_of_core`` as ``"auto"``, ``"on"`` or ``"off"`` (YAML booleans and true/false/1/0/yes/no accepted)."""
+    text = str(value).strip().lower()
+    for choice, spellings in (("auto", ("auto",)), ("on", ("on", "true", "1", "yes")),
+                              ("off", ("off", "false", "0", "no"))):
+        if text in spellings:
+            return choice
+    raise ValueError(f"out_of_core={value!r} is invalid; expected 'auto', 'on' (true) or 'off' (false)")
+
+
 @dataclass
 class WalkForwardConfig:
     """Everything one walk-forward run needs; defaults work with no configuration (shipped BTCUSDT 1h sample)."""
@@ -52,6 +62,9 @@ class WalkForwardConfig:
     train_window_days: float | None = None
     chunk_size: int = 50_000
     memory_threshold: float = 0.85
+    # "auto": out of core when the estimated in-memory peak exceeds memory_threshold of the available RAM;
+    # "on"/True, "off"/False (see streaming.py)
+    out_of_core: str | bool = "auto"
     model: str = "logreg"
     use_gpu: bool = False
     patience: int = 3
@@ -85,6 +98,12 @@ class WalkForwardConfig:
         require_int("chunk_size", self.chunk_size, minimum=1)
         require_fraction("memory_threshold", self.memory_threshold, inclusive_high=True)
         require_choice("model", self.model, MODELS)
+        self.out_of_core = _out_of_core_choice(self.out_of_core)
+        if self.out_of_core == "on" and effective_model(self.model, self.use_gpu) != "logreg":
+            raise ValueError(
+                f"out_of_core='on' with model={effective_model(self.model, self.use_gpu)!r} is invalid; the "
+                "out-of-core path trains logistic regression only (model='logreg', without --use-gpu)"
+            )
         require_int("patience", self.patience, minimum=1)
         require_int("seed", self.seed, minimum=0)
         require_int("jobs", self.jobs, minimum=-1)
@@ -121,9 +140,11 @@ class WalkForwardConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> dict[str, Any]:
-        """Settings that change results: a checkpoint only resumes a run with the same fingerprint."""
+        """Settings that change results: a checkpoint only resumes a run with the same fingerprint.
+
+        ``out_of_core`` is left out: the runner adds the model actually trained (``logreg_sgd`` out of core)."""
         skip = {"resume", "out", "jobs", "backend", "scheduler", "confirm", "budget_seconds", "memory_threshold",
-                "chunk_size", "gate_recall", "gate_accuracy", "gate_auc", "gate_f1", "leak_auc", "extra"}
+                "chunk_size", "out_of_core", "gate_recall", "gate_accuracy", "gate_auc", "gate_f1", "leak_auc", "extra"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 

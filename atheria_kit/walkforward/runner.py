@@ -33,7 +33,7 @@ from atheria_kit.walkforward import splits as sp
 from atheria_kit.walkforward.config import WalkForwardConfig
 from atheria_kit.walkforward.gate import GateVerdict, evaluate_gate
 from atheria_kit.walkforward.labels import direction_labels
-from atheria_kit.walkforward.models import fit_counting_warnings, make_model, resolve_model
+from atheria_kit.walkforward.models import STREAMING_MODEL, fit_counting_warnings, make_model, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +96,46 @@ def load_bars(config: WalkForwardConfig) -> pd.DataFrame:
     return ohlcv.select_range(df, max_bars=config.max_bars) if config.max_bars else df
 
 
-def take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``a[rows]`` for sorted, unique ``rows``; a view (no copy) when they are one contiguous range.
+def _available_memory() -> int:
+    return int(psutil.virtual_memory().available)
+
+
+def prepare_dataset(
+    config: WalkForwardConfig, *, bars: pd.DataFrame | None = None,
+    memory_guard: Callable[[], float] | None = _ram_fraction, available_memory: Callable[[], int] = _available_memory,
+) -> Dataset:
+    """The run's dataset, in memory or out of core (``config.out_of_core``; ``auto`` decides from the estimated
+    peak and ``available_memory()``); the choice and its reason are logged. Free it with :func:`release_dataset`."""
+    from atheria_kit.walkforward import streaming
+
+    n_bars = streaming.estimate_bars(config, bars)
+    use, why = streaming.choose_out_of_core(config, n_bars, available_memory())
+    logger.info("%s: %s", config.run_name(), why)
+    if use:
+        return streaming.build_dataset_out_of_core(config, bars=bars, memory_guard=memory_guard)
+    bars = load_bars(config) if bars is None else bars
+    return build_dataset(bars, config.horizon, chunk_size=config.chunk_size, memory_threshold=config.memory_threshold,
+                         memory_guard=memory_guard)
+
+
+def release_dataset(ds: Dataset) -> None:
+    """Delete an out-of-core dataset's work files (nothing to do for an in-memory one)."""
+    from atheria_kit.walkforward import streaming
+
+    streaming.release(ds)
+
+
+def take_rows(a: np.ndarray, rows: np.ndarray | range) -> np.ndarray:
+    """``a[rows]`` for sorted, unique ``rows`` (an array or a ``range``); a view (no copy) when contiguous.
 
     Train and test sets of walk-forward folds usually are, and copying a large feature matrix per fold would
     double its memory.
     """
+    if isinstance(rows, range) and rows.step == 1:
+        return a[rows.start : rows.stop]
     if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
         return a[int(rows[0]) : int(rows[-1]) + 1]
-    return a[rows]
+    return a[np.asarray(rows)]
 
 
 def build_dataset(
@@ -137,7 +168,7 @@ def make_folds(ds: Dataset, config: WalkForwardConfig, mode: str) -> list[sp.Fol
 
 
 def _fold_record(i: int, fold: sp.Fold, ds: Dataset, proba: np.ndarray, seconds: float, conv: int) -> dict[str, Any]:
-    y_tr, y_te = ds.y[fold.train], ds.y[fold.test]
+    y_tr, y_te = take_rows(ds.y, fold.train), take_rows(ds.y, fold.test)
     rec: dict[str, Any] = {
         "fold": i,
         "train_size": int(len(fold.train)),
@@ -150,7 +181,7 @@ def _fold_record(i: int, fold: sp.Fold, ds: Dataset, proba: np.ndarray, seconds:
     rec.update(ev.classification_metrics(y_te, proba))
     maj = ev.majority_baseline(y_tr, len(y_te))
     rec.update({f"majority_{k}": v for k, v in ev.classification_metrics(y_te, maj).items()})
-    last = ev.last_bar_baseline(y_tr, ds.last_up[fold.train], ds.last_up[fold.test])
+    last = ev.last_bar_baseline(y_tr, take_rows(ds.last_up, fold.train), take_rows(ds.last_up, fold.test))
     rec.update({f"last_bar_{k}": v for k, v in ev.classification_metrics(y_te, last).items()})
     return rec
 
@@ -222,11 +253,14 @@ def run_stage(
         model_name, device_note = resolve_model(config.model, config.use_gpu)  # logs a missing GPU to the file
         logger.info("%s: %s", config.run_name(mode), device_note)
         _io.atomic_write_json(run_dir / "config.json", config.to_dict())
-        if dataset is None:
-            bars = load_bars(config) if bars is None else bars
-            dataset = build_dataset(bars, config.horizon, chunk_size=config.chunk_size,
-                                    memory_threshold=config.memory_threshold, memory_guard=memory_guard)
-        ds = dataset
+        owned = dataset is None
+        ds = prepare_dataset(config, bars=bars, memory_guard=memory_guard) if owned else dataset
+        from atheria_kit.walkforward.streaming import is_out_of_core
+
+        if is_out_of_core(ds):
+            model_name = STREAMING_MODEL
+            device_note = f"out of core: {model_name} (SGD logistic regression over chunks, features on disk) on CPU"
+            logger.info("%s: %s", config.run_name(mode), device_note)
         if ds.synthetic:
             logger.warning("data is SYNTHETIC (%s): metrics say nothing about real markets", ds.source)
         folds = make_folds(ds, config, mode)
@@ -261,7 +295,11 @@ def run_stage(
             raise
         mgr.close()
         runlog.finish(status, message=reason or f"{len(state['folds'])} folds done")
-        return _finish_stage(config, mode, ds, folds, state, run_dir, status, reason)
+        try:
+            return _finish_stage(config, mode, ds, folds, state, run_dir, status, reason)
+        finally:
+            if owned:
+                release_dataset(ds)
 
 
 def _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name, budget, clock, memory_guard):
@@ -286,7 +324,7 @@ def _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name,
             budget.start_unit()
         t0 = clock()
         model = make_model(model_name, len(fold.train), seed=config.seed, use_gpu=config.use_gpu)
-        fit = fit_counting_warnings(model, take_rows(ds.X, fold.train), ds.y[fold.train])
+        fit = fit_counting_warnings(model, take_rows(ds.X, fold.train), take_rows(ds.y, fold.train))
         proba = fit.model.predict_proba(take_rows(ds.X, fold.test))[:, 1]
         rec = _fold_record(i, fold, ds, proba, clock() - t0, fit.convergence_warnings)
         if budget is not None:
@@ -351,15 +389,22 @@ def run_walkforward(
     confirm: Callable[[GateVerdict], bool] | None = None,
     budget: Any | None = None,
     memory_guard: Callable[[], float] | None = _ram_fraction,
+    available_memory: Callable[[], int] = _available_memory,
 ) -> list[StageResult]:
     """Run the configured mode; ``sequential`` runs quick, applies the gate, then full if confirmed.
 
     ``confirm(verdict)`` decides in sequential mode when ``config.confirm`` is None (the CLI asks on a terminal).
+    ``available_memory()`` (bytes) feeds the ``out_of_core='auto'`` choice.
     """
-    bars = load_bars(config) if bars is None else bars
-    ds = build_dataset(bars, config.horizon, chunk_size=config.chunk_size, memory_threshold=config.memory_threshold,
-                       memory_guard=memory_guard)
+    ds = prepare_dataset(config, bars=bars, memory_guard=memory_guard, available_memory=available_memory)
     del bars  # the stages need only the dataset; a frame loaded here can be freed
+    try:
+        return _run_stages(config, ds, confirm, budget, memory_guard)
+    finally:
+        release_dataset(ds)
+
+
+def _run_stages(config, ds, confirm, budget, memory_guard) -> list[StageResult]:
     if config.mode != "sequential":
         res = run_stage(config, config.mode, dataset=ds, budget=budget, memory_guard=memory_guard)
         res.gate = evaluate_gate(res.means, config.gate) if res.folds else None
@@ -396,7 +441,7 @@ def compare_shuffled_vs_walkforward(
     ds = build_dataset(bars, horizon, memory_guard=None)
     out: dict[str, list[float]] = {"shuffled_kfold": [], "purged_walk_forward": []}
     shuffled = [(tr, te) for tr, te in KFold(n_splits, shuffle=True, random_state=seed).split(ds.X)]
-    wf = [(f.train, f.test) for f in sp.walk_forward_splits(ds.times, ds.resolved_at, n_splits)]
+    wf = [(np.asarray(f.train), np.asarray(f.test)) for f in sp.walk_forward_splits(ds.times, ds.resolved_at, n_splits)]
     for name, pairs in (("shuffled_kfold", shuffled), ("purged_walk_forward", wf)):
         for tr, te in pairs:
             m = make_model(model, len(tr), seed=seed)

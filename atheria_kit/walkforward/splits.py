@@ -1,7 +1,9 @@
 """Train/test splits for overlapping-horizon labels: walk-forward (by count or by time), purged K-fold, CPCV.
 
 All functions work on *sample positions* ``0..m-1`` (rows that have both features and a label) and return
-:class:`Fold` objects with sorted integer position arrays.
+:class:`Fold` objects with sorted positions: a ``range`` where they are contiguous (walk-forward train and test
+sets on data whose label times are sorted), else an integer array. A range costs nothing, where arrays for every
+fold of a long run at once (hundreds of folds in ``full`` mode on minute bars) would outgrow the data itself.
 
 Walk-forward purging uses times: a train sample is kept only if its label is resolved strictly before
 ``test_start - embargo`` (``resolved_at`` from :mod:`.labels`). On gap-free data with ``embargo=0`` this is exactly
@@ -30,11 +32,11 @@ class SplitError(ValueError):
 
 @dataclass(frozen=True)
 class Fold:
-    """One split: sample positions to train on and to test on (both sorted)."""
+    """One split: sample positions to train on and to test on (both sorted; a ``range`` when contiguous)."""
 
     index: int
-    train: np.ndarray
-    test: np.ndarray
+    train: np.ndarray | range
+    test: np.ndarray | range
 
     def describe(self, times: np.ndarray | None = None) -> str:
         if times is None or not len(self.train):
@@ -48,6 +50,15 @@ class Fold:
 
 def _purged_train(candidates: np.ndarray, resolved_at: np.ndarray, test_start_ns: int, embargo_ns: int) -> np.ndarray:
     return candidates[resolved_at[candidates] < test_start_ns - embargo_ns]
+
+
+def _purged_range(lo: int, hi: int, resolved_at: np.ndarray, test_start_ns: int, embargo_ns: int) -> range:
+    """``_purged_train`` of the candidates ``lo..hi-1`` when ``resolved_at`` is sorted: a prefix of them."""
+    return range(lo, lo + int(np.searchsorted(resolved_at[lo:hi], test_start_ns - embargo_ns, "left")))
+
+
+def _is_sorted(a: np.ndarray) -> bool:
+    return bool(len(a) < 2 or (a[1:] >= a[:-1]).all())
 
 
 def walk_forward_splits(
@@ -70,9 +81,13 @@ def walk_forward_splits(
     if test_size < 1:
         raise SplitError(f"n_splits={n_splits} needs at least {n_splits + 1} labelled samples, got {m}")
     folds = []
-    positions = np.arange(m)
+    ranges = _is_sorted(resolved_at)
+    positions = None if ranges else np.arange(m)
     for i, start in enumerate(range(m - n_splits * test_size, m, test_size)):
-        train = _purged_train(positions[:start], resolved_at, int(times[start]), embargo_ns)
+        if ranges:
+            train = _purged_range(0, start, resolved_at, int(times[start]), embargo_ns)
+        else:
+            train = _purged_train(positions[:start], resolved_at, int(times[start]), embargo_ns)
         if max_train_size is not None:
             train = train[-max_train_size:]
         if not len(train):
@@ -80,7 +95,7 @@ def walk_forward_splits(
                 f"fold {i} has no training samples after purging: {m} labelled samples are too few for "
                 f"n_splits={n_splits} with this horizon/embargo; need more than {n_splits * test_size} + the purge"
             )
-        folds.append(Fold(i, train, positions[start : start + test_size]))
+        folds.append(Fold(i, train, range(start, start + test_size)))
     return folds
 
 
@@ -126,18 +141,22 @@ def time_splits(
             f"the data covers {have:.1f} days of labelled samples; this split needs at least "
             f"min_train_days + test_period_days = {min_train_days + test_period_days:g} days"
         )
-    positions = np.arange(m)
+    ranges = _is_sorted(resolved_at)
+    positions = None if ranges else np.arange(m)
     folds = []
     for lo, hi in bounds:
-        a, b = np.searchsorted(times, lo, "left"), np.searchsorted(times, hi, "left")
+        a, b = int(np.searchsorted(times, lo, "left")), int(np.searchsorted(times, hi, "left"))
         if a == b:
             continue  # a test period falling entirely into a data gap
-        candidates = positions[:a]
-        if window == "rolling":
-            candidates = candidates[times[candidates] >= int(times[a]) - int(train_window_days * _DAY_NS)]
-        train = _purged_train(candidates, resolved_at, int(times[a]), embargo_ns)
+        first = 0
+        if window == "rolling":  # times are sorted, so the window's candidates are a contiguous range too
+            first = int(np.searchsorted(times[:a], int(times[a]) - int(train_window_days * _DAY_NS), "left"))
+        if ranges:
+            train = _purged_range(first, a, resolved_at, int(times[a]), embargo_ns)
+        else:
+            train = _purged_train(positions[first:a], resolved_at, int(times[a]), embargo_ns)
         if len(train):
-            folds.append(Fold(len(folds), train, positions[a:b]))
+            folds.append(Fold(len(folds), train, range(a, b)))
     if not folds:
         raise SplitError("no test period has both test and train samples; provide more data")
     return folds

@@ -30,6 +30,7 @@ from atheria_kit.walkforward.runner import (
     run_walkforward,
     take_rows,
 )
+from tests.fakes.unit_budget import UnitBudget
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
@@ -115,31 +116,12 @@ def test_too_short_data_error_says_what_is_needed(tmp_path):
         run_walkforward(cfg, bars=ohlcv.synthetic_ohlcv(24 * 60, timeframe="1h"))
 
 
-class _Budget:
-    """A stand-in with TimeBudget's unit protocol that allows exactly ``n`` units."""
-
-    def __init__(self, n):
-        self.left = n
-
-    def can_start(self):
-        return self.left > 0
-
-    def start_unit(self):
-        self.left -= 1
-
-    def end_unit(self):
-        return 0.0
-
-    def record_save(self, seconds):
-        pass
-
-
 def test_budget_stops_between_folds_and_resume_matches(tmp_path, bars):
     ds = build_dataset(bars, 1)
     cfg = WalkForwardConfig(out=str(tmp_path / "a"), mode="count", n_splits=6, patience=10)
     full = run_stage(cfg, "count", dataset=ds)
     part = run_stage(cfg.__class__(**{**cfg.to_dict(), "out": str(tmp_path / "b")}), "count", dataset=ds,
-                     budget=_Budget(2))
+                     budget=UnitBudget(2))
     assert part.status == "stopped" and len(part.folds) == 2 and "time budget" in part.stop_reason
     rest = run_stage(cfg.__class__(**{**cfg.to_dict(), "out": str(tmp_path / "b"), "resume": True}), "count", dataset=ds)
     assert _metrics(rest.folds) == _metrics(full.folds)
@@ -147,7 +129,7 @@ def test_budget_stops_between_folds_and_resume_matches(tmp_path, bars):
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, bars):
     ds = build_dataset(bars, 1)
-    run_stage(WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=3), "count", dataset=ds, budget=_Budget(1))
+    run_stage(WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=3), "count", dataset=ds, budget=UnitBudget(1))
     with pytest.raises(ValueError, match="different settings"):
         run_stage(WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=3, seed=1, resume=True), "count",
                   dataset=ds)

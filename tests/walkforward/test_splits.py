@@ -137,3 +137,28 @@ def test_fold_describe_uses_times():
     times, resolved = _grid(50, 1)
     text = S.walk_forward_splits(times, resolved, 2)[0].describe(times)
     assert text.startswith("fold 0: train 1970-01-01 00:00..") and str(pd.Timestamp(0)) != ""
+
+
+def test_purged_range_equals_the_purged_array_on_sorted_label_times():
+    rng = np.random.default_rng(3)
+    resolved = np.sort(rng.integers(0, 10_000, size=500))
+    for _ in range(200):
+        lo, hi = sorted(int(v) for v in rng.integers(0, 501, size=2))
+        start, embargo = int(rng.integers(0, 10_000)), int(rng.integers(0, 300))
+        want = S._purged_train(np.arange(lo, hi), resolved, start, embargo)
+        assert list(S._purged_range(lo, hi, resolved, start, embargo)) == want.tolist()
+
+
+@pytest.mark.parametrize("kind", ["count", "time-expanding", "time-rolling"])
+def test_walk_forward_folds_are_ranges_so_many_folds_cost_no_memory(kind):
+    times = np.arange(5000, dtype=np.int64) * HOUR
+    resolved = times + 3 * HOUR
+    if kind == "count":
+        folds = S.walk_forward_splits(times, resolved, 50, embargo_ns=HOUR)
+    else:
+        folds = S.time_splits(times, resolved, test_period_days=2, min_train_days=30, embargo_ns=HOUR,
+                               window=kind.split("-")[1], train_window_days=20)
+    assert len(folds) > 40
+    assert all(isinstance(f.train, range) and isinstance(f.test, range) for f in folds)
+    for f in folds:  # the purge still holds: every train label resolves before the test start minus the embargo
+        assert resolved[f.train[-1]] < times[f.test[0]] - HOUR <= resolved[f.train[-1] + 1]

@@ -1,0 +1,456 @@
+"""Out-of-core walk-forward: memory bounded by the chunk size, not by the data size.
+
+The in-memory path holds the bars, the float32 feature matrix and a scaled train copy (about 360 bytes per bar).
+Here instead:
+
+1. the bars are read from the file ``chunk_size`` rows at a time (pyarrow batches for Parquet, ``read_csv``
+   chunks for CSV), validated with the same rules and messages as :func:`atheria_kit.ohlcv.load_ohlcv` (row
+   numbers count from the start of the file; ordering and duplicates are checked across chunk boundaries),
+   selected by ``start``/``end`` and written to a columnar bar store on disk; resampling and ``max_bars`` work
+   on that store chunk by chunk;
+2. features are computed chunk by chunk with :data:`features.LOOKBACK` rows of overlap (exactly the in-memory
+   values) and appended to a float32 ``.npy`` file (:class:`DiskMatrix`), read back with explicit file reads so
+   the page cache is not counted in the process's memory;
+3. each fold trains :class:`models.SGDLogisticRegression` over chunks of its train rows.
+
+What stays in RAM grows with the data, but by ~21 bytes per bar (timestamps, label times, labels, last-bar
+direction: the arrays the purged splits and the baselines need), plus the fold index arrays of
+:mod:`.splits` while they exist. The work files live in the run directory and are removed when the run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from atheria_kit import ohlcv
+from atheria_kit.walkforward import features as feats
+from atheria_kit.walkforward.config import WalkForwardConfig
+from atheria_kit.walkforward.models import STREAMING_MODEL, effective_model
+from atheria_kit.walkforward.runner import Dataset, load_bars
+
+logger = logging.getLogger(__name__)
+
+#: Peak RSS of the in-memory path per bar, measured by bench/bench_walkforward.py (~361), rounded up.
+BYTES_PER_BAR_IN_MEMORY = 400
+#: Work files of an out-of-core run: ``{run dir}/out_of_core``.
+WORK_DIR = "out_of_core"
+
+_ROW_RE = re.compile(r"\brow (\d+)")
+
+
+# ---------------------------------------------------------------------------------------------- chunked reading
+
+
+def _renumber(exc: ohlcv.OHLCVError, offset: int) -> ohlcv.OHLCVError:
+    """The same error with its row numbers shifted from chunk positions to file positions."""
+    msg = _ROW_RE.sub(lambda m: f"row {int(m.group(1)) + offset}", str(exc))
+    return ohlcv.OHLCVError(msg)
+
+
+def _raw_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Normalized frames of ``chunk_rows`` file rows each, parsed like :func:`ohlcv.read_ohlcv_file`."""
+    source = path.name
+    if ohlcv._is_parquet(path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # pre_buffer=False: with pre-buffering pyarrow's pool kept ~50 bytes per bar of the file, not one row group
+        batches = pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows, use_threads=False)
+        convert = lambda b: pa.Table.from_batches([b]).to_pandas()  # noqa: E731  keeps the pandas index metadata
+    else:
+        first = ohlcv._first_line(path)
+        head = first.split(",")[0].strip().strip('"')
+        if head.lstrip("-").isdigit():  # Binance raw klines: no header, 12 numeric columns
+            n = len(first.split(","))
+            if n != len(ohlcv._BINANCE_COLUMNS):
+                raise ohlcv.OHLCVError(
+                    f"{source}: headerless file with {n} columns; expected Binance's 12-column kline format")
+            batches = pd.read_csv(path, header=None, names=list(ohlcv._BINANCE_COLUMNS), chunksize=chunk_rows)
+        else:
+            batches = pd.read_csv(path, chunksize=chunk_rows)
+        convert = lambda b: b  # noqa: E731
+    offset = 0
+    while True:
+        try:
+            raw = next(batches, None)
+            if raw is None:
+                return
+            raw = convert(raw)
+        except ohlcv.OHLCVError:
+            raise
+        except Exception as exc:  # corrupt gzip, truncated parquet, bad CSV: report, never skip
+            raise ohlcv.OHLCVError(f"{source}: cannot be read as OHLCV ({type(exc).__name__}: {exc})") from exc
+        if isinstance(raw.index, pd.DatetimeIndex) and "timestamp" not in raw.columns:
+            raw = raw.reset_index(names="timestamp")
+        try:
+            frame = ohlcv._frame_from_raw(raw, source)
+        except ohlcv.OHLCVError as exc:
+            raise _renumber(exc, offset) from None
+        offset += len(frame)
+        yield frame
+
+
+def iter_ohlcv_chunks(source: str | os.PathLike | pd.DataFrame, chunk_rows: int = 50_000, *,
+                      validate: bool = True) -> Iterator[pd.DataFrame]:
+    """Validated chunks of a file (or of an in-memory frame), in file order; together they are the whole file.
+
+    Errors are those of :func:`ohlcv.validate_ohlcv` with the row numbers of the whole file; the previous
+    chunk's last bar is validated with each chunk, so unsorted or duplicate timestamps across a boundary are
+    caught. One difference: "(N more rows like it)" counts the rows of the failing chunk only.
+    """
+    if isinstance(source, pd.DataFrame):
+        name = ""
+        chunks = (source.iloc[i : i + chunk_rows] for i in range(0, len(source), chunk_rows))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ohlcv.OHLCVError(f"path={os.fspath(source)!r}: file not found")
+        name, chunks = path.name, _raw_chunks(path, chunk_rows)
+    prev: pd.DataFrame | None = None
+    offset = 0
+    for chunk in chunks:
+        if validate:
+            if prev is None:
+                pieces, shift = chunk, offset
+            else:
+                pieces, shift = pd.concat([prev, chunk]), offset - 1
+            try:
+                ohlcv.validate_ohlcv(pieces, source=name)
+            except ohlcv.OHLCVError as exc:
+                raise _renumber(exc, shift) from None
+        offset += len(chunk)
+        prev = chunk.iloc[-1:]
+        yield chunk
+    if offset == 0 and validate:
+        raise ohlcv.OHLCVError(f"{name + ': ' if name else ''}no bars")
+
+
+# ----------------------------------------------------------------------------------------------- bar store
+
+
+class BarStore:
+    """Bars on disk, one raw file per column (int64 ns timestamps, float64 values), read in row ranges."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._files = {c: self.directory / f"{c}.bin" for c in ("timestamp", *ohlcv.COLUMNS)}
+        for f in self._files.values():
+            f.write_bytes(b"")
+        self.offset = 0  # rows before it are skipped (max_bars)
+
+    def append(self, frame: pd.DataFrame) -> None:
+        with open(self._files["timestamp"], "ab") as fh:
+            frame.index.as_unit("ns").asi8.tofile(fh)
+        for c in ohlcv.COLUMNS:
+            with open(self._files[c], "ab") as fh:
+                frame[c].to_numpy(np.float64).tofile(fh)
+
+    def __len__(self) -> int:
+        return self._files["timestamp"].stat().st_size // 8 - self.offset
+
+    def _read(self, column: str, start: int, stop: int) -> np.ndarray:
+        dtype = np.int64 if column == "timestamp" else np.float64
+        with open(self._files[column], "rb") as fh:
+            fh.seek((self.offset + start) * 8)
+            return np.fromfile(fh, dtype=dtype, count=stop - start)
+
+    def timestamps(self) -> np.ndarray:
+        return self._read("timestamp", 0, len(self))
+
+    def read(self, start: int, stop: int) -> pd.DataFrame:
+        """Bars ``start..stop-1`` as a normalized frame."""
+        index = pd.DatetimeIndex(pd.to_datetime(self._read("timestamp", start, stop), utc=True), name="timestamp")
+        return pd.DataFrame({c: self._read(c, start, stop) for c in ohlcv.COLUMNS}, index=index)
+
+    def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        for start in range(0, len(self), rows):
+            yield self.read(start, min(len(self), start + rows))
+
+
+def _resample_store(store: BarStore, timeframe: str, interval: pd.Timedelta, directory: Path,
+                    chunk_rows: int) -> BarStore:
+    """``ohlcv.resample_ohlcv`` chunk by chunk: the last (maybe incomplete) bin of a chunk waits for the next."""
+    target = ohlcv.timeframe_to_timedelta(timeframe)
+    if target < interval:
+        raise ohlcv.OHLCVError(f"timeframe={timeframe!r} is finer than the data's interval {interval}; can only coarsen")
+    if target.value % interval.value:
+        raise ohlcv.OHLCVError(f"timeframe={timeframe!r} is not a multiple of the data's interval {interval}")
+    # pandas' default origin ("start_day"): midnight of the first bar's day; fixed here for every chunk
+    origin = pd.Timestamp(int(store.read(0, 1).index.asi8[0]), tz="UTC").floor("D")
+    agg = {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+    out = BarStore(directory)
+    carry = None
+    for chunk in store.chunks(chunk_rows):
+        frame = chunk if carry is None else pd.concat([carry, chunk])
+        bins = (frame.index.asi8 - origin.value) // target.value
+        done = bins < bins[-1]
+        part, carry = frame[done], frame[~done]
+        if len(part):
+            res = part.resample(target, label="left", closed="left", origin=origin).agg(agg)
+            counts = part["close"].resample(target, label="left", closed="left", origin=origin).count()
+            out.append(res[counts.to_numpy() > 0])  # bins without any bar are dropped, not filled
+    if carry is not None and len(carry):
+        out.append(carry.resample(target, label="left", closed="left", origin=origin).agg(agg))
+    shutil.rmtree(store.directory)
+    return out
+
+
+def load_bars_to_disk(config: WalkForwardConfig, directory: Path, bars: pd.DataFrame | None = None
+                      ) -> tuple[BarStore, dict]:
+    """The bars :func:`runner.load_bars` would return, as a :class:`BarStore`, plus ``source``/``synthetic``/``gaps``.
+
+    Files are streamed; synthetic data and a given ``bars`` frame (already in memory) are copied chunk by chunk.
+    """
+    chunk = config.chunk_size
+    if bars is not None or config.data == "synthetic":
+        frame = load_bars(config) if bars is None else bars
+        store = BarStore(directory / "bars")
+        for part in iter_ohlcv_chunks(frame, chunk):
+            store.append(part)
+        info = {"source": str(frame.attrs.get("source", "in-memory frame")),
+                "synthetic": bool(frame.attrs.get("synthetic", False)), "gaps": int(frame.attrs.get("gaps", 0))}
+        return store, info
+    path = Path(config.data or ohlcv.sample_path(config.symbol, "1h"))
+    lo, hi = ohlcv._to_utc(config.start, "start"), ohlcv._to_utc(config.end, "end")
+    if lo is not None and hi is not None and lo >= hi:
+        raise ohlcv.OHLCVError(f"start={lo.isoformat()} is not before end={hi.isoformat()}")
+    store = BarStore(directory / "raw")
+    steps: Counter[int] = Counter()
+    first = last = last_kept = None
+    for part in iter_ohlcv_chunks(path, chunk):
+        ts = part.index.asi8
+        first = ts[0] if first is None else first
+        last = ts[-1]
+        keep = np.ones(len(part), dtype=bool)
+        if lo is not None:
+            keep &= ts >= lo.value
+        if hi is not None:
+            keep &= ts < hi.value
+        if keep.any():
+            kept = ts[keep]
+            seq = kept if last_kept is None else np.concatenate([[last_kept], kept])
+            values, counts = np.unique(np.diff(seq), return_counts=True)
+            steps.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+            last_kept = kept[-1]
+            store.append(part[keep])
+    if not len(store):
+        covers = (f"{pd.Timestamp(first, tz='UTC').isoformat()} to {pd.Timestamp(last, tz='UTC').isoformat()}"
+                  if first is not None else "- to -")
+        raise ohlcv.OHLCVError(f"no bars left after selecting start={config.start!r}, end={config.end!r}, "
+                               f"max_bars=0; the data covers {covers}")
+    if len(store) < 2:
+        raise ohlcv.OHLCVError(f"need at least 2 bars to infer the interval, got {len(store)}")
+    # the most common step (the smallest among ties, like np.unique + argmax in ohlcv.infer_interval)
+    step_ns = max(sorted(steps), key=lambda s: steps[s])
+    interval = pd.Timedelta(step_ns, unit="ns")
+    gaps = sum(count * (s // step_ns - 1) for s, count in steps.items() if s > step_ns)
+    if gaps:
+        logger.warning("%s: %d missing bars on the %s grid (not filled)", path.name, gaps, interval)
+    if interval != ohlcv.timeframe_to_timedelta(config.timeframe):
+        store = _resample_store(store, config.timeframe, interval, directory / "bars", chunk)
+    if config.max_bars and len(store) > config.max_bars:
+        store.offset = len(store) - config.max_bars
+    return store, {"source": path.name, "synthetic": False, "gaps": int(gaps)}
+
+
+# ------------------------------------------------------------------------------------------ feature matrix
+
+
+_NPY_HEADER = 128  # bytes; room for any 2-D shape, so the final row count is written over the placeholder
+
+
+def _npy_header(rows: int, cols: int) -> bytes:
+    text = str({"descr": "<f4", "fortran_order": False, "shape": (rows, cols)})
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", _NPY_HEADER - 10) + (text.ljust(_NPY_HEADER - 11) + "\n").encode()
+
+
+class RowsView:
+    """Rows of a :class:`DiskMatrix` (a range or sorted positions), read block by block, never all at once."""
+
+    def __init__(self, matrix: DiskMatrix, rows: np.ndarray | slice) -> None:
+        self.matrix, self.rows = matrix, rows
+
+    def __len__(self) -> int:
+        if isinstance(self.rows, slice):
+            return self.rows.stop - self.rows.start
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), self.matrix.shape[1])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start..stop-1`` of the view as an in-memory float32 array."""
+        if isinstance(self.rows, slice):
+            return self.matrix.read(self.rows.start + start, self.rows.start + stop)
+        pos = self.rows[start:stop]
+        if not len(pos):
+            return np.empty((0, self.matrix.shape[1]), dtype=np.float32)
+        # walk-forward rows are (nearly) contiguous: read the covering range, then pick
+        return self.matrix.read(int(pos[0]), int(pos[-1]) + 1)[pos - pos[0]]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self.read(0, len(self))
+        return out if dtype is None else out.astype(dtype)
+
+
+class DiskMatrix:
+    """A float32 ``.npy`` matrix on disk; slicing or indexing rows gives a lazy :class:`RowsView`."""
+
+    def __init__(self, path: Path, shape: tuple[int, int]) -> None:
+        self.path, self.shape = Path(path), shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        cols = self.shape[1]
+        with open(self.path, "rb") as fh:  # explicit reads: a memmap's touched pages would count in RSS
+            fh.seek(_NPY_HEADER + start * cols * 4)
+            return np.fromfile(fh, dtype="<f4", count=(stop - start) * cols).reshape(-1, cols)
+
+    def __getitem__(self, key) -> RowsView:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                raise IndexError(f"DiskMatrix rows: step={step} is not supported; expected a contiguous slice")
+            return RowsView(self, slice(start, max(start, stop)))
+        return RowsView(self, np.asarray(key))
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * 4
+
+
+def is_out_of_core(ds: Dataset) -> bool:
+    return isinstance(ds.X, DiskMatrix)
+
+
+def release(ds: Dataset) -> None:
+    """Delete the work files of an out-of-core dataset (no-op for an in-memory one)."""
+    if is_out_of_core(ds):
+        shutil.rmtree(ds.X.path.parent, ignore_errors=True)
+
+
+def work_dir(config: WalkForwardConfig) -> Path:
+    return Path(config.out) / "direction" / config.run_name(config.mode) / WORK_DIR
+
+
+def build_dataset_out_of_core(config: WalkForwardConfig, directory: Path | None = None, *,
+                              bars: pd.DataFrame | None = None,
+                              memory_guard: Callable[[], float] | None = None) -> Dataset:
+    """The :class:`runner.Dataset` of ``build_dataset(load_bars(config))``, with ``X`` a :class:`DiskMatrix`.
+
+    Same rows, same labels, label times and feature values (bit for bit); only the feature matrix is on disk.
+    """
+    directory = Path(directory) if directory is not None else work_dir(config)
+    if directory.exists():
+        shutil.rmtree(directory)  # left over from a killed run: rebuilt (deterministic)
+    directory.mkdir(parents=True)
+    store, info = load_bars_to_disk(config, directory, bars)
+    n, h, chunk = len(store), config.horizon, config.chunk_size
+    k = len(feats.FEATURE_NAMES)
+    y, times = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.int64)
+    resolved, last_up = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
+    m = 0
+    path = directory / "features.npy"
+    with open(path, "wb") as fh:
+        fh.write(_npy_header(0, k))
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            lo, hi = max(0, start - feats.LOOKBACK), min(n, stop + h)
+            frame = store.read(lo, hi)
+            block = feats.compute_features(frame.iloc[: stop - lo], chunk_size=chunk, memory_guard=memory_guard,
+                                           memory_threshold=config.memory_threshold).to_numpy()[start - lo :]
+            close, ts = frame["close"].to_numpy(), frame.index.asi8
+            t = np.arange(start, stop)
+            labelled = t + h < n
+            up = np.zeros(stop - start, dtype=bool)
+            up[labelled] = close[t[labelled] + h - lo] > close[t[labelled] - lo]
+            prev_up = np.zeros(stop - start, dtype=bool)
+            has_prev = t >= 1
+            prev_up[has_prev] = close[t[has_prev] - lo] > close[t[has_prev] - 1 - lo]
+            keep = labelled & np.isfinite(block).all(axis=1)
+            kept = int(keep.sum())
+            np.ascontiguousarray(block[keep], dtype="<f4").tofile(fh)
+            y[m : m + kept] = up[keep]
+            times[m : m + kept] = ts[t[keep] - lo]
+            resolved[m : m + kept] = ts[t[keep] + h - lo]
+            last_up[m : m + kept] = prev_up[keep]
+            m += kept
+            del frame, block
+        fh.seek(0)
+        fh.write(_npy_header(m, k))
+    shutil.rmtree(store.directory)  # the bars are no longer needed: the features, labels and times are built
+    return Dataset(X=DiskMatrix(path, (m, k)), y=y[:m], times=times[:m], resolved_at=resolved[:m],
+                   last_up=last_up[:m], feature_names=tuple(feats.FEATURE_NAMES), **info)
+
+
+# -------------------------------------------------------------------------------------------------- choice
+
+
+def estimate_bars(config: WalkForwardConfig, bars: pd.DataFrame | None = None) -> int:
+    """Bars the run will load, estimated without loading them (Parquet metadata, CSV size / line length)."""
+    if bars is not None:
+        n = len(bars)
+    elif config.data == "synthetic":
+        n = config.synthetic_bars
+    else:
+        path = Path(config.data or ohlcv.sample_path(config.symbol, "1h"))
+        if not path.is_file():
+            return 0  # the loader reports the missing file
+        if ohlcv._is_parquet(path):
+            import pyarrow.parquet as pq
+
+            n = pq.ParquetFile(path).metadata.num_rows
+        else:
+            import gzip
+
+            opener = gzip.open if path.suffix.lower() == ".gz" else open
+            with opener(path, "rb") as fh:
+                head = fh.read(1 << 16)
+            lines = max(head.count(b"\n"), 1)
+            size = path.stat().st_size * (5 if path.suffix.lower() == ".gz" else 1)  # gzip'd CSV: ~5x smaller
+            n = int(size / (len(head) / lines))
+    return min(n, config.max_bars) if config.max_bars else n
+
+
+def choose_out_of_core(config: WalkForwardConfig, n_bars: int, available_bytes: int) -> tuple[bool, str]:
+    """Whether to run out of core, and why: ``on``/``off``, or ``auto`` from the estimated in-memory peak.
+
+    ``auto`` goes out of core when ``n_bars * BYTES_PER_BAR_IN_MEMORY`` exceeds ``memory_threshold`` of the
+    available RAM, and the model has an out-of-core version (``logreg``).
+    """
+    model = effective_model(config.model, config.use_gpu)
+    if config.out_of_core == "off":
+        return False, "in memory (out_of_core='off')"
+    if config.out_of_core == "on":
+        return True, f"out of core (out_of_core='on'): features on disk, model {STREAMING_MODEL}"
+    need, limit = n_bars * BYTES_PER_BAR_IN_MEMORY, config.memory_threshold * available_bytes
+    est = (f"estimated in-memory peak {need / 2**20:,.0f} MB for ~{n_bars:,} bars "
+           f"({BYTES_PER_BAR_IN_MEMORY} bytes/bar) vs {config.memory_threshold:.0%} of "
+           f"{available_bytes / 2**20:,.0f} MB available")
+    if need <= limit:
+        return False, f"in memory (out_of_core='auto': {est})"
+    if model != "logreg":
+        return False, (f"in memory although it may not fit (out_of_core='auto': {est}; model {model} has no "
+                       "out-of-core version, use --model logreg or lower --max-bars)")
+    return True, f"out of core (out_of_core='auto': {est}); model {STREAMING_MODEL}"
+
+
+def available_memory() -> int:
+    """RAM available to a new allocation now (psutil), in bytes."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
