@@ -107,6 +107,8 @@ class WalkForwardConfig:
         require_int("patience", self.patience, minimum=1)
         require_int("seed", self.seed, minimum=0)
         require_int("jobs", self.jobs, minimum=-1)
+        if self.jobs == 0:  # joblib would fail later, deep inside, on n_jobs=0
+            raise ValueError("jobs=0 is invalid; expected a number of parallel runs >= 1, or -1 for all cores")
         require_choice("backend", self.backend, ("loky", "threading", "dask"))
         if self.backend == "dask" and not self.scheduler:
             raise ValueError("scheduler=None is invalid with backend='dask'; expected a scheduler address")

@@ -46,6 +46,7 @@ def test_bad_files_and_unknown_settings(tmp_path):
     ("memory_threshold", 1.5, "memory_threshold=1.5"),
     ("model", "svm", "model='svm'"),
     ("backend", "dask", "scheduler=None is invalid with backend='dask'"),
+    ("jobs", 0, "jobs=0 is invalid; expected a number of parallel runs >= 1, or -1"),
     ("gate_auc", 2.0, "GateCriteria.auc=2.0"),
 ])
 def test_invalid_values_name_the_field(field, value, message):
