@@ -3,11 +3,8 @@
 The notebook is written without outputs; everything it computes comes from ``atheria_kit.walkforward``.
 """
 
-from pathlib import Path
+from _notebook import code, md, write
 
-import nbformat as nbf
-
-md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = [
     md("# 02 Walk-forward direction models\n"
        "Will the close be higher `HORIZON` bars from now? Honest validation: causal features, purged walk-forward "
@@ -78,12 +75,5 @@ cells = [
          "control = compare_shuffled_vs_walkforward(rw, horizon=8, n_splits=splits)\n"
          "pd.DataFrame({\"this data\": same, \"random walk (true AUC 0.5)\": control}).T.round(3)"),
 ]
-nb = nbf.v4.new_notebook(cells=cells)
 cells[2].metadata["tags"] = ["parameters"]
-nb.metadata.update({
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-    "accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []},
-    "kaggle": {"accelerator": "gpu", "isGpuEnabled": True},
-})
-nbf.write(nb, Path(__file__).resolve().parents[1] / "02_walk_forward_direction.ipynb")
+write(cells, "02_walk_forward_direction.ipynb")

@@ -1,10 +1,6 @@
 """Build notebooks/03_ensemble_experiments.ipynb (without outputs): `.venv/bin/python notebooks/build/03.py`."""
 
-from pathlib import Path
-
-import nbformat as nbf
-
-md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+from _notebook import code, md, write
 
 cells = [
     md("# 03 · Ensemble experiments: regimes, a dynamic ensemble and honest backtests\n\n"
@@ -67,14 +63,4 @@ cells = [
     code("sm.plot_training(fit)\nplt.show()\nprint(sm.reading(fit))"),
 ]
 
-nb = nbf.v4.new_notebook(cells=cells)
-nb.metadata.update({
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-    "accelerator": "GPU",
-    "colab": {"gpuType": "T4", "provenance": []},
-    "kaggle": {"accelerator": "gpu", "isGpuEnabled": True},
-})
-out = Path(__file__).resolve().parents[1] / "03_ensemble_experiments.ipynb"
-nbf.write(nb, out)
-print(f"wrote {out}")
+write(cells, "03_ensemble_experiments.ipynb")

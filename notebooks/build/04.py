@@ -1,10 +1,6 @@
 """Build notebooks/04_historical_replay.ipynb (without outputs): `.venv/bin/python notebooks/build/04.py`."""
 
-from pathlib import Path
-
-import nbformat as nbf
-
-md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+from _notebook import code, md, write
 
 cells = [
     md("# 04 · Multi-symbol historical replay: the dynamic ensemble on a paper account\n\n"
@@ -92,14 +88,4 @@ cells = [
          "                     capture_output=True, text=True).stdout)"),
 ]
 
-nb = nbf.v4.new_notebook(cells=cells)
-nb.metadata.update({
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-    "accelerator": "GPU",
-    "colab": {"gpuType": "T4", "provenance": []},
-    "kaggle": {"accelerator": "gpu", "isGpuEnabled": True},
-})
-out = Path(__file__).resolve().parents[1] / "04_historical_replay.ipynb"
-nbf.write(nb, out)
-print(f"wrote {out}")
+write(cells, "04_historical_replay.ipynb")

@@ -1,10 +1,7 @@
 """Builds notebooks/01_progressive_training.ipynb (run: python notebooks/build/build_01.py). Edit here, not the JSON."""
 
-from pathlib import Path
+from _notebook import code, md, write
 
-import nbformat as nbf
-
-md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = [
     md("""# 01 · Progressive training that survives the session limit
 
@@ -132,14 +129,4 @@ for e in result.exports:
     code("""from IPython.display import Markdown, display
 display(Markdown(result.report.read_text().split("## Plots")[0]))"""),
 ]
-nb = nbf.v4.new_notebook(cells=cells)
-nb.metadata = {
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-    "accelerator": "GPU",
-    "colab": {"gpuType": "T4", "provenance": []},
-    "kaggle": {"accelerator": "gpu", "isGpuEnabled": True, "isInternetEnabled": True},
-}
-out = Path(__file__).resolve().parents[1] / "01_progressive_training.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+write(cells, "01_progressive_training.ipynb")
