@@ -204,12 +204,11 @@ class TrainingSession:
         )
         for rec in self.history:  # the live figure starts with what earlier sessions did
             self._live.points.append(_live_point(rec, self.config.monitor))
-        if self._notes is not None:
-            if self.episode:
-                self._notes.message(f"▶ {self.config.experiment_name} resumed at episode {self.episode}/"
-                                    f"{self.config.total_episodes} on {self.environment.kind}")
-            else:
-                self._notes.started(total=self.config.total_episodes, platform=self.environment.kind)
+        if self.episode:
+            self._notes.message(f"▶ {self.config.experiment_name} resumed at episode {self.episode}/"
+                                f"{self.config.total_episodes} on {self.environment.kind}")
+        else:
+            self._notes.started(total=self.config.total_episodes, platform=self.environment.kind)
         return self.episode
 
     # ------------------------------------------------------------------------------------------ loop
@@ -271,9 +270,8 @@ class TrainingSession:
         last = self.episode >= self.config.total_episodes
         if self.episode % self.config.save_every_episodes == 0 or last or self.budget.should_save_now():
             self._save(blocking=last)
-        if self._notes is not None:
-            self._notes.progress(self.episode, self.config.total_episodes,
-                                 {k: v for k, v in values.items() if isinstance(v, float)})
+        self._notes.progress(self.episode, self.config.total_episodes,
+                             {k: v for k, v in values.items() if isinstance(v, float)})
 
     def _handle_nan(self, ep: int, value: float) -> None:
         if self.config.nan_policy == "stop":
@@ -327,8 +325,7 @@ class TrainingSession:
         self._save(blocking=True)
         if self.sync is not None:
             self.sync.sync_now(timeout=300)
-        if self._notes is not None:
-            self._notes.emergency_save(self.episode, reason=self._end_reason or "", metrics=self._final_metrics())
+        self._notes.emergency_save(self.episode, reason=self._end_reason or "", metrics=self._final_metrics())
 
     # ------------------------------------------------------------------------------------------ status
     def status_line(self) -> str:
@@ -382,14 +379,13 @@ class TrainingSession:
         if self.sync is not None:
             self.sync.finish(extra_dirs=(self.paths.logs, self.paths.exports))
         self.checkpoints.close()
-        if self._notes is not None:
-            ended = "finished" if reason == "done" else f"stopped ({reason}) at episode {self.episode}/" \
-                f"{self.config.total_episodes}; run again to resume"
-            self._notes.finished(self._final_metrics(), status=ended)
-            if self._notes is self.notifier:
-                self._notes.flush(timeout=30)  # the caller's RunNotifier: theirs to close
-            else:
-                self._notes.close()
+        ended = "finished" if reason == "done" else f"stopped ({reason}) at episode {self.episode}/" \
+            f"{self.config.total_episodes}; run again to resume"
+        self._notes.finished(self._final_metrics(), status=ended)
+        if self._notes is self.notifier:
+            self._notes.flush(timeout=30)  # the caller's RunNotifier: theirs to close
+        else:
+            self._notes.close()
         self._result = SessionResult(reason, self.episode, self.config.total_episodes, self.sessions, report,
                                      plots, exports, summary)
         self._finished = True
@@ -457,8 +453,7 @@ def _open_runlog(logs: Path, cfg: SessionConfig, clock, wall_clock):
 
 
 def _run_notifier(notifier: Any, cfg: SessionConfig):
-    if notifier is None or not getattr(notifier, "enabled", True):
-        return None
+    """The session's messages go through a RunNotifier; with no notifier it sends nothing and starts no thread."""
     from atheria_kit.notify import RunNotifier
 
     if isinstance(notifier, RunNotifier):
