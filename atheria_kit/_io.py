@@ -20,7 +20,8 @@ from typing import IO, Any
 #: Prefix of every temporary file the kit writes; leftovers from killed writes are recognised by it.
 TMP_PREFIX = ".tmp-"
 
-_CHUNK = 4 * 1024 * 1024
+#: Block size for streaming reads, writes and hashing of large files.
+CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -67,16 +68,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         fh.write(data)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the kit's pretty JSON (sorted keys; NaN/inf become Python json's ``NaN``/``Infinity`` tokens)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as pretty JSON atomically (NaN/inf become Python json's ``NaN``/``Infinity`` tokens)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
+    """Write ``obj`` as pretty JSON atomically (see :func:`json_bytes`)."""
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in chunks (constant memory)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
+        for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
             h.update(block)
     return h.hexdigest()
 

@@ -26,11 +26,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from atheria_kit._validation import require_choice, require_fraction, require_int, require_positive
+from atheria_kit.platform import KINDS
 
 log = logging.getLogger(__name__)
 
 #: Platform kinds a budget understands (``atheria_kit.platform.Environment.kind``).
-KINDS = ("colab", "kaggle", "local")
 #: Kinds whose limit counts from the start of the runtime rather than from the guard's construction.
 _RUNTIME_COUNTED = ("colab", "kaggle")
 
@@ -97,11 +97,6 @@ class DurationForecaster:
             recent_max = max(list(self._last)[-self.recent :])
             self._cached = max(model, recent_max) * (1.0 + self.margin)
         return self._cached
-
-    @property
-    def typical(self) -> float | None:
-        """Typical (geometric-mean) unit duration, for display; None before any unit."""
-        return math.exp(self._mean) if self.count else None
 
     def state_dict(self) -> dict[str, Any]:
         return {"count": self.count, "mean": self._mean, "var": self._var, "last": list(self._last)}

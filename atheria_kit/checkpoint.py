@@ -40,6 +40,7 @@ from typing import IO, Any, NamedTuple, Protocol
 import torch
 
 from atheria_kit import _io
+from atheria_kit._manifest import MANIFEST_FORMAT, MANIFEST_NAME, manifest_bytes
 from atheria_kit._validation import require_choice, require_int
 from atheria_kit.retention import CheckpointInfo, RetentionPolicy, default_policy, rank_best
 
@@ -57,12 +58,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "atheria-checkpoints"
 PAYLOAD_FORMAT = "atheria-checkpoint"
 FORMAT_VERSION = 1
 _FILE_RE = re.compile(r"^ckpt-(\d{10,})\.pt$")
-_CHUNK = 4 * 1024 * 1024
 
 
 def checkpoint_filename(step: int) -> str:
@@ -309,7 +307,7 @@ class DiskStorage:
         return _io.remove_stale_temp_files(self.directory)
 
 
-def _chunks(buf: memoryview, size: int = _CHUNK) -> Iterator[memoryview]:
+def _chunks(buf: memoryview, size: int = _io.CHUNK_BYTES) -> Iterator[memoryview]:
     for i in range(0, len(buf), size):
         yield buf[i : i + size]
 
@@ -405,7 +403,7 @@ class CheckpointManager:
         }
 
     def _write_manifest(self, records: list[CheckpointRecord]) -> None:
-        data = (json.dumps(self._manifest_obj(records), indent=2, sort_keys=True) + "\n").encode("utf-8")
+        data = manifest_bytes(self._manifest_obj(records))
         try:
             self.storage.write(MANIFEST_NAME, [data])
         except OSError as e:
@@ -458,16 +456,9 @@ class CheckpointManager:
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             if not isinstance(payload, dict) or payload.get("format") != PAYLOAD_FORMAT:
                 raise ValueError("not an atheria checkpoint payload")
-            rec = CheckpointRecord(
-                file=name,
-                step=int(payload["step"]),
-                episode=None if payload.get("episode") is None else int(payload["episode"]),
-                metrics={str(k): float(v) for k, v in dict(payload.get("metrics") or {}).items()},
-                size=len(data),
-                sha256=_io.sha256_bytes(data),
-                time=float(payload.get("time", 0.0)),
-                versions={str(k): str(v) for k, v in dict(payload.get("versions") or {}).items()},
-                path=path,
+            rec = CheckpointRecord.from_json(
+                {"time": 0.0, **payload, "file": name, "size": len(data), "sha256": _io.sha256_bytes(data)},
+                self.directory,
             )
         except Exception as e:
             logger.warning("ignoring %s: not listed in the manifest and not a readable checkpoint (%s)", path, e)

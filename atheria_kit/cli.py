@@ -10,17 +10,18 @@ from collections.abc import Sequence
 
 from atheria_kit import __version__
 
-# (module, purpose). Each module exposes ``add_parser(subparsers)``; the sub-parser sets ``func(args) -> int``.
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("atheria_kit.walkforward.cli", "walk-forward direction models"),
-    ("atheria_kit.watch", "watch a running or finished run"),
-    ("atheria_kit.replay.cli", "multi-symbol historical replay"),
+# (command, module, purpose). Each module exposes ``add_parser(subparsers)``; the sub-parser sets
+# ``func(args) -> int``.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("walkforward", "atheria_kit.walkforward.cli", "walk-forward direction models"),
+    ("monitor", "atheria_kit.watch", "watch a running or finished run"),
+    ("replay", "atheria_kit.replay.cli", "multi-symbol historical replay"),
 )
 
-log = logging.getLogger(__name__)
 
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``atheria`` parser. With ``only``, just that command's module is imported; the others are listed
+    by name and purpose (importing them all pulls in torch and scikit-learn: ~2 s before `monitor` starts)."""
     parser = argparse.ArgumentParser(
         prog="atheria",
         description="atheria_kit: long training runs on notebook GPUs that stop cleanly and resume exactly.",
@@ -28,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"atheria_kit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name, _purpose in COMMANDS:
+    for name, module_name, purpose in COMMANDS:
+        if only is not None and name != only:
+            subparsers.add_parser(name, help=purpose)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -41,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), "")  # the command: the first non-option word
+    parser = build_parser(only=chosen)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

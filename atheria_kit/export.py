@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+from atheria_kit.session_config import EXPORT_FORMATS
+
 log = logging.getLogger(__name__)
 
-FORMATS = ("torchscript", "torch_export", "onnx")
+FORMATS = EXPORT_FORMATS
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-6
 
@@ -37,6 +39,8 @@ DEFAULT_ATOL = 1e-6
 _VERIFY_SCRIPT = r"""
 import json, sys
 import torch
+
+from atheria_kit.session_config import EXPORT_FORMATS
 fmt, model_path, example_path, expected_path = sys.argv[1:5]
 example = torch.load(example_path, weights_only=True)
 expected = torch.load(expected_path, weights_only=True)

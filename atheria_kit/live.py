@@ -19,22 +19,11 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from atheria_kit._validation import require_choice, require_int
+from atheria_kit.platform import in_jupyter_kernel
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "widget", "text", "off")
-
-
-def in_jupyter_kernel() -> bool:
-    """True inside a Jupyter kernel (a notebook front end or papermill), False in a plain interpreter."""
-    shell = sys.modules.get("IPython")
-    if shell is None:
-        return False
-    try:
-        ip = shell.get_ipython()
-    except AttributeError:
-        return False
-    return ip is not None and hasattr(ip, "kernel")
 
 
 def is_headless(environ: Mapping[str, str] | None = None) -> bool:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atheria_kit._validation import require_fraction, require_int, require_positive
+from atheria_kit.platform import nvml_devices
 
 logger = logging.getLogger(__name__)
 
@@ -278,11 +279,7 @@ class ResourceMonitor:
                 self._nvml_state = "unavailable"
                 return False
             try:
-                handles = []
-                for i in range(nvml.nvmlDeviceGetCount()):
-                    handle = nvml.nvmlDeviceGetHandleByIndex(i)
-                    name = nvml.nvmlDeviceGetName(handle)
-                    handles.append((i, handle, name.decode() if isinstance(name, bytes) else str(name)))
+                handles = nvml_devices(nvml)
             except Exception as exc:
                 self._log_once(("nvml",), logging.INFO, "NVML device query failed (%s); GPU fields will be empty",
                                exc)

@@ -89,15 +89,6 @@ class Environment:
     drive_dir: Path | None
     accelerator: str = "cpu"  # "gpu", "tpu" or "cpu"; decides Kaggle's limit
 
-    @property
-    def limit_key(self) -> str:
-        """The :data:`PLATFORM_LIMITS` row that applies."""
-        if self.kind == "kaggle":
-            return "kaggle_tpu" if self.accelerator == "tpu" else "kaggle"
-        if self.kind == "colab":
-            return "colab_pro" if self.session_limit_seconds == SESSION_LIMITS["colab_pro"] else "colab"
-        return "local"
-
 
 class _Auto:
     def __repr__(self) -> str:
@@ -132,6 +123,21 @@ def is_jupyter_shell(shell: Any) -> bool:
     return is_colab_shell(shell) or any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__)
 
 
+def in_jupyter_kernel() -> bool:
+    """True inside a Jupyter kernel (a notebook front end or papermill), False in a plain interpreter."""
+    return is_jupyter_shell(_current_shell())
+
+
+def nvml_devices(nvml: Any) -> list[tuple[int, Any, str]]:
+    """``(index, handle, name)`` of every GPU NVML sees; NVML must be initialised. Raises what NVML raises."""
+    found = []
+    for i in range(nvml.nvmlDeviceGetCount()):
+        handle = nvml.nvmlDeviceGetHandleByIndex(i)
+        name = nvml.nvmlDeviceGetName(handle)
+        found.append((i, handle, name.decode() if isinstance(name, bytes) else str(name)))  # bytes before 11.5
+    return found
+
+
 def _kaggle_accelerator(environ: Mapping[str, str], gpus: tuple[GpuInfo, ...]) -> str:
     # Kaggle's TPU image sets ISTPUVM=1 and TPU_ACCELERATOR_TYPE (github.com/Kaggle/docker-python, tpu/Dockerfile);
     # the older TPU-node runtime set TPU_NAME.
@@ -156,14 +162,8 @@ def _gpus_from_nvml(nvml: Any) -> tuple[GpuInfo, ...] | None:
         logger.debug("NVML unavailable for GPU detection: %s", exc)
         return None
     try:
-        found = []
-        for i in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(i)
-            name = nvml.nvmlDeviceGetName(handle)
-            if isinstance(name, bytes):  # nvidia-ml-py < 11.5 returned bytes
-                name = name.decode()
-            found.append(GpuInfo(str(name), int(nvml.nvmlDeviceGetMemoryInfo(handle).total)))
-        return tuple(found)
+        return tuple(GpuInfo(name, int(nvml.nvmlDeviceGetMemoryInfo(handle).total))
+                     for _, handle, name in nvml_devices(nvml))
     except Exception as exc:
         logger.debug("NVML GPU query failed: %s", exc)
         return None

@@ -29,7 +29,7 @@ from atheria_kit import __version__
 from atheria_kit.budget import TimeBudget
 from atheria_kit.checkpoint import CheckpointManager
 from atheria_kit.live import LiveView
-from atheria_kit.monitor import ResourceMonitor
+from atheria_kit.monitor import MIN_INTERVAL, ResourceMonitor
 from atheria_kit.platform import Environment, detect_environment
 from atheria_kit.session_config import SessionConfig
 from atheria_kit.state import capture_rng_state, collect_state, restore_state
@@ -117,7 +117,7 @@ class TrainingSession:
         self.budget = TimeBudget(cfg.budget_seconds, environment=self.environment, clock=clock,
                                  wall_clock=wall_clock, reserve_seconds=min(60.0, 0.02 * limit),
                                  initial_save_seconds=min(60.0, 0.05 * limit))
-        self.monitor = ResourceMonitor(interval=max(cfg.monitor_interval, 0.2), budget=self.budget)
+        self.monitor = ResourceMonitor(interval=max(cfg.monitor_interval, MIN_INTERVAL), budget=self.budget)
         self.sync = _open_sync(cfg, self.environment, remote, self.paths)
         if cfg.auto_resume:
             # Before the manager reads its folder: on a fresh VM the newest checkpoint may exist only remotely
@@ -259,7 +259,7 @@ class TrainingSession:
         self.history.append(record)
         if self._runlog is not None:
             self._runlog.log(record, done=self.episode)
-            sample = self.monitor.history[-1] if self.monitor.history else None
+            sample = self.monitor.last()
             if sample is not None and sample.time != self._last_resource_time:
                 self._last_resource_time = sample.time
                 self._runlog.log_resources({"time": sample.time, **sample.metrics()})
@@ -301,12 +301,9 @@ class TrainingSession:
             "sessions": self._sessions_now(), "saved": self._saved, "budget": self.budget.state_dict(),
             "config": self.config.to_dict(), "atheria_kit": __version__,
         }
-        state = collect_state(self._objects, run=run)
-        if self._rng_at_episode_end is not None:
-            # Code between the last episode and this save (an example input drawn with torch.randn, a plot)
-            # may have consumed random numbers; resuming must continue the stream where the episode left it.
-            state["rng"] = self._rng_at_episode_end
-        return state
+        # Code between the last episode and this save (an example input drawn with torch.randn, a plot) may
+        # have consumed random numbers; resuming must continue the stream where the episode left it.
+        return collect_state(self._objects, rng_state=self._rng_at_episode_end, run=run)
 
     def _save(self, blocking: bool = False, force: bool = False) -> None:
         if not self._objects or (self._last_saved_episode == self.episode and not force):

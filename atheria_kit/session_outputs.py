@@ -13,6 +13,7 @@ import torch
 from atheria_kit import __version__, plots
 from atheria_kit._io import atomic_write_json
 from atheria_kit.report import write_report
+from atheria_kit.retention import rank_best
 from atheria_kit.runlog import to_json_safe
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ def write_outputs(session: TrainingSession, exports: list[dict[str, Any]],
     history = session.history
     cfg = session.config
     made: dict[str, Path] = {}
-    kept = {r.step for r in session.checkpoints.records()}
+    records = session.checkpoints.records()
+    kept = {r.step for r in records}
     jobs = {
         "Loss evolution": lambda p: plots.plot_loss(history, p),
         "Loss distribution": lambda p: plots.plot_loss_distribution(history, p),
@@ -62,11 +64,9 @@ def write_outputs(session: TrainingSession, exports: list[dict[str, Any]],
         except Exception as exc:
             log.warning("plot %r failed: %s", caption, exc)
 
-    records = session.checkpoints.records()
-    reverse = cfg.mode == "max"
-    ranked = sorted((r for r in records if isinstance(r.metrics.get(cfg.monitor), (int, float))),
-                    key=lambda r: r.metrics[cfg.monitor], reverse=reverse)
-    best = [r.to_json() for r in ranked[: cfg.keep_best_n]]
+    by_step = {r.step: r for r in records}
+    ranked = rank_best([r.info() for r in records], cfg.monitor, cfg.mode)  # the manager's ranking: NaN never best
+    best = [by_step[i.step].to_json() for i in ranked[: cfg.keep_best_n]]
     final = {k: v for k, v in (history[-1].items() if history else ()) if k not in ("session", "time")}
     report = write_report(
         logs / "report.md",

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atheria_kit._manifest import MANIFEST_NAME
 from atheria_kit.sync import (
     DirectoryTarget,
     FsspecTarget,
@@ -40,7 +41,7 @@ def kaggle_input_sources(env: Environment, experiment: str) -> tuple[SyncSource,
     inputs = env.work_dir.parent / "input"
     if not inputs.is_dir():
         return ()
-    found = sorted({p for p in inputs.glob(f"*/**/checkpoints/{experiment}") if (p / "manifest.json").is_file()})
+    found = sorted({p for p in inputs.glob(f"*/**/checkpoints/{experiment}") if (p / MANIFEST_NAME).is_file()})
     for p in found:
         log.info("resume candidate from a Kaggle input: %s", p)
     return tuple(KaggleInputSource(p) for p in found)
@@ -62,11 +63,9 @@ def _target_for(location: str, subdir: str) -> SyncTarget:
 class SessionSync:
     """A :class:`SyncWorker` for the checkpoint folder, plus the copies of logs and exports at the end."""
 
-    def __init__(self, worker: SyncWorker, extra_targets: dict[str, SyncTarget],
-                 sources: tuple[SyncSource, ...] = ()) -> None:
+    def __init__(self, worker: SyncWorker, extra_targets: dict[str, SyncTarget]) -> None:
         self.worker = worker
         self.extra_targets = extra_targets
-        self.sources = (worker.target, *sources)
 
     @classmethod
     def open(cls, cfg: SessionConfig, env: Environment, remote: Any, paths: SessionPaths) -> SessionSync | None:
@@ -97,10 +96,6 @@ class SessionSync:
 
     def status(self) -> dict[str, Any]:
         return self.worker.status()
-
-    def fetch_newest(self, local_dir: Path) -> None:
-        """Before resuming: bring the newest valid checkpoint (local or remote) into ``local_dir``."""
-        fetch_newest(local_dir, self.sources)
 
     def sync_now(self, timeout: float | None = None) -> bool:
         return self.worker.sync_now(timeout)

@@ -350,8 +350,12 @@ def _object_state(name: str, obj: Any) -> Any:
     return state_dict()
 
 
-def collect_state(objects: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+def collect_state(objects: Mapping[str, Any], *, rng_state: Mapping[str, Any] | None = None,
+                  **extra: Any) -> dict[str, Any]:
     """One state dict for ``objects`` (name -> object with ``state_dict()``), the RNGs and ``extra``.
+
+    The RNG states are captured now, unless ``rng_state`` (from :func:`capture_rng_state` at an earlier
+    moment) is given.
 
     Models, optimizers, LR schedulers, AMP GradScaler, :class:`TrainingProgress`,
     :class:`SeededGenerators`, NumPy/torch generators and any user object with
@@ -369,7 +373,7 @@ def collect_state(objects: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
         "objects": {name: _object_state(name, obj) for name, obj in objects.items()},
-        "rng": capture_rng_state(),
+        "rng": capture_rng_state() if rng_state is None else rng_state,
         "extra": dict(extra),
     }
     validate_plain(state["objects"], "objects")

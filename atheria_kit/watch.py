@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import psutil
 
 from atheria_kit._validation import require_positive
-from atheria_kit.runlog import PROGRESS_FILE, RunLogError, read_jsonl, read_progress
+from atheria_kit.runlog import METRICS_FILE, PROGRESS_FILE, RunLogError, read_jsonl, read_progress
 
 #: A run is stalled after max(STALL_MIN_SECONDS, STALL_UNITS x typical unit time) without an update.
 STALL_MIN_SECONDS = 300.0
@@ -74,7 +74,7 @@ def inspect_run(
     now = time.time() if now is None else now
     try:
         progress = read_progress(run_dir)
-        records = read_jsonl(run_dir / "metrics.jsonl")
+        records = read_jsonl(run_dir / METRICS_FILE)
     except RunLogError as exc:
         return RunView(run_dir, None, state="unreadable", problem=str(exc))
     if progress is None:

@@ -536,6 +536,7 @@ def test_saves_reusing_buffers_each_keep_their_own_values(tmp_path: Path) -> Non
         save(step)
         assert mgr.wait(60)
     storage.release.clear()
+    storage.started.clear()
     save(3)
     assert storage.started.wait(30)  # step 3 is being written: its buffers must not be reused
     save(4)  # waits in the slot...

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from atheria_kit._io import atomic_open, atomic_write_json
+from atheria_kit._io import CHUNK_BYTES, atomic_open, atomic_write_json
 from atheria_kit.sync.targets import LocalFileChangedError, SyncError, SyncTarget, _check_key
 
 __all__ = ["KaggleAuthError", "KaggleDatasetTarget", "kaggle_api", "kaggle_credentials_source"]
@@ -209,7 +209,7 @@ class KaggleDatasetTarget(SyncTarget):
         dest = self._staging() / _check_key(key)
         h = hashlib.sha256()
         with open(src, "rb") as fin, atomic_open(dest, "wb") as fout:
-            for block in iter(lambda: fin.read(4 * 1024 * 1024), b""):
+            for block in iter(lambda: fin.read(CHUNK_BYTES), b""):
                 h.update(block)
                 fout.write(block)
         if sha256 is not None and h.hexdigest() != sha256:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from atheria_kit._io import TMP_PREFIX, atomic_write_json, remove_stale_temp_files, sha256_file
+from atheria_kit._manifest import MANIFEST_NAME, newest_first, parse_manifest, read_manifest
 from atheria_kit._validation import require_choice
-from atheria_kit.sync._manifest import MANIFEST_NAME, newest_first, parse_manifest
 from atheria_kit.sync.targets import SyncSource
 
 __all__ = ["ResumeResult", "resume_from_best_source"]
@@ -50,15 +49,6 @@ def _verify(path: Path, entry: dict[str, Any]) -> str | None:
     if sha256_file(path) != entry["sha256"]:
         return "sha256 differs from the manifest"
     return None
-
-
-def _read_remote_manifest(source: SyncSource) -> dict[str, Any] | None:
-    if not source.exists(MANIFEST_NAME):
-        return None
-    with tempfile.TemporaryDirectory(prefix="atheria-resume-") as tmp:
-        dest = Path(tmp) / MANIFEST_NAME
-        source.get(MANIFEST_NAME, dest)
-        return parse_manifest(dest.read_bytes(), f"{source.name}/{MANIFEST_NAME}")
 
 
 def _write_local_manifest(local_dir: Path, header: dict[str, Any], entries: list[dict[str, Any]]) -> None:
@@ -120,7 +110,7 @@ def resume_from_best_source(
             candidates.append((e["step"], float(e.get("time") or 0.0), 1, e, None, local_doc))
     for src in sources:
         try:
-            doc = _read_remote_manifest(src)
+            doc = read_manifest(src)
         except Exception as exc:
             msg = f"source {src.name} unavailable: {type(exc).__name__}: {exc}"
             problems.append(msg)

@@ -6,7 +6,6 @@ like a directory; resume verifies every byte against the manifest, so nothing he
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from atheria_kit.sync._manifest import MANIFEST_FORMAT, MANIFEST_NAME
+from atheria_kit._manifest import MANIFEST_NAME, parse_manifest
 from atheria_kit.sync.targets import DirectoryTarget, SyncError, SyncSource
 
 __all__ = ["GoogleDriveLinkSource", "KaggleInputSource", "find_checkpoint_root"]
@@ -29,12 +28,10 @@ _ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 def _max_step(manifest: Path) -> int:
     try:
-        doc = json.loads(manifest.read_text(encoding="utf-8"))
-        if doc.get("format") != MANIFEST_FORMAT:
-            return -2
-        return max((int(e.get("step", -1)) for e in doc.get("checkpoints", [])), default=-1)
-    except (OSError, ValueError, TypeError, AttributeError):
+        doc = parse_manifest(manifest.read_bytes(), str(manifest))
+    except (OSError, ValueError):
         return -2
+    return max((e["step"] for e in doc["checkpoints"]), default=-1)
 
 
 def find_checkpoint_root(folder: str | os.PathLike, *, max_depth: int = 4) -> Path | None:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from atheria_kit._io import TMP_PREFIX, atomic_open
+from atheria_kit._io import CHUNK_BYTES, TMP_PREFIX, atomic_open
 
 __all__ = [
     "DirectoryTarget",
@@ -41,7 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 4 * 1024 * 1024
 #: Head room kept free on the target beyond the file being written (Drive needs some for its own files).
 SPACE_MARGIN_BYTES = 64 * 1024 * 1024
 T = TypeVar("T")
@@ -197,7 +196,7 @@ class FsspecTarget(SyncTarget):
         def _get() -> int:
             n = 0
             with self.fs.open(path, "rb") as src, atomic_open(dest, "wb") as out:
-                for block in iter(lambda: src.read(_CHUNK), b""):
+                for block in iter(lambda: src.read(CHUNK_BYTES), b""):
                     out.write(block)
                     n += len(block)
             return n
@@ -235,7 +234,7 @@ class FsspecTarget(SyncTarget):
         h = hashlib.sha256()
         sent = 0
         with open(src, "rb") as fin, self.fs.open(tmp, "wb") as fout:
-            for block in iter(lambda: fin.read(_CHUNK), b""):
+            for block in iter(lambda: fin.read(CHUNK_BYTES), b""):
                 h.update(block)
                 fout.write(block)
                 sent += len(block)
@@ -255,7 +254,7 @@ class FsspecTarget(SyncTarget):
         if self.verify == "read":
             rh = hashlib.sha256()
             with self.fs.open(tmp, "rb") as back:
-                for block in iter(lambda: back.read(_CHUNK), b""):
+                for block in iter(lambda: back.read(CHUNK_BYTES), b""):
                     rh.update(block)
             if rh.hexdigest() != digest:
                 raise SyncError(f"upload of {key} to {self.name} is corrupt (sha256 differs on read-back); will retry")

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from atheria_kit._io import TMP_PREFIX, sha256_bytes
+from atheria_kit._manifest import CHECKPOINT_RE, MANIFEST_NAME, manifest_bytes, parse_manifest, read_manifest
 from atheria_kit._validation import require_int, require_positive
-from atheria_kit.sync._manifest import CHECKPOINT_RE, MANIFEST_NAME, manifest_bytes, parse_manifest
 from atheria_kit.sync.targets import LocalFileChangedError, SyncTarget
 
 __all__ = ["RetryPolicy", "SyncSchedule", "SyncWorker"]
@@ -355,17 +355,12 @@ class SyncWorker:
 
     def _load_remote_state(self) -> dict[str, str]:
         """What the remote manifest (the last commit) lists: file -> sha256."""
-        if not self.target.exists(MANIFEST_NAME):
+        try:
+            doc = read_manifest(self.target)
+        except ValueError as exc:
+            logger.warning("sync: remote manifest unreadable (%s); re-uploading everything", exc)
             return {}
-        with tempfile.TemporaryDirectory(prefix="atheria-sync-") as tmp:
-            dest = Path(tmp) / MANIFEST_NAME
-            self.target.get(MANIFEST_NAME, dest)
-            try:
-                doc = parse_manifest(dest.read_bytes(), f"{self.target.name}/{MANIFEST_NAME}")
-            except ValueError as exc:
-                logger.warning("sync: remote manifest unreadable (%s); re-uploading everything", exc)
-                return {}
-        return {e["file"]: e["sha256"] for e in doc["checkpoints"]}
+        return {} if doc is None else {e["file"]: e["sha256"] for e in doc["checkpoints"]}
 
     def _still_listed(self, name: str) -> bool:
         try:

@@ -1,4 +1,5 @@
-"""Reading and checking checkpoint manifests (format in docs/architecture.md) on the sync side.
+"""Checkpoint manifests (format in docs/architecture.md): names, parsing and serialization shared by
+``CheckpointManager`` and the sync layer. Torch-free and fsspec-free, so importing it costs nothing.
 
 The manifest is written by ``CheckpointManager``; sync only reads it, filters it and copies it. A remote
 manifest is the commit marker of a remote checkpoint set: only the files it lists (with matching size
@@ -9,7 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from atheria_kit._io import json_bytes
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "atheria-checkpoints"
@@ -47,11 +52,24 @@ def parse_manifest(data: bytes, origin: str) -> dict[str, Any]:
     return doc
 
 
+def read_manifest(source: Any) -> dict[str, Any] | None:
+    """The parsed manifest of a sync source or target (``exists``/``get``/``name``), or None if it has none.
+
+    Raises ``ValueError`` naming the source when the manifest is there but unreadable.
+    """
+    if not source.exists(MANIFEST_NAME):
+        return None
+    with tempfile.TemporaryDirectory(prefix="atheria-manifest-") as tmp:
+        dest = Path(tmp) / MANIFEST_NAME
+        source.get(MANIFEST_NAME, dest)
+        return parse_manifest(dest.read_bytes(), f"{source.name}/{MANIFEST_NAME}")
+
+
 def newest_first(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Entries ordered newest first: by step, then by save time."""
     return sorted(entries, key=lambda e: (e["step"], float(e.get("time") or 0.0)), reverse=True)
 
 
 def manifest_bytes(doc: dict[str, Any]) -> bytes:
-    """Serialize a manifest the way ``_io.atomic_write_json`` does."""
-    return (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+    """Serialize a manifest the way ``CheckpointManager`` writes it."""
+    return json_bytes(doc)
