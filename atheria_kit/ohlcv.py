@@ -12,11 +12,14 @@ boundary. Missing bars (gaps) are counted and reported by :func:`count_gaps`, ne
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -89,12 +92,41 @@ def _is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 
 
-def _first_line(path: Path) -> str:
+def _open(path: Path, mode: str = "rb", **kwargs: Any) -> IO[Any]:
+    """``open``, or ``gzip.open`` for a ``.gz`` file."""
     import gzip
 
     opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+    return opener(path, mode, **kwargs)
+
+
+def _first_line(path: Path) -> str:
+    with _open(path, "rt", encoding="utf-8", errors="replace") as fh:
         return fh.readline().strip()
+
+
+def _csv_read_kwargs(path: Path) -> dict[str, Any]:
+    """``pd.read_csv`` arguments for ``path``: a header (normalized format) or Binance's raw klines (none)."""
+    first = _first_line(path)
+    head = first.split(",")[0].strip().strip('"')
+    if head.lstrip("-").isdigit():  # Binance raw klines: no header, 12 numeric columns
+        n = len(first.split(","))
+        if n != len(_BINANCE_COLUMNS):
+            raise OHLCVError(f"{path.name}: headerless file with {n} columns; expected Binance's 12-column kline format")
+        return {"header": None, "names": list(_BINANCE_COLUMNS)}
+    return {}
+
+
+@contextlib.contextmanager
+def _reading(source: str) -> Iterator[None]:
+    """Turn a parser's failure (corrupt gzip, truncated parquet, bad CSV) into an :class:`OHLCVError`: report, never
+    skip."""
+    try:
+        yield
+    except OHLCVError:
+        raise
+    except Exception as exc:
+        raise OHLCVError(f"{source}: cannot be read as OHLCV ({type(exc).__name__}: {exc})") from exc
 
 
 def _epoch_to_datetime(values: pd.Series) -> pd.DatetimeIndex:
@@ -121,6 +153,8 @@ def _parse_timestamps(values: pd.Series) -> pd.DatetimeIndex:
 
 
 def _frame_from_raw(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    if isinstance(raw.index, pd.DatetimeIndex) and "timestamp" not in raw.columns:  # Parquet saved with its index
+        raw = raw.reset_index(names="timestamp")
     cols = [str(c).strip().lower() for c in raw.columns]
     raw.columns = cols
     if "timestamp" in cols:
@@ -157,27 +191,8 @@ def read_ohlcv_file(path: str | os.PathLike) -> pd.DataFrame:
     if not p.is_file():
         raise OHLCVError(f"path={os.fspath(path)!r}: file not found")
     source = p.name
-    try:
-        if _is_parquet(p):
-            raw = pd.read_parquet(p)
-            if isinstance(raw.index, pd.DatetimeIndex) and "timestamp" not in raw.columns:
-                raw = raw.reset_index(names="timestamp")
-        else:
-            first = _first_line(p)
-            head = first.split(",")[0].strip().strip('"')
-            if head.lstrip("-").isdigit():  # Binance raw klines: no header, 12 numeric columns
-                n = len(first.split(","))
-                if n != len(_BINANCE_COLUMNS):
-                    raise OHLCVError(
-                        f"{source}: headerless file with {n} columns; expected Binance's 12-column kline format"
-                    )
-                raw = pd.read_csv(p, header=None, names=list(_BINANCE_COLUMNS))
-            else:
-                raw = pd.read_csv(p)
-    except OHLCVError:
-        raise
-    except Exception as exc:  # corrupt gzip, truncated parquet, bad CSV: report, never skip
-        raise OHLCVError(f"{source}: cannot be read as OHLCV ({type(exc).__name__}: {exc})") from exc
+    with _reading(source):
+        raw = pd.read_parquet(p) if _is_parquet(p) else pd.read_csv(p, **_csv_read_kwargs(p))
     return _frame_from_raw(raw, source)
 
 
@@ -334,17 +349,24 @@ def count_gaps(df: pd.DataFrame, timeframe: str | None = None) -> GapReport:
 # ---------------------------------------------------------------------------------------------------- resample
 
 
+#: How bars aggregate into a coarser bar.
+_AGG = {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+
+
+def _check_coarsen(timeframe: str, target: pd.Timedelta, interval: pd.Timedelta) -> None:
+    """``target`` (parsed from ``timeframe``) must be a whole multiple of the data's ``interval``."""
+    if target < interval:
+        raise OHLCVError(f"timeframe={timeframe!r} is finer than the data's interval {interval}; can only coarsen")
+    if target.value % interval.value:
+        raise OHLCVError(f"timeframe={timeframe!r} is not a multiple of the data's interval {interval}")
+
+
 def resample_ohlcv(df: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     """Aggregate to a coarser ``timeframe`` (first/max/min/last/sum); bins without any bar are dropped, not filled."""
     target = timeframe_to_timedelta(timeframe)
     if len(df) >= 2:
-        current = infer_interval(df)
-        if target < current:
-            raise OHLCVError(f"timeframe={timeframe!r} is finer than the data's interval {current}; can only coarsen")
-        if target.value % current.value:
-            raise OHLCVError(f"timeframe={timeframe!r} is not a multiple of the data's interval {current}")
-    agg = {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
-    out = df[list(COLUMNS)].resample(target, label="left", closed="left").agg(agg)
+        _check_coarsen(timeframe, target, infer_interval(df))
+    out = df[list(COLUMNS)].resample(target, label="left", closed="left").agg(_AGG)
     counts = df["close"].resample(target, label="left", closed="left").count()
     out = out[counts.to_numpy() > 0]
     out.index.name = "timestamp"

@@ -30,6 +30,19 @@ def bar_features(df: pd.DataFrame) -> np.ndarray:
     return np.stack([log_ret, rng, pos, dlv], axis=1).astype(np.float32)
 
 
+def _n_val(n_windows: int, val_fraction: float) -> int:
+    return max(1, int(n_windows * val_fraction))
+
+
+def _min_windows(gap: int, val_fraction: float) -> int:
+    """Fewest windows that leave validation, the gap and at least one train window (and never fewer than 20)."""
+    # n - n_val(n) never decreases with n and is below n * (1 - f) + 1: start the search from that bound
+    n = max(20, int(gap / (1 - val_fraction)))
+    while n - _n_val(n, val_fraction) - gap < 1:
+        n += 1
+    return n
+
+
 @dataclass
 class DirectionWindows:
     """Train/validation tensors: ``x_*`` of shape [n, window, features], ``y_*`` of 0/1 floats."""
@@ -54,18 +67,30 @@ def make_direction_windows(
     require_int("horizon", horizon, minimum=1)
     require_fraction("val_fraction", val_fraction)
     require_int("max_samples", max_samples, minimum=0)
+    gap = window + horizon
+    need = _min_windows(gap, val_fraction)
+    n = len(df) - window - horizon + 1
+    if n < need:
+        raise ValueError(
+            f"data has {len(df)} bars; expected at least {need + window + horizon - 1} for window={window}, "
+            f"horizon={horizon}, val_fraction={val_fraction} (window + horizon - 1 = {window + horizon - 1} bars "
+            f"before the first label, then {need} windows: validation, a gap of window + horizon = {gap} "
+            "and at least one train window)"
+        )
+    if max_samples and max_samples < need:
+        raise ValueError(
+            f"max_samples={max_samples} is too small for window={window}, horizon={horizon}, "
+            f"val_fraction={val_fraction}; expected 0 (all) or at least {need} (validation, a gap of "
+            f"window + horizon = {gap} and at least one train window)"
+        )
     feats = bar_features(df)
     close = df["close"].to_numpy(np.float64)
-    n = len(df) - window - horizon + 1
-    if n < 20:
-        raise ValueError(f"data has {len(df)} bars; expected at least window + horizon + 19 = {window + horizon + 19}")
     ends = np.arange(window - 1, window - 1 + n)  # index of the last bar of each window
     if max_samples and n > max_samples:
         ends = ends[-max_samples:]
     labels = (close[ends + horizon] > close[ends]).astype(np.float32)
-    n_val = max(1, int(len(ends) * val_fraction))
-    gap = window + horizon
-    train_ends, val_ends = ends[: max(1, len(ends) - n_val - gap)], ends[len(ends) - n_val:]
+    n_val = _n_val(len(ends), val_fraction)
+    train_ends, val_ends = ends[: len(ends) - n_val - gap], ends[len(ends) - n_val :]
     idx = np.arange(window)
     x = feats[(train_ends[:, None] - window + 1) + idx]
     mean, std = x.reshape(-1, x.shape[-1]).mean(0), x.reshape(-1, x.shape[-1]).std(0) + 1e-8

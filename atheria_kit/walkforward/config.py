@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from atheria_kit import ohlcv
 from atheria_kit._validation import require_choice, require_fraction, require_int, require_positive
 from atheria_kit.walkforward.gate import GateCriteria
 from atheria_kit.walkforward.models import MODELS, effective_model
@@ -30,11 +31,15 @@ MODE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Spellings of true and false accepted in ``ATHERIA_*`` variables and for ``out_of_core``.
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _out_of_core_choice(value: Any) -> str:
     """``out_of_core`` as ``"auto"``, ``"on"`` or ``"off"`` (YAML booleans and true/false/1/0/yes/no accepted)."""
     text = str(value).strip().lower()
-    for choice, spellings in (("auto", ("auto",)), ("on", ("on", "true", "1", "yes")),
-                              ("off", ("off", "false", "0", "no"))):
+    for choice, spellings in (("auto", ("auto",)), ("on", _TRUE), ("off", _FALSE)):
         if text in spellings:
             return choice
     raise ValueError(f"out_of_core={value!r} is invalid; expected 'auto', 'on' (true) or 'off' (false)")
@@ -129,6 +134,12 @@ class WalkForwardConfig:
                 params[name] = getattr(self, name)
         return params
 
+    def data_path(self) -> Path:
+        """The bars file: ``data``, or the shipped 1-hour sample of ``symbol`` (resampled to ``timeframe`` on load).
+
+        Not for ``data="synthetic"``, which names no file."""
+        return Path(self.data) if self.data else ohlcv.sample_path(self.symbol, "1h")
+
     @property
     def embargo_ns(self) -> int:
         return int(round(self.embargo_minutes * 60e9))
@@ -160,9 +171,9 @@ def _coerce(name: str, raw: str) -> Any:
         return None
     try:
         if kind.startswith("bool"):
-            if text.lower() in ("1", "true", "yes", "on"):
+            if text.lower() in _TRUE:
                 return True
-            if text.lower() in ("0", "false", "no", "off"):
+            if text.lower() in _FALSE:
                 return False
             raise ValueError(text)
         if kind.startswith("int"):

@@ -38,3 +38,10 @@ def direction_labels(df: pd.DataFrame, horizon: int) -> Labels:
         y[: n - horizon] = (c[horizon:] > c[: n - horizon]).astype(np.float32)
         resolved[: n - horizon] = df.index.as_unit("ns").asi8[horizon:]
     return Labels(y=y, resolved_at=resolved, horizon=horizon)
+
+
+def last_bar_up(close: np.ndarray) -> np.ndarray:
+    """Whether each bar closed above the previous bar's close (False for the first): the last-bar baseline's input."""
+    up = np.zeros(len(close), dtype=bool)
+    up[1:] = close[1:] > close[:-1]
+    return up

@@ -32,7 +32,7 @@ from atheria_kit.walkforward import features as feats
 from atheria_kit.walkforward import splits as sp
 from atheria_kit.walkforward.config import WalkForwardConfig
 from atheria_kit.walkforward.gate import GateVerdict, evaluate_gate
-from atheria_kit.walkforward.labels import direction_labels
+from atheria_kit.walkforward.labels import direction_labels, last_bar_up
 from atheria_kit.walkforward.models import STREAMING_MODEL, fit_counting_warnings, make_model, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -89,8 +89,7 @@ def load_bars(config: WalkForwardConfig) -> pd.DataFrame:
     if config.data == "synthetic":
         df = ohlcv.synthetic_ohlcv(config.synthetic_bars, timeframe=config.timeframe, seed=config.seed)
         return ohlcv.select_range(df, start=config.start, end=config.end, max_bars=config.max_bars)
-    path = config.data or ohlcv.sample_path(config.symbol, config.timeframe if config.timeframe == "1h" else "1h")
-    df = ohlcv.load_ohlcv(path, start=config.start, end=config.end, max_bars=0)
+    df = ohlcv.load_ohlcv(config.data_path(), start=config.start, end=config.end, max_bars=0)
     if ohlcv.infer_interval(df) != ohlcv.timeframe_to_timedelta(config.timeframe):
         df = ohlcv.resample_ohlcv(df, config.timeframe)
     return ohlcv.select_range(df, max_bars=config.max_bars) if config.max_bars else df
@@ -150,9 +149,7 @@ def build_dataset(
     names = tuple(f.columns)
     del f
     keep = lab.valid & np.isfinite(X).all(axis=1)
-    close = df["close"].to_numpy()
-    last_up = np.zeros(len(df), dtype=bool)
-    last_up[1:] = close[1:] > close[:-1]
+    last_up = last_bar_up(df["close"].to_numpy())
     return Dataset(
         X=take_rows(X, np.flatnonzero(keep)), y=lab.y[keep], times=df.index.as_unit("ns").asi8[keep],
         resolved_at=lab.resolved_at[keep], last_up=last_up[keep], feature_names=names,
@@ -227,11 +224,12 @@ class _LogToFile:
                 self.logger.setLevel(cls._saved_level)
 
 
-def _open_runlog(run_dir: Path, total: int, resume: bool):
-    """The shared progress log (progress.json + metrics.jsonl) that ``atheria monitor`` reads."""
+def _open_runlog(run_dir: Path, total: int, resume: bool, clock: Callable[[], float] = time.monotonic):
+    """The shared progress log (progress.json + metrics.jsonl) that ``atheria monitor`` reads; its ETA is the one
+    logged."""
     from atheria_kit.runlog import RunLog
 
-    return RunLog(run_dir, kind="walkforward", total=total, unit="fold", resume=resume)
+    return RunLog(run_dir, kind="walkforward", total=total, unit="fold", resume=resume, clock=clock)
 
 
 def run_stage(
@@ -284,7 +282,7 @@ def run_stage(
         elif mgr.latest() is not None:
             logger.info("existing checkpoints in %s are ignored (no --resume); starting over", run_dir)
 
-        runlog = _open_runlog(run_dir, len(folds), config.resume)
+        runlog = _open_runlog(run_dir, len(folds), config.resume, clock)
         runlog.update(done=len(state["folds"]), message=f"{mode}: {len(folds)} folds, {device_note}")
         try:
             status, reason = _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name, budget,
@@ -304,18 +302,17 @@ def run_stage(
 
 def _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name, budget, clock, memory_guard):
     """Train and evaluate the remaining folds; returns (status, stop reason)."""
-    t_start = clock()
-    done_at_start = len(state["folds"])
-    status, reason, next_report = "finished", None, 0.1
+    status, reason, reported_tenths = "finished", None, 0
     for i in range(len(state["folds"]), len(folds)):
         if state["stopped_early"]:
             break
         if budget is not None and not budget.can_start():
             status, reason = "stopped", "time budget: not enough time left for another fold and the final save"
             break
-        if memory_guard is not None and memory_guard() > config.memory_threshold:
+        used = memory_guard() if memory_guard is not None else 0.0
+        if used > config.memory_threshold:
             status, reason = "stopped", (
-                f"RAM use {memory_guard():.0%} is above memory_threshold={config.memory_threshold:.0%}; "
+                f"RAM use {used:.0%} is above memory_threshold={config.memory_threshold:.0%}; "
                 "stopped before the machine swaps (resume later with --resume, or lower --max-bars)"
             )
             break
@@ -334,8 +331,8 @@ def _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name,
         auc = rec["auc"] if math.isfinite(rec["auc"]) else -1.0
         if auc > state["best_auc"]:
             state.update(best_auc=float(auc), best_fold=i, since_best=0)
-            joblib.dump(fit.model, run_dir / ".tmp-best_model.joblib")
-            (run_dir / ".tmp-best_model.joblib").replace(run_dir / "best_model.joblib")
+            with _io.atomic_open(run_dir / "best_model.joblib") as fh:
+                joblib.dump(fit.model, fh)
         else:
             state["since_best"] += 1
             if state["since_best"] >= config.patience:
@@ -348,14 +345,13 @@ def _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name,
         runlog.log({k: rec[k] for k in ("fold", "auc", "accuracy", "f1", "majority_auc", "last_bar_auc", "seconds")},
                    done=done, message=f"{mode}: fold {done}/{len(folds)} AUC {rec['auc']:.4f}")
         runlog.log_resources()
-        if done / len(folds) >= next_report or done == len(folds):
-            rate = (clock() - t_start) / max(done - done_at_start, 1)
-            eta = rate * (len(folds) - done)
+        tenths = 10 * done // len(folds)  # whole tenths in integers: adding 0.1 repeatedly drifts
+        if tenths > reported_tenths or done == len(folds):
+            eta = runlog.eta_seconds  # set: a fold was just logged
             logger.info("%3.0f%% fold %d/%d AUC %.4f (last-bar %.4f) acc %.4f | ETA %.0fs | RSS %.0f MB",
                         100 * done / len(folds), done, len(folds), rec["auc"], rec["last_bar_auc"],
                         rec["accuracy"], eta, rss / 2**20)
-            while next_report <= done / len(folds):
-                next_report += 0.1
+            reported_tenths = tenths
     return status, reason
 
 

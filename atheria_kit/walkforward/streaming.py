@@ -35,6 +35,7 @@ import pandas as pd
 from atheria_kit import ohlcv
 from atheria_kit.walkforward import features as feats
 from atheria_kit.walkforward.config import WalkForwardConfig
+from atheria_kit.walkforward.labels import direction_labels, last_bar_up
 from atheria_kit.walkforward.models import STREAMING_MODEL, effective_model
 from atheria_kit.walkforward.runner import Dataset, load_bars
 
@@ -60,38 +61,24 @@ def _renumber(exc: ohlcv.OHLCVError, offset: int) -> ohlcv.OHLCVError:
 def _raw_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """Normalized frames of ``chunk_rows`` file rows each, parsed like :func:`ohlcv.read_ohlcv_file`."""
     source = path.name
-    if ohlcv._is_parquet(path):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    with ohlcv._reading(source):
+        if ohlcv._is_parquet(path):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        # pre_buffer=False: with pre-buffering pyarrow's pool kept ~50 bytes per bar of the file, not one row group
-        batches = pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows, use_threads=False)
-        convert = lambda b: pa.Table.from_batches([b]).to_pandas()  # noqa: E731  keeps the pandas index metadata
-    else:
-        first = ohlcv._first_line(path)
-        head = first.split(",")[0].strip().strip('"')
-        if head.lstrip("-").isdigit():  # Binance raw klines: no header, 12 numeric columns
-            n = len(first.split(","))
-            if n != len(ohlcv._BINANCE_COLUMNS):
-                raise ohlcv.OHLCVError(
-                    f"{source}: headerless file with {n} columns; expected Binance's 12-column kline format")
-            batches = pd.read_csv(path, header=None, names=list(ohlcv._BINANCE_COLUMNS), chunksize=chunk_rows)
+            # pre_buffer=False: with pre-buffering pyarrow's pool kept ~50 bytes per bar of the file, not one row group
+            batches = pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows, use_threads=False)
+            convert = lambda b: pa.Table.from_batches([b]).to_pandas()  # noqa: E731  keeps the pandas index metadata
         else:
-            batches = pd.read_csv(path, chunksize=chunk_rows)
-        convert = lambda b: b  # noqa: E731
+            batches = pd.read_csv(path, chunksize=chunk_rows, **ohlcv._csv_read_kwargs(path))
+            convert = lambda b: b  # noqa: E731
     offset = 0
     while True:
-        try:
+        with ohlcv._reading(source):
             raw = next(batches, None)
             if raw is None:
                 return
             raw = convert(raw)
-        except ohlcv.OHLCVError:
-            raise
-        except Exception as exc:  # corrupt gzip, truncated parquet, bad CSV: report, never skip
-            raise ohlcv.OHLCVError(f"{source}: cannot be read as OHLCV ({type(exc).__name__}: {exc})") from exc
-        if isinstance(raw.index, pd.DatetimeIndex) and "timestamp" not in raw.columns:
-            raw = raw.reset_index(names="timestamp")
         try:
             frame = ohlcv._frame_from_raw(raw, source)
         except ohlcv.OHLCVError as exc:
@@ -100,8 +87,7 @@ def _raw_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield frame
 
 
-def iter_ohlcv_chunks(source: str | os.PathLike | pd.DataFrame, chunk_rows: int = 50_000, *,
-                      validate: bool = True) -> Iterator[pd.DataFrame]:
+def iter_ohlcv_chunks(source: str | os.PathLike | pd.DataFrame, chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
     """Validated chunks of a file (or of an in-memory frame), in file order; together they are the whole file.
 
     Errors are those of :func:`ohlcv.validate_ohlcv` with the row numbers of the whole file; the previous
@@ -119,19 +105,18 @@ def iter_ohlcv_chunks(source: str | os.PathLike | pd.DataFrame, chunk_rows: int 
     prev: pd.DataFrame | None = None
     offset = 0
     for chunk in chunks:
-        if validate:
-            if prev is None:
-                pieces, shift = chunk, offset
-            else:
-                pieces, shift = pd.concat([prev, chunk]), offset - 1
-            try:
-                ohlcv.validate_ohlcv(pieces, source=name)
-            except ohlcv.OHLCVError as exc:
-                raise _renumber(exc, shift) from None
+        if prev is None:
+            pieces, shift = chunk, offset
+        else:
+            pieces, shift = pd.concat([prev, chunk]), offset - 1
+        try:
+            ohlcv.validate_ohlcv(pieces, source=name)
+        except ohlcv.OHLCVError as exc:
+            raise _renumber(exc, shift) from None
         offset += len(chunk)
         prev = chunk.iloc[-1:]
         yield chunk
-    if offset == 0 and validate:
+    if offset == 0:
         raise ohlcv.OHLCVError(f"{name + ': ' if name else ''}no bars")
 
 
@@ -165,9 +150,6 @@ class BarStore:
             fh.seek((self.offset + start) * 8)
             return np.fromfile(fh, dtype=dtype, count=stop - start)
 
-    def timestamps(self) -> np.ndarray:
-        return self._read("timestamp", 0, len(self))
-
     def read(self, start: int, stop: int) -> pd.DataFrame:
         """Bars ``start..stop-1`` as a normalized frame."""
         index = pd.DatetimeIndex(pd.to_datetime(self._read("timestamp", start, stop), utc=True), name="timestamp")
@@ -182,13 +164,9 @@ def _resample_store(store: BarStore, timeframe: str, interval: pd.Timedelta, dir
                     chunk_rows: int) -> BarStore:
     """``ohlcv.resample_ohlcv`` chunk by chunk: the last (maybe incomplete) bin of a chunk waits for the next."""
     target = ohlcv.timeframe_to_timedelta(timeframe)
-    if target < interval:
-        raise ohlcv.OHLCVError(f"timeframe={timeframe!r} is finer than the data's interval {interval}; can only coarsen")
-    if target.value % interval.value:
-        raise ohlcv.OHLCVError(f"timeframe={timeframe!r} is not a multiple of the data's interval {interval}")
+    ohlcv._check_coarsen(timeframe, target, interval)
     # pandas' default origin ("start_day"): midnight of the first bar's day; fixed here for every chunk
     origin = pd.Timestamp(int(store.read(0, 1).index.asi8[0]), tz="UTC").floor("D")
-    agg = {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
     out = BarStore(directory)
     carry = None
     for chunk in store.chunks(chunk_rows):
@@ -197,11 +175,11 @@ def _resample_store(store: BarStore, timeframe: str, interval: pd.Timedelta, dir
         done = bins < bins[-1]
         part, carry = frame[done], frame[~done]
         if len(part):
-            res = part.resample(target, label="left", closed="left", origin=origin).agg(agg)
+            res = part.resample(target, label="left", closed="left", origin=origin).agg(ohlcv._AGG)
             counts = part["close"].resample(target, label="left", closed="left", origin=origin).count()
             out.append(res[counts.to_numpy() > 0])  # bins without any bar are dropped, not filled
     if carry is not None and len(carry):
-        out.append(carry.resample(target, label="left", closed="left", origin=origin).agg(agg))
+        out.append(carry.resample(target, label="left", closed="left", origin=origin).agg(ohlcv._AGG))
     shutil.rmtree(store.directory)
     return out
 
@@ -221,7 +199,7 @@ def load_bars_to_disk(config: WalkForwardConfig, directory: Path, bars: pd.DataF
         info = {"source": str(frame.attrs.get("source", "in-memory frame")),
                 "synthetic": bool(frame.attrs.get("synthetic", False)), "gaps": int(frame.attrs.get("gaps", 0))}
         return store, info
-    path = Path(config.data or ohlcv.sample_path(config.symbol, "1h"))
+    path = config.data_path()
     lo, hi = ohlcv._to_utc(config.start, "start"), ohlcv._to_utc(config.end, "end")
     if lo is not None and hi is not None and lo >= hi:
         raise ohlcv.OHLCVError(f"start={lo.isoformat()} is not before end={hi.isoformat()}")
@@ -328,10 +306,6 @@ class DiskMatrix:
             return RowsView(self, slice(start, max(start, stop)))
         return RowsView(self, np.asarray(key))
 
-    @property
-    def nbytes(self) -> int:
-        return self.shape[0] * self.shape[1] * 4
-
 
 def is_out_of_core(ds: Dataset) -> bool:
     return isinstance(ds.X, DiskMatrix)
@@ -371,25 +345,22 @@ def build_dataset_out_of_core(config: WalkForwardConfig, directory: Path | None 
             stop = min(n, start + chunk)
             lo, hi = max(0, start - feats.LOOKBACK), min(n, stop + h)
             frame = store.read(lo, hi)
-            block = feats.compute_features(frame.iloc[: stop - lo], chunk_size=chunk, memory_guard=memory_guard,
+            # one block per chunk: the frame is already bounded by chunk_size
+            block = feats.compute_features(frame.iloc[: stop - lo], chunk_size=stop - lo, memory_guard=memory_guard,
                                            memory_threshold=config.memory_threshold).to_numpy()[start - lo :]
-            close, ts = frame["close"].to_numpy(), frame.index.asi8
-            t = np.arange(start, stop)
-            labelled = t + h < n
-            up = np.zeros(stop - start, dtype=bool)
-            up[labelled] = close[t[labelled] + h - lo] > close[t[labelled] - lo]
-            prev_up = np.zeros(stop - start, dtype=bool)
-            has_prev = t >= 1
-            prev_up[has_prev] = close[t[has_prev] - lo] > close[t[has_prev] - 1 - lo]
-            keep = labelled & np.isfinite(block).all(axis=1)
+            # the frame ends at min(n, stop + h): its labels are those of the whole data for rows start..stop-1,
+            # and a row after the first has its previous bar in the frame (LOOKBACK >= 1 rows of overlap)
+            rows = slice(start - lo, stop - lo)
+            lab = direction_labels(frame, h)
+            keep = lab.valid[rows] & np.isfinite(block).all(axis=1)
             kept = int(keep.sum())
             np.ascontiguousarray(block[keep], dtype="<f4").tofile(fh)
-            y[m : m + kept] = up[keep]
-            times[m : m + kept] = ts[t[keep] - lo]
-            resolved[m : m + kept] = ts[t[keep] + h - lo]
-            last_up[m : m + kept] = prev_up[keep]
+            y[m : m + kept] = lab.y[rows][keep]
+            times[m : m + kept] = frame.index.as_unit("ns").asi8[rows][keep]
+            resolved[m : m + kept] = lab.resolved_at[rows][keep]
+            last_up[m : m + kept] = last_bar_up(frame["close"].to_numpy())[rows][keep]
             m += kept
-            del frame, block
+            del frame, block, lab
         fh.seek(0)
         fh.write(_npy_header(m, k))
     shutil.rmtree(store.directory)  # the bars are no longer needed: the features, labels and times are built
@@ -407,7 +378,7 @@ def estimate_bars(config: WalkForwardConfig, bars: pd.DataFrame | None = None) -
     elif config.data == "synthetic":
         n = config.synthetic_bars
     else:
-        path = Path(config.data or ohlcv.sample_path(config.symbol, "1h"))
+        path = config.data_path()
         if not path.is_file():
             return 0  # the loader reports the missing file
         if ohlcv._is_parquet(path):
@@ -415,10 +386,7 @@ def estimate_bars(config: WalkForwardConfig, bars: pd.DataFrame | None = None) -
 
             n = pq.ParquetFile(path).metadata.num_rows
         else:
-            import gzip
-
-            opener = gzip.open if path.suffix.lower() == ".gz" else open
-            with opener(path, "rb") as fh:
+            with ohlcv._open(path, "rb") as fh:
                 head = fh.read(1 << 16)
             lines = max(head.count(b"\n"), 1)
             size = path.stat().st_size * (5 if path.suffix.lower() == ".gz" else 1)  # gzip'd CSV: ~5x smaller
@@ -447,10 +415,3 @@ def choose_out_of_core(config: WalkForwardConfig, n_bars: int, available_bytes: 
         return False, (f"in memory although it may not fit (out_of_core='auto': {est}; model {model} has no "
                        "out-of-core version, use --model logreg or lower --max-bars)")
     return True, f"out of core (out_of_core='auto': {est}); model {STREAMING_MODEL}"
-
-
-def available_memory() -> int:
-    """RAM available to a new allocation now (psutil), in bytes."""
-    import psutil
-
-    return int(psutil.virtual_memory().available)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,6 +65,17 @@ def test_count_mode_writes_artifacts_and_baselines(tmp_path, bars):
     assert progress["status"] == "finished" and progress["done"] == 5 and progress["unit"] == "fold"
     assert len((d / "metrics.jsonl").read_text().splitlines()) == 5
     assert "ETA" in (d / "logs" / "walkforward.log").read_text()
+
+
+def test_many_folds_log_progress_every_ten_percent(tmp_path, bars):
+    cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=30, patience=100)
+    res = run_stage(cfg, "count", dataset=build_dataset(bars, 1))
+    assert len(res.folds) == 30
+    lines = re.findall(r"(\d+)% fold (\d+)/30 AUC .* ETA (\d+)s", (res.run_dir / "logs" / "walkforward.log").read_text())
+    done = [int(d) for _, d, _ in lines]
+    # one line per tenth of the folds: the first fold of each decile (3, 6, 9 or 10, ..., 30), not one per fold
+    assert [d * 10 // 30 for d in done] == list(range(1, 11)) and done[-1] == 30
+    assert lines[-1][0] == "100" and lines[-1][2] == "0"  # no fold left: no time left
 
 
 @pytest.mark.parametrize("patience", [1, 2])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.model_selection import TimeSeriesSplit
 
@@ -136,7 +135,9 @@ def test_kfold_block_sizes_match_sklearn_kfold():
 def test_fold_describe_uses_times():
     times, resolved = _grid(50, 1)
     text = S.walk_forward_splits(times, resolved, 2)[0].describe(times)
-    assert text.startswith("fold 0: train 1970-01-01 00:00..") and str(pd.Timestamp(0)) != ""
+    # 50 hourly samples, 2 splits: test blocks of 50 // 3 = 16 from sample 18; train 0..16 (sample 17's label
+    # resolves at 18:00, the test start, so it is purged)
+    assert text == "fold 0: train 1970-01-01 00:00..1970-01-01 16:00 (17), test 1970-01-01 18:00..1970-01-02 09:00 (16)"
 
 
 def test_purged_range_equals_the_purged_array_on_sorted_label_times():
