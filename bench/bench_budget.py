@@ -14,11 +14,16 @@ Run: ``.venv/bin/python bench/bench_budget.py [--quick] [--sessions N] [--seed S
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from atheria_kit.budget import TimeBudget
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.fakes when run as a script
+
+from atheria_kit.budget import TimeBudget  # noqa: E402
+from tests.fakes.clock import ManualClock  # noqa: E402
 
 LIMIT = 12 * 3600.0
 MEAN_UNIT = (60.0, 600.0)  # per-session mean unit duration, seconds
@@ -28,14 +33,6 @@ CHECKPOINT_EVERY = 20 * 60.0  # periodic asynchronous checkpoints
 RESERVE = 60.0
 STEP = 30.0  # mid-unit check granularity (must stay below the reserve)
 MAX_UNITS = 4000
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def draw_units(dist: str, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -64,7 +61,7 @@ def simulate(dist: str, rule: str, rng: np.random.Generator) -> tuple[bool, bool
     drift = rng.uniform(-0.5, 1.0) if dist == "drift" else 0.0  # relative change over the session
     save_base = rng.uniform(*SAVE)
     saves = save_base * rng.uniform(1 - SAVE_JITTER, 1 + SAVE_JITTER, MAX_UNITS)
-    clock = FakeClock()
+    clock = ManualClock(0.0)
     budget = TimeBudget(LIMIT, reserve_seconds=RESERVE, clock=clock, wall_clock=clock)
     done = 0.0
     i = 0

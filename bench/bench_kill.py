@@ -14,7 +14,6 @@ system temp dir and one on another filesystem (/dev/shm) when there is one.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from tests._paths import other_filesystem  # noqa: E402
 from tests.kill_worker import (  # noqa: E402
     ColdLauncher,
     ForkLauncher,
@@ -33,13 +33,6 @@ from tests.kill_worker import (  # noqa: E402
 )
 
 STEPS, SAVE_EVERY = 40, 4
-
-
-def other_filesystem(tmp: Path) -> Path | None:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp).st_dev:
-        return Path(tempfile.mkdtemp(prefix="atheria-bench-kill-", dir=shm))
-    return None
 
 
 def merge(reports: list[KillReport]) -> dict[str, object]:
@@ -71,7 +64,7 @@ def main() -> int:
     kills = 20 if args.quick else args.kills
 
     tmp = Path(tempfile.mkdtemp(prefix="atheria-bench-kill-"))
-    shm = other_filesystem(tmp)
+    shm = other_filesystem(tmp, prefix="atheria-bench-kill-")
     places = [("tmp", tmp)] + ([("/dev/shm", shm)] if shm else [])
     try:
         t0 = time.perf_counter()

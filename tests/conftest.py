@@ -1,45 +1,26 @@
-"""Shared fixtures: the repository's paths, the real-data directory and the platform fakes."""
+"""Shared fixtures: a directory on another filesystem and the platform fakes."""
 
 from __future__ import annotations
 
-import os
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests._paths import other_filesystem
 from tests.fakes.google_colab import install_fake_colab
 from tests.fakes.kaggle_secrets import make_kaggle_secrets
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
 
 @pytest.fixture
-def repo_root() -> Path:
-    return REPO_ROOT
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    """The development data set beside the checkout (real Binance candles); skips where it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real market data not found at {SHARED_DATA}")
-    return SHARED_DATA
-
-
-@pytest.fixture
-def other_fs_dir(tmp_path: Path) -> Path:
+def other_fs_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory on a different filesystem from the system temp dir (tmpfs /dev/shm), like a Drive mount."""
-    base = Path("/dev/shm")
-    if not base.is_dir() or os.stat(base).st_dev == os.stat(tmp_path).st_dev:
+    d = other_filesystem(tmp_path, prefix="atheria-test-")
+    if d is None:
         pytest.skip("no separate filesystem (/dev/shm) available")
-    import tempfile
-
-    d = Path(tempfile.mkdtemp(prefix="atheria-test-", dir=base))
     yield d
-    import shutil
-
     shutil.rmtree(d, ignore_errors=True)
 
 

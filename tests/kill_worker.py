@@ -36,10 +36,11 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
+
+from tests._paths import REPO_ROOT  # importable in the worker too: its PYTHONPATH starts with REPO_ROOT
 
 WORKER = Path(__file__).resolve()
-REPO_ROOT = WORKER.parent.parent
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 
 # ----------------------------------------------------------------------------------------- worker
@@ -343,18 +344,17 @@ def reference_run(directory: Path, *, steps: int, save_every: int) -> Reference:
     return Reference(digests, final)
 
 
-def newest_is_listed(directory: Path) -> bool:
-    """Whether manifest.json lists the highest-numbered checkpoint file."""
-    names = os.listdir(directory) if directory.is_dir() else []
-    steps = {int(m.group(1)): n for n in names if (m := _CKPT_RE.match(n))}
-    manifest = directory / "manifest.json"
-    if not steps or not manifest.is_file():
-        return False
-    return steps[max(steps)] in {c["file"] for c in json.loads(manifest.read_text())["checkpoints"]}
+class DiskScan(NamedTuple):
+    """What :func:`scan_directory` saw on disk."""
+
+    newest: int | None  # the newest complete checkpoint's step
+    temps: list[str]  # temporary files left by unfinished writes
+    problems: list[str]
+    newest_listed: bool  # manifest.json lists the newest checkpoint file (False: renamed, not yet listed)
 
 
-def scan_directory(directory: Path) -> tuple[int | None, list[str], list[str]]:
-    """(newest complete step, temporary files, problems) observed on disk, independently of the kit.
+def scan_directory(directory: Path) -> DiskScan:
+    """The newest complete step, temporary files and problems observed on disk, independently of the kit.
 
     A file only gets its final ``ckpt-*.pt`` name by a rename after it was completely written, so the
     newest complete checkpoint is the highest-numbered one. Where the manifest lists a file, its
@@ -365,15 +365,17 @@ def scan_directory(directory: Path) -> tuple[int | None, list[str], list[str]]:
     steps = {int(m.group(1)): n for n in names if (m := _CKPT_RE.match(n))}
     problems: list[str] = []
     newest = max(steps) if steps else None
+    newest_listed = False
     manifest = directory / "manifest.json"
     if newest is not None and manifest.is_file():
         listed = {c["file"]: c for c in json.loads(manifest.read_text())["checkpoints"]}
         entry = listed.get(steps[newest])
+        newest_listed = entry is not None
         if entry is not None:
             data = (directory / steps[newest]).read_bytes()
             if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 problems.append(f"{steps[newest]} does not match the manifest")
-    return newest, temps, problems
+    return DiskScan(newest, temps, problems, newest_listed)
 
 
 @dataclass
@@ -501,8 +503,7 @@ def run_with_kills(
             if report.lives >= max_lives:
                 report.fail(f"gave up after {report.lives} lives")
                 return report
-            expected, temps_before, problems = scan_directory(directory)
-            listed_before = newest_is_listed(directory)
+            expected, temps_before, problems, listed_before = scan_directory(directory)
             for p in problems:
                 report.fail(p)
             if kills_left > 0:
@@ -550,7 +551,7 @@ def run_with_kills(
                 report.kills += 1
                 report.kills_during_manifest_write += seen["killed_in"] == "manifest.json"
                 last_commit_seen = seen["last_commit"] if seen["last_commit"] is not None else last_commit_seen
-                newest, _temps, _ = scan_directory(directory)
+                newest = scan_directory(directory).newest
                 if seen["last_step"] is not None:
                     report.max_lost_steps = max(report.max_lost_steps, seen["last_step"] - (newest or 0))
                 continue
@@ -564,14 +565,6 @@ def run_with_kills(
                 report.fail(f"final parameters {seen['done']} differ from the uninterrupted run's {ref.final}")
             break
     return report
-
-
-def count_kill_events(report: KillReport) -> dict[str, Any]:
-    return {
-        "kills": report.kills, "kills during a write": report.kills_during_write, "resumes": report.resumes,
-        "resumed from newest complete": report.resumed_from_newest, "partial loads": report.partial_loads,
-        "max lost steps": report.max_lost_steps, "final params equal": "yes" if report.final_equal else "no",
-    }
 
 
 if __name__ == "__main__":

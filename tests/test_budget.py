@@ -15,26 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atheria_kit.budget import DurationForecaster, TimeBudget
+from tests.fakes.clock import PairedClock
 
+MONO0 = 5000.0  # monotonic clocks have an arbitrary origin
 WALL0 = 1_700_000_000.0  # an arbitrary epoch for the fake wall clock
-
-
-class FakeClock:
-    """Monotonic and wall clocks that move together, only when the test says so."""
-
-    def __init__(self) -> None:
-        self.mono = 5000.0  # monotonic clocks have an arbitrary origin
-        self.wall = WALL0
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
-        self.wall += seconds
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def time(self) -> float:
-        return self.wall
 
 
 @dataclass(frozen=True)
@@ -47,11 +31,11 @@ class Env:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> PairedClock:
+    return PairedClock(MONO0, WALL0)
 
 
-def make(clock: FakeClock, *args, **kwargs) -> TimeBudget:
+def make(clock: PairedClock, *args, **kwargs) -> TimeBudget:
     return TimeBudget(*args, clock=clock.monotonic, wall_clock=clock.time, **kwargs)
 
 
@@ -132,7 +116,7 @@ def test_bad_input_names_field_value_and_what_is_allowed(clock, kwargs, field):
 
 
 # ------------------------------------------------------------------ decisions
-def run_session(b: TimeBudget, clock: FakeClock, durations, final_save: float) -> tuple[int, float]:
+def run_session(b: TimeBudget, clock: PairedClock, durations, final_save: float) -> tuple[int, float]:
     """The loop a notebook runs: units while the guard allows, then a final save. Returns (units, end time)."""
     n = 0
     for d in durations:
@@ -248,7 +232,7 @@ def test_learned_statistics_resume_but_elapsed_time_does_not(clock, tmp_path: Pa
     torch.save(b.state_dict(), path)
     state = torch.load(path, weights_only=True)
 
-    nxt = FakeClock()
+    nxt = PairedClock(MONO0, WALL0)
     nxt.advance(12345.0)  # another session, another clock origin
     b2 = make(nxt, hours=1)
     b2.load_state_dict(state)
@@ -300,7 +284,7 @@ def test_sessions_within_the_forecast_assumptions_never_overrun(
     """Assumptions: the first unit takes at most the cold-start share of the limit; each later unit takes
     at most 5 % more than the longest of the five before it (bounded noise, slow drift); the final save
     takes at most the longest measured save plus the 25 % save margin."""
-    clock = FakeClock()
+    clock = PairedClock(MONO0, WALL0)
     b = make(clock, seconds=limit, reserve_seconds=reserve, initial_save_seconds=0.0)
     for s in saves:
         b.record_save(s)

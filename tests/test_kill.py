@@ -11,10 +11,12 @@ equal the uninterrupted run's too.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import make_checkpoints
 from tests.kill_worker import (
     ColdLauncher,
     ForkLauncher,
@@ -77,8 +79,17 @@ def test_scan_directory_finds_the_newest_complete_checkpoint_and_leftover_tempor
     (tmp_path / "ckpt-0000000004.pt").write_bytes(b"a")
     (tmp_path / "ckpt-0000000012.pt").write_bytes(b"b")
     (tmp_path / ".tmp-ckpt-0000000016.pt.x1y2").write_bytes(b"half")
-    newest, temps, problems = scan_directory(tmp_path)
-    assert (newest, temps, problems) == (12, [".tmp-ckpt-0000000016.pt.x1y2"], [])
+    assert scan_directory(tmp_path) == (12, [".tmp-ckpt-0000000016.pt.x1y2"], [], False)  # no manifest yet
+
+
+@pytest.mark.parametrize(("listed", "newest_listed"), [([4], False), ([4, 12], True)])
+def test_scan_directory_says_whether_the_manifest_lists_the_newest_file(tmp_path: Path, listed, newest_listed):
+    make_checkpoints(tmp_path, [4, 12])
+    manifest = tmp_path / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["checkpoints"] = [c for c in doc["checkpoints"] if c["step"] in listed]  # 12 renamed into place, maybe unlisted
+    manifest.write_text(json.dumps(doc))
+    assert scan_directory(tmp_path) == (12, [], [], newest_listed)
 
 
 @pytest.mark.slow

@@ -13,17 +13,10 @@ import pytest
 import torch
 
 from atheria_kit.monitor import Alert, ResourceMonitor
+from tests.fakes.clock import ManualClock
 from tests.fakes.nvml import FakeGpu, make_fake_nvml
 
 GIB = 1024**3
-
-
-class FakeClock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class ScriptedMemory:
@@ -197,7 +190,7 @@ def test_process_tree_cpu_includes_a_running_child():
     child = subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline() == "ready\n"
-        clock = FakeClock()
+        clock = ManualClock()
         mon = monitor(clock=clock)  # baseline includes the child
         child.stdin.write("go\n")
         child.stdin.flush()
@@ -212,7 +205,7 @@ def test_process_tree_cpu_includes_a_running_child():
 
 
 def test_process_tree_cpu_includes_a_child_that_finished_between_samples():
-    clock = FakeClock()
+    clock = ManualClock()
     mon = monitor(clock=clock)
     done = subprocess.run([sys.executable, "-c", BURN], input="go\n\n", capture_output=True, text=True, check=True)
     burned = float(done.stdout.splitlines()[1])
@@ -300,7 +293,7 @@ def test_summaries_track_last_mean_min_max():
 
 
 def test_history_is_bounded_but_summaries_cover_every_sample():
-    wall = FakeClock(1_700_000_000.0)
+    wall = ManualClock(1_700_000_000.0)
     mon = monitor(history=3, wall_clock=wall)
     for _ in range(10):
         wall.t += 1

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("run_demo", REPO / "notebooks" / "run_demo.py")
+from tests._paths import REPO_ROOT
+
+spec = importlib.util.spec_from_file_location("run_demo", REPO_ROOT / "notebooks" / "run_demo.py")
 run_demo_module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run_demo_module)
 

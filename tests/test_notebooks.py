@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests._paths import REPO_ROOT
+
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 # Notebooks whose own test runs them in a more specific scenario (e.g. stop, then resume) are still
 # executed here once in plain smoke mode: a notebook must never fail on its first "Run all".

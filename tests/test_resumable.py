@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from atheria_kit.resumable import ResumableLoader
+from tests.helpers import weights_only_round_trip
 
 N, BATCH = 23, 5  # 5 batches per epoch, the last one has 3 samples
 
@@ -20,13 +19,6 @@ def ids() -> TensorDataset:
 def epochs(loader: ResumableLoader, count: int) -> list[list[int]]:
     """The sample ids of each batch, for `count` calls of `for batch in loader`."""
     return [[b[0].tolist() for b in loader] for _ in range(count)]
-
-
-def round_trip(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def test_each_epoch_is_a_fresh_permutation_of_all_samples():
@@ -51,7 +43,7 @@ def test_resumed_loader_yields_exactly_what_the_uninterrupted_one_would(stop_aft
         seen.append(batch[0].tolist())
         if len(seen) == stop_after:
             break
-    state = round_trip(first.state_dict())
+    state = weights_only_round_trip(first.state_dict())
     assert (state["epoch"], state["batch"]) == (0, stop_after)
 
     resumed = ResumableLoader(ids(), batch_size=BATCH, seed=999)  # restored state overrides the seed
@@ -66,7 +58,7 @@ def test_draws_the_user_makes_from_a_shared_generator_mid_epoch_survive_the_resu
     it = iter(loader)
     next(it), next(it)
     torch.rand(3, generator=gen)  # e.g. augmentation noise from the same generator, mid-epoch
-    state = round_trip(loader.state_dict())
+    state = weights_only_round_trip(loader.state_dict())
     rest_of_epoch = [b[0].tolist() for b in it]
     next_epoch = epochs(loader, 1)[0]
     next_draw = torch.rand(2, generator=gen)

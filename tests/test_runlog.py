@@ -13,32 +13,23 @@ import pytest
 import torch
 
 from atheria_kit.runlog import RunLog, RunLogError, read_jsonl, read_progress, read_summary
+from tests._paths import REPO_ROOT
+from tests.fakes.clock import PairedClock
 
-REPO = Path(__file__).resolve().parent.parent
 CONTRACT_FIELDS = {
     "kind", "run_id", "status", "started_at", "updated_at", "done", "total", "unit",
     "eta_seconds", "metrics", "memory_rss_bytes", "message", "pid",
 }
 
 
-class Clocks:
-    def __init__(self) -> None:
-        self.mono = 100.0
-        self.wall = 1_700_000_000.0
-
-    def advance(self, s: float) -> None:
-        self.mono += s
-        self.wall += s
-
-
 @pytest.fixture
-def clocks() -> Clocks:
-    return Clocks()
+def clocks() -> PairedClock:
+    return PairedClock(mono=100.0, wall=1_700_000_000.0)
 
 
-def make(run_dir: Path, clocks: Clocks, **kw) -> RunLog:
+def make(run_dir: Path, clocks: PairedClock, **kw) -> RunLog:
     kw.setdefault("kind", "walkforward")
-    return RunLog(run_dir, clock=lambda: clocks.mono, wall_clock=lambda: clocks.wall, **kw)
+    return RunLog(run_dir, clock=clocks.monotonic, wall_clock=clocks.time, **kw)
 
 
 def strict_load(text: str):
@@ -96,7 +87,7 @@ def test_another_process_reads_the_logs_while_the_run_goes_on(tmp_path, clocks):
         "d = sys.argv[1]; print(len(read_jsonl(d + '/metrics.jsonl')), len(read_jsonl(d + '/resources.jsonl')),"
         " read_progress(d)['done'])"
     )
-    out = subprocess.run([sys.executable, "-c", reader, str(tmp_path)], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", reader, str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == ["2", "1", "2"]  # the files are still open in this process
     rl.close()

@@ -14,19 +14,11 @@ from atheria_kit.platform import detect_environment
 from atheria_kit.session import TrainingSession
 from atheria_kit.session_config import SessionConfig
 from atheria_kit.state import SeededGenerators, seed_everything
+from tests.fakes.clock import ManualClock
 
 TOTAL = 12
 EPISODE_SECONDS = 10.0  # simulated duration of one episode on the fake clock
-
-
-class FakeClock:
-    """Monotonic fake: the test moves it forward by each episode's simulated duration."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+T0 = 1000.0  # the fake monotonic clock's (arbitrary) origin; run_session moves it by EPISODE_SECONDS
 
 
 @pytest.fixture
@@ -53,7 +45,9 @@ def train_episode(model, opt, gens) -> dict:
     return {"loss": loss.item(), "noise": float(torch.rand(1).item())}  # draws from the global torch RNG too
 
 
-def run_session(cfg: SessionConfig, env, clock: FakeClock, *, fail_at: int | None = None, **kw):
+def run_session(cfg: SessionConfig, env, clock: ManualClock, *, fail_at: int | None = None,
+                bad: float = float("nan"), **kw):
+    """Train through a session; at episode ``fail_at`` the loss and one parameter tensor become ``bad``."""
     session = TrainingSession(cfg, environment=env, clock=clock, stream=io.StringIO(), **kw)
     model, opt, sched, gens = make_objects()
     session.restore(model=model, optimizer=opt, scheduler=sched, generators=gens)
@@ -61,7 +55,9 @@ def run_session(cfg: SessionConfig, env, clock: FakeClock, *, fail_at: int | Non
         metrics = train_episode(model, opt, gens)
         sched.step()
         if fail_at is not None and ep == fail_at:
-            metrics["loss"] = float("nan")
+            metrics["loss"] = bad
+            with torch.no_grad():  # what a diverged step leaves behind: the model itself is poisoned
+                next(model.parameters()).fill_(bad)
         clock.t += EPISODE_SECONDS
         session.log(**metrics)
     result = session.finish(model=model, example_input=torch.randn(3, 5))
@@ -111,11 +107,11 @@ def test_yaml_config(tmp_path):
 def test_stops_before_the_limit_then_resumes_to_the_same_result(tmp_path, local_env):
     # Reference: one uninterrupted session with all the time it needs.
     ref_s, ref, ref_model = run_session(config(tmp_path / "ref", max_training_seconds=10_000), local_env,
-                                        FakeClock())
+                                        ManualClock(T0))
     assert ref.end_reason == "done" and ref.episodes_done == TOTAL
 
     # Session 1 has time for about half the episodes; it must stop by itself, never overrunning its limit.
-    clock = FakeClock()
+    clock = ManualClock(T0)
     limit = 70.0
     s1, r1, _ = run_session(config(tmp_path, max_training_seconds=limit), local_env, clock)
     assert r1.end_reason == "budget"
@@ -124,7 +120,7 @@ def test_stops_before_the_limit_then_resumes_to_the_same_result(tmp_path, local_
     assert s1.checkpoints.latest().episode == r1.episodes_done  # everything done was saved
 
     # Session 2: a new "Run all" with fresh objects continues where session 1 stopped.
-    s2, r2, model = run_session(config(tmp_path, max_training_seconds=10_000), local_env, FakeClock())
+    s2, r2, model = run_session(config(tmp_path, max_training_seconds=10_000), local_env, ManualClock(T0))
     assert s2.start_episode == r1.episodes_done
     assert r2.end_reason == "done" and r2.episodes_done == TOTAL
     for a, b in zip(model.state_dict().values(), ref_model.state_dict().values(), strict=True):
@@ -142,33 +138,40 @@ def test_stops_before_the_limit_then_resumes_to_the_same_result(tmp_path, local_
     assert export["status"] == "ok" and Path(export["path"]).is_file()
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, local_env):
-    s, r, _ = run_session(config(tmp_path, max_training_seconds=10_000), local_env, FakeClock(), fail_at=5)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, local_env, bad):
+    s, r, model = run_session(config(tmp_path, max_training_seconds=10_000), local_env, ManualClock(T0), fail_at=5,
+                              bad=bad)
     assert r.end_reason == "nan"
     assert r.episodes_done == 5
+    assert not torch.isfinite(next(model.parameters())).all()  # the poisoned model is left as it is...
     latest = s.checkpoints.latest()
     assert latest is not None and latest.episode == 4  # saved every 2 episodes; episode 5 (NaN) never saved
+    kept = s.checkpoints.load("latest").state["objects"]["model"]
+    assert all(torch.isfinite(t).all() for t in kept.values())  # ...and never reaches a checkpoint
     assert r.exports == []  # an unfinished run is not exported
 
 
-def test_nan_skip_rolls_back_and_continues(tmp_path, local_env):
-    _, r, model = run_session(config(tmp_path, max_training_seconds=10_000, nan_policy="skip"), local_env,
-                              FakeClock(), fail_at=5)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_nan_skip_rolls_back_and_continues(tmp_path, local_env, bad):
+    s, r, model = run_session(config(tmp_path, max_training_seconds=10_000, nan_policy="skip"), local_env,
+                              ManualClock(T0), fail_at=5, bad=bad)
     assert r.end_reason == "done" and r.episodes_done == TOTAL
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert len(s.history) == TOTAL - 1  # the bad episode is spent but not recorded
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # rolled back, not trained on from NaN
 
 
 def test_new_vm_resumes_from_the_remote_copy(tmp_path, other_fs_dir, local_env):
     remote = other_fs_dir / "drive"
     cfg = config(tmp_path, max_training_seconds=70.0, remote=str(remote), drive_sync_every=2)
-    _, r1, _ = run_session(cfg, local_env, FakeClock())
+    _, r1, _ = run_session(cfg, local_env, ManualClock(T0))
     assert r1.end_reason == "budget"
     assert (remote / "checkpoints" / "t" / "manifest.json").is_file()
     assert (remote / "logs" / "t" / "report.md").is_file()
 
     shutil.rmtree(tmp_path / "root")  # a fresh VM: the local disk is empty
     cfg2 = config(tmp_path, max_training_seconds=10_000, remote=str(remote), drive_sync_every=2)
-    s2, r2, _ = run_session(cfg2, local_env, FakeClock())
+    s2, r2, _ = run_session(cfg2, local_env, ManualClock(T0))
     assert s2.start_episode == r1.episodes_done
     assert r2.end_reason == "done" and len(r2.sessions) == 2
 
@@ -198,13 +201,13 @@ def test_kaggle_resumes_from_an_earlier_versions_output(tmp_path):
                             torch_module=None, runtime_started_at=None)
     assert v1.kind == "kaggle"
     cfg = dict(max_training_seconds=70.0, root=None)
-    _, r1, _ = run_session(config(tmp_path, **cfg), v1, FakeClock())
+    _, r1, _ = run_session(config(tmp_path, **cfg), v1, ManualClock(T0))
     assert r1.end_reason == "budget"
     v2_root = tmp_path / "v2"
     shutil.copytree(tmp_path / "v1" / "kaggle" / "working", v2_root / "kaggle" / "input" / "my-notebook")
     v2 = detect_environment({"KAGGLE_KERNEL_RUN_TYPE": "Batch"}, shell=None, root=v2_root, nvml=None,
                             torch_module=None, runtime_started_at=None)
-    s2, r2, _ = run_session(config(tmp_path, max_training_seconds=10_000, root=None), v2, FakeClock())
+    s2, r2, _ = run_session(config(tmp_path, max_training_seconds=10_000, root=None), v2, ManualClock(T0))
     assert s2.start_episode == r1.episodes_done and r2.end_reason == "done"
 
 
@@ -217,9 +220,9 @@ def test_notifications_at_start_progress_stop_resume_and_end_without_leaking_the
         def notifier():
             return TelegramNotifier(TOKEN, "4242", base_url=api.url, timeout=5)
 
-        _, r1, _ = run_session(config(tmp_path, max_training_seconds=70.0), local_env, FakeClock(), notifier=notifier())
+        _, r1, _ = run_session(config(tmp_path, max_training_seconds=70.0), local_env, ManualClock(T0), notifier=notifier())
         first = api.texts()
-        _, r2, _ = run_session(config(tmp_path, max_training_seconds=10_000), local_env, FakeClock(),
+        _, r2, _ = run_session(config(tmp_path, max_training_seconds=10_000), local_env, ManualClock(T0),
                                notifier=notifier())
         second = api.texts()[len(first):]
     finally:

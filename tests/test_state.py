@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import io
 import pickle
 import random
 
@@ -22,16 +21,9 @@ from atheria_kit.state import (
     seed_everything,
     validate_plain,
 )
+from tests.helpers import weights_only_round_trip
 
 BIT_GENERATORS = [np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937, np.random.Philox, np.random.SFC64]
-
-
-def weights_only_round_trip(obj):
-    """What a checkpoint does: torch.save, then torch.load(weights_only=True) with no allowlisting."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def draws(gens: dict | None = None) -> list:

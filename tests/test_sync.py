@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import logging
 import os
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import fsspec
 import pytest
-import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from atheria_kit.checkpoint import CheckpointManager
@@ -32,24 +30,7 @@ from atheria_kit.sync import (
 )
 from tests.fakes.faulty_fs import FaultyFileSystem
 from tests.fakes.google_colab import drop_mount
-
-
-def make_checkpoints(directory: Path, steps: list[int], size: int = 1000) -> dict[str, bytes]:
-    """A checkpoint directory laid out as docs/architecture.md specifies, written by hand (not by our code)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    entries, blobs = [], {}
-    for step in steps:
-        name = f"ckpt-{step:010d}.pt"
-        data = hashlib.sha256(str(step).encode()).digest() * (size // 32 + 1)
-        data = data[:size]
-        (directory / name).write_bytes(data)
-        blobs[name] = data
-        entries.append({"file": name, "step": step, "episode": step, "metrics": {"loss": 1.0 / (step + 1)},
-                        "size": size, "sha256": hashlib.sha256(data).hexdigest(), "time": 1.7e9 + step,
-                        "versions": {}})
-    (directory / "manifest.json").write_text(json.dumps(
-        {"format": "atheria-checkpoints", "version": 1, "monitor": "loss", "mode": "min", "checkpoints": entries}))
-    return blobs
+from tests.helpers import make_checkpoints, no_wait, weights_only_round_trip
 
 
 def remote_manifest_files(target) -> list[str]:
@@ -62,10 +43,6 @@ def _read(target, key: str) -> bytes:
 
 def memory_target() -> FsspecTarget:
     return FsspecTarget(f"memory://sync-{uuid.uuid4().hex}")
-
-
-def no_wait(_seconds: float) -> None:
-    """Backoff waits return at once: tests drive retries deterministically."""
 
 
 # ------------------------------------------------------------------------------------------- targets
@@ -316,15 +293,8 @@ def test_schedule_every_m_episodes_or_t_seconds():
     now[0] = 150.0
     assert s.due(8)  # the clock alone makes it due
     s2 = SyncSchedule(every_episodes=3, clock=lambda: now[0])
-    s2.load_state_dict(torch.load(_save(s.state_dict()), weights_only=True))
+    s2.load_state_dict(weights_only_round_trip(s.state_dict()))
     assert s2.last_episode == 7 and not s2.due(8) and s2.due(10)
-
-
-def _save(obj) -> io.BytesIO:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return buf
 
 
 @pytest.mark.parametrize("field,value", [("warn_after", 0), ("every_episodes", 0), ("every_seconds", -1.0)])

@@ -31,15 +31,18 @@ from atheria_kit.sync import (
     resume_from_best_source,
 )
 from tests.fakes.kaggle_api import FakeKaggleApi
-from tests.test_sync import make_checkpoints, no_wait
+from tests.helpers import make_checkpoints, no_wait
 
 # ------------------------------------------------------------------------ the "new session" scenario
 
 TOTAL_EPISODES = 12
 
 
-def _train(local_dir: Path, drive_dir: Path, stop_after: int | None) -> torch.Tensor:
-    """A small real training run that checkpoints locally each episode and syncs to "Drive" every 2."""
+def _train(local_dir: Path, drive_dir: Path, stop_after: int | None) -> tuple[torch.Tensor, int]:
+    """A small real training run that checkpoints locally each episode and syncs to "Drive" every 2.
+
+    Returns the final parameters (flattened) and the episode the run started from.
+    """
     torch.manual_seed(0)
     data_gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(256, 8, generator=data_gen), torch.randn(256, 1, generator=data_gen)
@@ -73,16 +76,19 @@ def _train(local_dir: Path, drive_dir: Path, stop_after: int | None) -> torch.Te
             break
     mgr.close()
     assert worker.close(timeout=60)  # the end of the run: a final sync, then the target is closed
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), start
 
 
 def test_new_session_resumes_from_drive_with_identical_parameters(tmp_path, other_fs_dir):
-    reference = _train(tmp_path / "ref-local", other_fs_dir / "ref-drive", stop_after=None)
+    reference, ref_start = _train(tmp_path / "ref-local", other_fs_dir / "ref-drive", stop_after=None)
+    assert ref_start == 0
 
     local, drive = tmp_path / "local", other_fs_dir / "drive"
-    _train(local, drive, stop_after=6)
+    _, first_start = _train(local, drive, stop_after=6)
+    assert first_start == 0
     shutil.rmtree(local)  # the VM is gone: a reconnect gives a fresh, empty disk
-    resumed = _train(local, drive, stop_after=None)
+    resumed, resumed_start = _train(local, drive, stop_after=None)
+    assert resumed_start == 7  # episode 6 was the last one saved and synced before the session ended
     assert torch.equal(resumed, reference)
     assert json.loads((drive / "manifest.json").read_text())["checkpoints"][-1]["step"] == TOTAL_EPISODES - 1
 

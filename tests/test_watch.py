@@ -15,8 +15,8 @@ import pytest
 
 from atheria_kit import watch
 from atheria_kit.runlog import RunLog
+from tests._paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
 WALL0 = 1_700_000_000.0
 
 CHILD = textwrap.dedent(
@@ -37,7 +37,7 @@ CHILD = textwrap.dedent(
 
 
 def monitor_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "atheria_kit.watch", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "atheria_kit.watch", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -46,7 +46,7 @@ def child(tmp_path: Path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], cwd=tmp_path, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     yield proc, run_dir

@@ -13,7 +13,6 @@ filesystem, such as /dev/shm, to get Drive's cross-device behaviour).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import types
 from pathlib import Path
@@ -115,7 +114,3 @@ def drop_mount(state: FakeColabState) -> None:
         link.unlink()
     dead = Path(state.mounted_at) / ".dead-endpoint"
     link.symlink_to(dead, target_is_directory=True)
-
-
-def remove_backing(state: FakeColabState) -> None:
-    shutil.rmtree(state.backing_dir, ignore_errors=True)

@@ -1,0 +1,41 @@
+"""Helpers shared by several test modules: weights-only round trips and hand-written checkpoint folders."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def weights_only_round_trip(obj: Any) -> Any:
+    """What a checkpoint does: torch.save, then torch.load(weights_only=True) with no allowlisting."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def make_checkpoints(directory: Path, steps: list[int], size: int = 1000) -> dict[str, bytes]:
+    """A checkpoint directory laid out as docs/architecture.md specifies, written by hand (not by our code)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    entries, blobs = [], {}
+    for step in steps:
+        name = f"ckpt-{step:010d}.pt"
+        data = hashlib.sha256(str(step).encode()).digest() * (size // 32 + 1)
+        data = data[:size]
+        (directory / name).write_bytes(data)
+        blobs[name] = data
+        entries.append({"file": name, "step": step, "episode": step, "metrics": {"loss": 1.0 / (step + 1)},
+                        "size": size, "sha256": hashlib.sha256(data).hexdigest(), "time": 1.7e9 + step,
+                        "versions": {}})
+    (directory / "manifest.json").write_text(json.dumps(
+        {"format": "atheria-checkpoints", "version": 1, "monitor": "loss", "mode": "min", "checkpoints": entries}))
+    return blobs
+
+
+def no_wait(_seconds: float) -> None:
+    """Backoff waits return at once: tests drive retries deterministically."""
