@@ -78,6 +78,27 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, json_bytes(obj))
 
 
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """The top-level mapping of a YAML settings file (empty file: ``{}``).
+
+    Raises ``ValueError`` naming the file when it is missing, not valid YAML or not a mapping.
+    """
+    import yaml  # only the configuration loaders need it
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config={str(p)!r}: file not found; expected an existing YAML file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config={str(p)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config={str(p)!r}: expected a YAML mapping of settings, got {type(data).__name__}")
+    return data
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in chunks (constant memory)."""
     h = hashlib.sha256()

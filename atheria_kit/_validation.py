@@ -38,13 +38,20 @@ def require_int(field: str, value: Any, *, minimum: int | None = None, maximum: 
     return value
 
 
-def require_fraction(field: str, value: float, *, inclusive_high: bool = False) -> float:
-    """``value`` must lie in (0, 1), or (0, 1] with ``inclusive_high``."""
+def require_fraction(field: str, value: float, *, inclusive_high: bool = False, inclusive_low: bool = False) -> float:
+    """``value`` must lie in (0, 1); ``inclusive_low`` / ``inclusive_high`` also allow 0 / 1."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and 0 < value and (value <= 1 if inclusive_high else value < 1)
+    ok = ok and (0 <= value if inclusive_low else 0 < value) and (value <= 1 if inclusive_high else value < 1)
     if not ok:
-        rng = "(0, 1]" if inclusive_high else "(0, 1)"
+        rng = ("[" if inclusive_low else "(") + "0, 1" + ("]" if inclusive_high else ")")
         raise ValueError(f"{field}={_fmt(value)} is invalid; expected a number in {rng}")
+    return value
+
+
+def require_bool(field: str, value: Any) -> bool:
+    """``value`` must be ``True`` or ``False`` (not 0/1 or a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{field}={_fmt(value)} is invalid; expected True or False")
     return value
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atheria_kit._validation import require_choice, require_int, require_positive
+from atheria_kit._io import read_yaml_mapping
+from atheria_kit._validation import require_bool, require_choice, require_int, require_positive
 
 EXPORT_FORMATS = ("torchscript", "torch_export", "onnx")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -65,8 +66,7 @@ class SessionConfig:
         require_int("drive_sync_every", self.drive_sync_every, minimum=0)
         require_positive("sync_every_minutes", self.sync_every_minutes)
         require_int("keep_best_n", self.keep_best_n, minimum=1)
-        if not isinstance(self.auto_resume, bool):
-            raise ValueError(f"auto_resume={self.auto_resume!r} is invalid; expected True or False")
+        require_bool("auto_resume", self.auto_resume)
         if not isinstance(self.monitor, str) or not self.monitor:
             raise ValueError(f"monitor={self.monitor!r} is invalid; expected a metric name such as 'loss'")
         require_choice("mode", self.mode, ("min", "max"))
@@ -107,14 +107,8 @@ class SessionConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> SessionConfig:
-        import yaml
-
         p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config={str(p)!r} is invalid; expected an existing YAML file")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, Mapping):
-            raise ValueError(f"config={str(p)!r} is invalid; expected a YAML mapping of settings")
+        data = read_yaml_mapping(p)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = [k for k in data if str(k).lower() not in names]
         if unknown:

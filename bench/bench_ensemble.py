@@ -31,11 +31,12 @@ SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
 YEAR_15M = 365 * 96
 
 
-def load(symbol: str, seed: int):
+def load(symbol: str, seed: int, bars: int = YEAR_15M):
+    """``bars`` 15-minute bars of ``symbol`` from ``../shared/data``, or synthetic ones where the file is absent."""
     path = REPO.parent / "shared" / "data" / f"{symbol}_15m.csv"
     if path.is_file():
-        return load_ohlcv(path, max_bars=YEAR_15M), "real"
-    return synthetic_ohlcv(YEAR_15M, timeframe="15m", seed=seed), "synthetic"
+        return load_ohlcv(path, max_bars=bars), "real"
+    return synthetic_ohlcv(bars, timeframe="15m", seed=seed), "synthetic"
 
 
 def vectorized(bars, cfg):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 
 import pytest
 
@@ -139,10 +140,17 @@ def test_a_hanging_server_does_not_block_the_run(bot_api, caplog):
     bot_api.script = [("hang",)]
     run = RunNotifier(_telegram(bot_api, timeout=0.3), max_retries=0)
     with caplog.at_level(logging.WARNING, logger="atheria_kit.notify"):
+        t0 = time.monotonic()
         run.message("one")
-        bot_api.wait_requests(1)  # the sender thread is now stuck in the request...
+        took_message = time.monotonic() - t0
+        bot_api.wait_requests(1)  # the sender thread is now stuck in the request (0.3 s timeout)...
+        t0 = time.monotonic()
         run.progress(10, 100, {"loss": 0.5})  # ...and the training thread still returns at once
+        run.message("two")
+        took_while_hung = time.monotonic() - t0
         run.close(timeout=10)
+    # Far below the 0.3 s HTTP timeout: the calls only queue the message, they never wait on the request.
+    assert took_message < 0.1 and took_while_hung < 0.1
     assert run.stats()["failed"] >= 1
     assert "Timeout" in caplog.text
 

@@ -160,13 +160,16 @@ class DynamicEnsemble:
         self,
         market_data: pd.DataFrame | str,
         performance: Mapping[str, PerformanceTracker | TradeStats | Mapping[str, float]] | None = None,
+        multipliers: Mapping[str, float] | None = None,
     ) -> dict[str, float]:
         """Set the weights for the current bar from the regime and each strategy's performance; return them.
 
         ``market_data`` is the bars up to now (the regime of the last bar is used) or a regime name.
         ``performance`` maps strategy names to a tracker, its stats, or a dict with the same keys; strategies
-        without an entry keep their base weight.
+        without an entry keep their base weight. ``multipliers`` (e.g. the replay's penalties) scale the
+        resulting weights per strategy (absent: 1), which are then renormalized to sum to one.
         """
+        m = self._check_multipliers(multipliers) if multipliers is not None else None
         if isinstance(market_data, str):
             if market_data not in REGIMES:
                 raise ValueError(f"market_data={market_data!r} is invalid; expected bars or one of {list(REGIMES)}")
@@ -185,9 +188,25 @@ class DynamicEnsemble:
             factors[j] = performance_factor(st["n_trades"], st["win_rate"], st["profit_factor"], st["max_drawdown"],
                                             st["current_losing_streak"], self.adjustment)
         w = normalize_weights(base * factors, base)
+        if m is not None:
+            # A second normalization rather than folding m into the factors: the same result, and bit for bit
+            # the replay's weights from before multipliers moved here (its artifacts are compared byte for byte).
+            w = normalize_weights(w * m, w)
         self.regime = regime
         self.weights = dict(zip(self.names, w.tolist(), strict=True))
         return dict(self.weights)
+
+    def _check_multipliers(self, multipliers: Mapping[str, float]) -> np.ndarray:
+        unknown = [n for n in multipliers if n not in self.names]
+        if unknown:
+            raise ValueError(f"multipliers name unknown strategies {unknown}; expected names among {self.names}")
+        out = np.ones(len(self.names))
+        for j, name in enumerate(self.names):
+            v = multipliers.get(name, 1.0)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"multipliers[{name!r}]={v!r} is invalid; expected a finite number >= 0")
+            out[j] = v
+        return out
 
     def get_weighted_signal(self, signals: Mapping[str, float], confidences: Mapping[str, float]) -> tuple[int, float]:
         """Combine this bar's signals and confidences with the current weights into (signal, confidence)."""

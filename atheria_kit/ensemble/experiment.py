@@ -23,6 +23,7 @@ from atheria_kit.ensemble.backtest import (
 from atheria_kit.ensemble.dynamic import DynamicEnsemble, EnsembleRun
 from atheria_kit.ensemble.performance import bars_per_year
 from atheria_kit.ensemble.regime import REGIMES
+from atheria_kit.ohlcv import infer_interval
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,10 @@ class SymbolExperiment:
 
 
 def infer_bar_minutes(bars: pd.DataFrame) -> float:
-    """Bar length in minutes from the median spacing of a DatetimeIndex."""
+    """Bar length in minutes: the most common spacing of a DatetimeIndex (:func:`~atheria_kit.ohlcv.infer_interval`)."""
     if not isinstance(bars.index, pd.DatetimeIndex) or len(bars) < 2:
         raise ValueError("bars need a DatetimeIndex with at least 2 rows to infer bar_minutes; pass bar_minutes")
-    return float(pd.Series(bars.index).diff().median() / pd.Timedelta(minutes=1))
+    return float(infer_interval(bars) / pd.Timedelta(minutes=1))
 
 
 def run_symbol(bars: pd.DataFrame, symbol: str = "", *, ensemble: DynamicEnsemble | None = None,

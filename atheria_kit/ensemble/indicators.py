@@ -49,10 +49,19 @@ def _series(values: np.ndarray, index: pd.Index, name: str) -> pd.Series:
 
 
 def _close(bars: pd.DataFrame | pd.Series) -> pd.Series:
-    if isinstance(bars, pd.Series):
-        return bars.astype(np.float64)
-    require_bars(bars, ("close",))
-    return bars["close"].astype(np.float64)
+    """The close as float, after checking it (a Series is taken as the close itself, unchecked)."""
+    if not isinstance(bars, pd.Series):
+        require_bars(bars, ("close",))
+    return _close_unchecked(bars)
+
+
+def _close_unchecked(bars: pd.DataFrame | pd.Series) -> pd.Series:
+    return bars.astype(np.float64) if isinstance(bars, pd.Series) else bars["close"].astype(np.float64)
+
+
+def _hlc(bars: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """High, low and close as float arrays (unchecked: callers validate ``bars`` once at their entry point)."""
+    return bars["high"].to_numpy(np.float64), bars["low"].to_numpy(np.float64), bars["close"].to_numpy(np.float64)
 
 
 def wilder_smooth(values: np.ndarray, period: int, seed_index: int, seed_value: float) -> np.ndarray:
@@ -90,21 +99,25 @@ def _ema_talib(values: np.ndarray, period: int, start: int) -> np.ndarray:
 def true_range(bars: pd.DataFrame) -> pd.Series:
     """True range ``max(high, prev close) - min(low, prev close)``; NaN at bar 0 (no previous close), as TA-Lib."""
     require_bars(bars, ("high", "low", "close"))
-    h = bars["high"].to_numpy(np.float64)
-    lo = bars["low"].to_numpy(np.float64)
-    c = bars["close"].to_numpy(np.float64)
+    return _series(_true_range(*_hlc(bars)), bars.index, "tr")
+
+
+def _true_range(h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> np.ndarray:
     tr = np.full(len(c), np.nan)
     if len(c) > 1:
         prev = c[:-1]
         tr[1:] = np.maximum(h[1:], prev) - np.minimum(lo[1:], prev)
-    return _series(tr, bars.index, "tr")
+    return tr
 
 
 def rsi(bars: pd.DataFrame | pd.Series, period: int = 14) -> pd.Series:
     """Wilder's RSI in [0, 100] (TA-Lib ``RSI``): first value at bar ``period``; 0 where gains and losses are both 0."""
     require_int("period", period, minimum=2)
     close = _close(bars)
-    c = close.to_numpy()
+    return _series(_rsi(close.to_numpy(), period), close.index, f"rsi_{period}")
+
+
+def _rsi(c: np.ndarray, period: int) -> np.ndarray:
     n = len(c)
     out = np.full(n, np.nan)
     if n > period:
@@ -118,18 +131,22 @@ def rsi(bars: pd.DataFrame | pd.Series, period: int = 14) -> pd.Series:
         with np.errstate(invalid="ignore", divide="ignore"):
             out = np.where(np.abs(tot) <= _TA_EPS, 0.0, 100.0 * ag / tot)
         out[:period] = np.nan
-    return _series(out, close.index, f"rsi_{period}")
+    return out
 
 
 def atr(bars: pd.DataFrame, period: int = 14) -> pd.Series:
     """Wilder's average true range (TA-Lib ``ATR``): first value at bar ``period`` = mean of TR over bars 1..period."""
     require_int("period", period, minimum=1)
-    tr = true_range(bars).to_numpy()
+    require_bars(bars, ("high", "low", "close"))
+    return _series(_atr(_true_range(*_hlc(bars)), period), bars.index, f"atr_{period}")
+
+
+def _atr(tr: np.ndarray, period: int) -> np.ndarray:
+    """ATR from a true-range array (unchecked)."""
     n = len(tr)
-    out = np.full(n, np.nan)
     if n > period:
-        out = wilder_smooth(tr, period, period, float(tr[1 : period + 1].mean()))
-    return _series(out, bars.index, f"atr_{period}")
+        return wilder_smooth(tr, period, period, float(tr[1 : period + 1].mean()))
+    return np.full(n, np.nan)
 
 
 def directional_movement(bars: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -157,13 +174,19 @@ def adx(bars: pd.DataFrame, period: int = 14) -> pd.DataFrame:
     """
     require_int("period", period, minimum=2)
     require_bars(bars, ("high", "low", "close"))
+    h, lo, c = _hlc(bars)
+    adx_v, plus_di, minus_di = _adx(bars, _true_range(h, lo, c), period)
+    return pd.DataFrame({"adx": adx_v, "plus_di": plus_di, "minus_di": minus_di}, index=bars.index)
+
+
+def _adx(bars: pd.DataFrame, tr: np.ndarray, period: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ADX, +DI, -DI) arrays from ``bars`` and their true range (unchecked)."""
     n = len(bars)
     plus_di = np.full(n, np.nan)
     minus_di = np.full(n, np.nan)
     adx_v = np.full(n, np.nan)
     if n > period:
         pdm, mdm = directional_movement(bars)
-        tr = true_range(bars).to_numpy()
         # Wilder sum S_t = S_{t-1}(1 - 1/n) + x_t equals n times a Wilder average; the ratio DI does not care.
         def smoothed(x: np.ndarray) -> np.ndarray:
             seed_sum = float(x[1:period].sum())
@@ -184,7 +207,7 @@ def adx(bars: pd.DataFrame, period: int = 14) -> pd.DataFrame:
         if n >= 2 * period:
             seed = float(np.nan_to_num(dx[period : 2 * period]).sum() / period)
             adx_v = wilder_smooth(dx, period, 2 * period - 1, seed)
-    return pd.DataFrame({"adx": adx_v, "plus_di": plus_di, "minus_di": minus_di}, index=bars.index)
+    return adx_v, plus_di, minus_di
 
 
 def macd(bars: pd.DataFrame | pd.Series, fast: int = 12, slow: int = 26, signal: int = 9) -> pd.DataFrame:
@@ -199,7 +222,12 @@ def macd(bars: pd.DataFrame | pd.Series, fast: int = 12, slow: int = 26, signal:
     if fast >= slow:
         raise ValueError(f"fast={fast!r} is invalid; expected an integer < slow={slow!r}")
     close = _close(bars)
-    c = close.to_numpy()
+    line, sig = _macd(close.to_numpy(), fast, slow, signal)
+    return pd.DataFrame({"macd": line, "signal": sig, "hist": line - sig}, index=close.index)
+
+
+def _macd(c: np.ndarray, fast: int, slow: int, signal: int) -> tuple[np.ndarray, np.ndarray]:
+    """(MACD line, signal line) arrays from closes (unchecked)."""
     n = len(c)
     line = _ema_talib(c, fast, slow - 1) - _ema_talib(c, slow, slow - 1)
     first = slow + signal - 2
@@ -208,7 +236,7 @@ def macd(bars: pd.DataFrame | pd.Series, fast: int = 12, slow: int = 26, signal:
         sig = _ema_talib(np.nan_to_num(line), signal, first)
     line = line.copy()
     line[: min(first, n)] = np.nan
-    return pd.DataFrame({"macd": line, "signal": sig, "hist": line - sig}, index=close.index)
+    return line, sig
 
 
 def choppiness(bars: pd.DataFrame, period: int = 14) -> pd.Series:
@@ -217,12 +245,16 @@ def choppiness(bars: pd.DataFrame, period: int = 14) -> pd.Series:
     First defined at bar ``period`` (TR needs a previous close); NaN where the n-bar range is zero.
     """
     require_int("period", period, minimum=2)
-    tr = true_range(bars)
-    sum_tr = tr.rolling(period, min_periods=period).sum().to_numpy()
+    require_bars(bars, ("high", "low", "close"))
+    return _series(_choppiness(bars, _true_range(*_hlc(bars)), period), bars.index, f"chop_{period}")
+
+
+def _choppiness(bars: pd.DataFrame, tr: np.ndarray, period: int) -> np.ndarray:
+    """Choppiness array from ``bars`` and their true range (unchecked)."""
+    sum_tr = pd.Series(tr, index=bars.index).rolling(period, min_periods=period).sum().to_numpy()
     rng = (bars["high"].rolling(period).max() - bars["low"].rolling(period).min()).to_numpy(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(rng > 0, 100.0 * np.log10(sum_tr / rng) / np.log10(period), np.nan)
-    return _series(out, bars.index, f"chop_{period}")
+        return np.where(rng > 0, 100.0 * np.log10(sum_tr / rng) / np.log10(period), np.nan)
 
 
 def efficiency_ratio(bars: pd.DataFrame | pd.Series, period: int = 10) -> pd.Series:
@@ -232,17 +264,23 @@ def efficiency_ratio(bars: pd.DataFrame | pd.Series, period: int = 10) -> pd.Ser
     """
     require_int("period", period, minimum=1)
     close = _close(bars)
+    return _series(_efficiency_ratio(close, period), close.index, f"er_{period}")
+
+
+def _efficiency_ratio(close: pd.Series, period: int) -> np.ndarray:
     change = close.diff(period).abs().to_numpy()
     path = close.diff().abs().rolling(period, min_periods=period).sum().to_numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(path > 0, change / path, np.where(np.isnan(path), np.nan, 0.0))
-    return _series(out, close.index, f"er_{period}")
+        return np.where(path > 0, change / path, np.where(np.isnan(path), np.nan, 0.0))
 
 
 def rolling_volatility(bars: pd.DataFrame | pd.Series, window: int = 24) -> pd.Series:
     """Sample standard deviation (ddof 1) of log close-to-close returns over the last ``window`` bars."""
     require_int("window", window, minimum=2)
-    close = _close(bars)
+    return _rolling_volatility(_close(bars), window)
+
+
+def _rolling_volatility(close: pd.Series, window: int) -> pd.Series:
     r = np.log(close).diff()
     return r.rolling(window, min_periods=window).std(ddof=1).rename(f"vol_{window}")
 
@@ -255,5 +293,8 @@ def volatility_percentile(bars: pd.DataFrame | pd.Series, window: int = 24, look
     """
     require_int("lookback", lookback, minimum=2)
     vol = rolling_volatility(bars, window)
-    pct = vol.rolling(lookback, min_periods=lookback).rank(pct=True, method="max") * 100.0
-    return pct.rename(f"volpct_{window}_{lookback}")
+    return _volatility_percentile(vol, lookback).rename(f"volpct_{window}_{lookback}")
+
+
+def _volatility_percentile(vol: pd.Series, lookback: int) -> pd.Series:
+    return vol.rolling(lookback, min_periods=lookback).rank(pct=True, method="max") * 100.0

@@ -60,11 +60,6 @@ def sharpe_ratio(returns: Sequence[float] | np.ndarray | pd.Series, periods_per_
     return float(np.mean(r) / sd * math.sqrt(periods_per_year))
 
 
-def equity_curve(returns: Sequence[float] | np.ndarray | pd.Series, initial_capital: float = 1.0) -> np.ndarray:
-    """Equity after each return, starting from ``initial_capital`` (not included in the output)."""
-    return initial_capital * np.cumprod(1.0 + _arr(returns))
-
-
 def max_drawdown(returns: Sequence[float] | np.ndarray | pd.Series) -> float:
     """Worst peak-to-trough loss (<= 0) of the equity curve anchored at the initial capital; 0.0 when empty."""
     r = _arr(returns)

@@ -12,8 +12,7 @@ Volatility comes first because it changes risk more than direction does; a stron
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -53,12 +52,16 @@ class RegimeDetector:
     def features(self, bars: pd.DataFrame) -> pd.DataFrame:
         """The four indicator columns the labels are computed from: ``adx, er, chop, vol_pct``."""
         ind.require_bars(bars)
+        # Checked once here; the unchecked helpers share the true range between ADX and choppiness.
+        tr = ind._true_range(*ind._hlc(bars))
+        close = ind._close_unchecked(bars)
+        vol = ind._rolling_volatility(close, self.vol_window)
         return pd.DataFrame(
             {
-                "adx": ind.adx(bars, self.adx_period)["adx"],
-                "er": ind.efficiency_ratio(bars, self.er_period),
-                "chop": ind.choppiness(bars, self.chop_period),
-                "vol_pct": ind.volatility_percentile(bars, self.vol_window, self.vol_lookback),
+                "adx": ind._adx(bars, tr, self.adx_period)[0],
+                "er": ind._efficiency_ratio(close, self.er_period),
+                "chop": ind._choppiness(bars, tr, self.chop_period),
+                "vol_pct": ind._volatility_percentile(vol, self.vol_lookback).to_numpy(),
             },
             index=bars.index,
         )
@@ -82,9 +85,6 @@ class RegimeDetector:
     def current(self, bars: pd.DataFrame) -> str:
         """The regime at the last bar of ``bars``."""
         return str(self.detect(bars).iloc[-1])
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def gaussian_hmm_filter(

@@ -86,6 +86,7 @@ class ATRBreakout:
     """
 
     name: ClassVar[str] = "atr_breakout"
+    _columns: ClassVar[tuple[str, ...]] = ind.OHLC
     lookback: int = 20
     atr_period: int = 14
     k: float = 1.0
@@ -96,10 +97,14 @@ class ATRBreakout:
         require_positive("ATRBreakout.k", self.k, allow_zero=True)
 
     def compute(self, bars: pd.DataFrame) -> SignalFrame:
-        ind.require_bars(bars)
+        ind.require_bars(bars, self._columns)
+        return self._compute(bars)
+
+    def _compute(self, bars: pd.DataFrame) -> SignalFrame:
+        """:meth:`compute` on bars already checked (see :func:`compute_signals`)."""
         close = bars["close"].astype(np.float64)
         mid = close.rolling(self.lookback, min_periods=self.lookback).mean().to_numpy()
-        a = ind.atr(bars, self.atr_period).to_numpy()
+        a = ind._atr(ind._true_range(*ind._hlc(bars)), self.atr_period)
         c = close.to_numpy()
         upper, lower = mid + self.k * a, mid - self.k * a
         sig = np.where(c > upper, 1.0, np.where(c < lower, -1.0, 0.0))
@@ -117,6 +122,7 @@ class RSIMeanReversion:
     """
 
     name: ClassVar[str] = "rsi_reversion"
+    _columns: ClassVar[tuple[str, ...]] = ("close",)
     period: int = 14
     oversold: float = 30.0
     overbought: float = 70.0
@@ -130,7 +136,12 @@ class RSIMeanReversion:
             )
 
     def compute(self, bars: pd.DataFrame) -> SignalFrame:
-        r = ind.rsi(bars, self.period).to_numpy()
+        return self._compute(bars, ind._close(bars))
+
+    def _compute(self, bars: pd.DataFrame, close: pd.Series | None = None) -> SignalFrame:
+        """:meth:`compute` on bars already checked (see :func:`compute_signals`)."""
+        close = ind._close_unchecked(bars) if close is None else close
+        r = ind._rsi(close.to_numpy(), self.period)
         sig = np.where(r < self.oversold, 1.0, np.where(r > self.overbought, -1.0, 0.0))
         conf = np.where(sig > 0, (self.oversold - r) / self.oversold, (r - self.overbought) / (100 - self.overbought))
         return SignalFrame.from_arrays(bars.index, sig, conf, self.name)
@@ -145,6 +156,7 @@ class MACDMomentum:
     """
 
     name: ClassVar[str] = "macd_momentum"
+    _columns: ClassVar[tuple[str, ...]] = ind.OHLC
     fast: int = 12
     slow: int = 26
     signal: int = 9
@@ -159,9 +171,14 @@ class MACDMomentum:
         require_positive("MACDMomentum.scale", self.scale)
 
     def compute(self, bars: pd.DataFrame) -> SignalFrame:
-        ind.require_bars(bars)
-        hist = ind.macd(bars, self.fast, self.slow, self.signal)["hist"].to_numpy()
-        a = ind.atr(bars, self.atr_period).to_numpy()
+        ind.require_bars(bars, self._columns)
+        return self._compute(bars)
+
+    def _compute(self, bars: pd.DataFrame) -> SignalFrame:
+        """:meth:`compute` on bars already checked (see :func:`compute_signals`)."""
+        line, sig = ind._macd(bars["close"].to_numpy(np.float64), self.fast, self.slow, self.signal)
+        hist = line - sig
+        a = ind._atr(ind._true_range(*ind._hlc(bars)), self.atr_period)
         with np.errstate(invalid="ignore", divide="ignore"):
             conf = np.abs(hist) / (self.scale * a)
         return SignalFrame.from_arrays(bars.index, np.sign(hist), conf, self.name)
@@ -177,7 +194,13 @@ def compute_signals(bars: pd.DataFrame, strategies: Sequence[Strategy]) -> tuple
     names = [s.name for s in strategies]
     if len(set(names)) != len(names):
         raise ValueError(f"strategies={names!r} is invalid; expected unique strategy names")
-    outs = {s.name: s.compute(bars) for s in strategies}
+    # The built-in strategies (those with an unchecked ``_compute``) share one check of the columns they need
+    # instead of each re-checking the same bars (this runs for every symbol on every replay update).
+    checked = [s for s in strategies if hasattr(s, "_compute")]
+    columns = [c for c in ind.OHLC if any(c in getattr(s, "_columns", ind.OHLC) for s in checked)]
+    if columns and not (columns == ["close"] and isinstance(bars, pd.Series)):
+        ind.require_bars(bars, columns)
+    outs = {s.name: s._compute(bars) if hasattr(s, "_compute") else s.compute(bars) for s in strategies}
     sig = pd.DataFrame({k: v.signal for k, v in outs.items()}, index=bars.index)
     conf = pd.DataFrame({k: v.confidence for k, v in outs.items()}, index=bars.index)
     return sig, conf

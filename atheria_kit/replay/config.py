@@ -23,8 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from atheria_kit._io import read_yaml_mapping
 from atheria_kit._validation import require_fraction, require_int, require_positive
 from atheria_kit.ohlcv import sample_path, timeframe_to_timedelta
 from atheria_kit.replay.account import AccountConfig
@@ -117,11 +116,4 @@ class ReplayConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> ReplayConfig:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config={str(p)!r} is invalid; no such file")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config={str(p)!r} is not valid YAML: {exc}") from None
-        return cls.from_mapping(raw)
+        return cls.from_mapping(read_yaml_mapping(path))

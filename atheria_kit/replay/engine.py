@@ -34,7 +34,7 @@ from atheria_kit.ensemble import strategies as strat
 from atheria_kit.ensemble.dynamic import DynamicEnsemble
 from atheria_kit.ensemble.performance import PerformanceTracker, TradeStats
 from atheria_kit.notify import RunNotifier
-from atheria_kit.ohlcv import load_ohlcv
+from atheria_kit.ohlcv import infer_interval, load_ohlcv, resample_ohlcv, timeframe_to_timedelta
 from atheria_kit.replay.account import PaperAccount
 from atheria_kit.replay.config import ReplayConfig
 from atheria_kit.replay.feed import BarFeed, HistoricalFeed
@@ -77,11 +77,9 @@ def load_frames(config: ReplayConfig) -> dict[str, pd.DataFrame]:
     for sym, path in config.data_paths().items():
         if not Path(path).is_file():
             raise ValueError(f"data[{sym!r}]={str(path)!r} is invalid; no such file")
-        df = load_ohlcv(path, max_bars=0)
-        step = df.index.to_series().diff().median()
-        target = pd.Timedelta(config.timeframe)
-        if pd.notna(step) and step < target:
-            df = load_ohlcv(path, timeframe=config.timeframe)
+        df = load_ohlcv(path)
+        if len(df) >= 2 and infer_interval(df) < timeframe_to_timedelta(config.timeframe):
+            df = resample_ohlcv(df, config.timeframe)
         if config.max_bars:
             df = df.iloc[: config.max_bars]
         frames[sym] = df
@@ -273,7 +271,7 @@ class ReplayEngine:
             summary = self._kpis()
             if status == "finished":
                 atomic_write_json(self.out_dir / SUMMARY, summary)
-            self._write_live(status, self._kpis())
+            self._write_live(status, summary)
             runlog.finish(status, f"{status} after cycle {self.kpi['cycle']}")
             key = {k: summary[k] for k in ("equity", "cumulative_pnl", "trades", "win_rate", "max_drawdown",
                                            "penalties", "resets")}
@@ -355,11 +353,7 @@ class ReplayEngine:
                 self.trackers[sym][name].record_trade(direction * (price / entry - 1) - cost)
                 self._penalize(sym, name, ts)
             self.shadow[sym][name] = [signals[name], price if signals[name] != 0 else 0.0]
-        ens.update_weights(window, self.trackers[sym])
-        adjusted = {n: ens.weights[n] * self.multipliers[sym][n] for n in self.names}
-        total = sum(adjusted.values())
-        if total > 0:
-            ens.weights = {n: w / total for n, w in adjusted.items()}
+        ens.update_weights(window, self.trackers[sym], multipliers=self.multipliers[sym])
         direction, _ = ens.get_weighted_signal(signals, confidences)
         self.account.submit(sym, int(direction))
 
@@ -383,33 +377,38 @@ class ReplayEngine:
         logger.info("%s %s: %s (%s)", sym, name, action, reason)
 
     # -------------------------------------------------------------------------------------------- KPIs
+    def _equity_kpis(self, equity: float) -> tuple[dict[str, float], float, float]:
+        """Per-symbol equity, win rate and current drawdown at ``equity`` (shared by updates and cycle KPIs)."""
+        k = self.kpi
+        share = self.config.initial_balance / len(self.symbols)
+        closed = k["winners"] + k["losers"]
+        symbol_equity = {s: share + self.account.symbol_pnl(s) for s in self.symbols}
+        return symbol_equity, k["winners"] / closed if closed else 0.0, 1 - equity / k["peak_equity"]
+
     def _update_record(self, ts: str, equity: float) -> dict[str, Any]:
         """The deterministic KPIs of one update (one line of ``updates.jsonl``)."""
         k, acc = self.kpi, self.account
-        share = self.config.initial_balance / len(self.symbols)
-        closed = k["winners"] + k["losers"]
+        symbol_equity, win_rate, drawdown = self._equity_kpis(equity)
         return {"bar": k["bars_done"], "timestamp": ts, "equity": equity,
-                "drawdown": 1 - equity / k["peak_equity"], "max_drawdown": k["max_drawdown"],
-                "symbol_equity": {s: share + acc.symbol_pnl(s) for s in self.symbols},
-                "trades": k["trades"], "win_rate": k["winners"] / closed if closed else 0.0,
+                "drawdown": drawdown, "max_drawdown": k["max_drawdown"], "symbol_equity": symbol_equity,
+                "trades": k["trades"], "win_rate": win_rate,
                 "regimes": {s: self.ensembles[s].regime for s in self.symbols},
                 "positions": {s: acc.positions.get(s, {}).get("direction", 0) for s in self.symbols}}
 
     def _kpis(self) -> dict[str, Any]:
         k, acc, cfg = self.kpi, self.account, self.config
         equity = acc.equity()
-        share = cfg.initial_balance / len(self.symbols)
-        closed = k["winners"] + k["losers"]
+        symbol_equity, win_rate, drawdown = self._equity_kpis(equity)
         return {
             "cycle": k["cycle"], "bars_done": k["bars_done"], "total_bars": self.total_bars,
             "progress": k["bars_done"] / self.total_bars if self.total_bars else None,
             "equity": equity, "cumulative_pnl": equity - cfg.initial_balance,
             "cycle_pnl": equity - k["cycle_start_equity"],
-            "symbol_equity": {s: share + acc.symbol_pnl(s) for s in self.symbols},
+            "symbol_equity": symbol_equity,
             "symbol_pnl": {s: acc.symbol_pnl(s) for s in self.symbols},
             "trades": k["trades"], "cycle_trades": k["cycle_trades"], "winners": k["winners"], "losers": k["losers"],
-            "win_rate": k["winners"] / closed if closed else 0.0,
-            "max_drawdown": k["max_drawdown"], "current_drawdown": 1 - equity / k["peak_equity"],
+            "win_rate": win_rate,
+            "max_drawdown": k["max_drawdown"], "current_drawdown": drawdown,
             "open_positions": {s: p["direction"] for s, p in sorted(acc.positions.items())},
             "rejected_orders": acc.rejected, "penalties": k["penalties"], "resets": k["resets"],
         }

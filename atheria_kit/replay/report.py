@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from atheria_kit.ensemble.experiment import REGIME_COLORS
-from atheria_kit.replay.engine import LIVE_STATUS, SUMMARY, UPDATES
+from atheria_kit.replay.engine import LIVE_STATUS, UPDATES
+from atheria_kit.runlog import read_jsonl
 
 
 def _run_dir(run_dir: str | os.PathLike) -> Path:
@@ -23,16 +24,6 @@ def _run_dir(run_dir: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise ValueError(f"run_dir={str(path)!r} is invalid; expected a replay's output directory")
     return path
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        if line.endswith("\n") and line.strip():  # an unterminated last line is still being written
-            records.append(json.loads(line))
-    return records
 
 
 def symbols_of(run_dir: str | os.PathLike) -> list[str]:
@@ -44,7 +35,7 @@ def load_updates(run_dir: str | os.PathLike) -> pd.DataFrame:
     """One row per update (``updates.jsonl``): equity, drawdown, trades, win rate, and per symbol its equity
     (``equity_{symbol}``), regime (``regime_{symbol}``) and position (``position_{symbol}``); indexed by time."""
     rows = []
-    for r in _jsonl(_run_dir(run_dir) / UPDATES):
+    for r in read_jsonl(_run_dir(run_dir) / UPDATES):
         row = {k: v for k, v in r.items() if not isinstance(v, dict)}
         for key, prefix in (("symbol_equity", "equity"), ("regimes", "regime"), ("positions", "position")):
             row.update({f"{prefix}_{s}": v for s, v in r.get(key, {}).items()})
@@ -73,7 +64,7 @@ def load_cycles(run_dir: str | os.PathLike) -> pd.DataFrame:
 def load_trades(run_dir: str | os.PathLike) -> pd.DataFrame:
     """Every closed trade of every symbol, ordered by exit time."""
     path = _run_dir(run_dir)
-    rows = [t for s in symbols_of(path) for t in _jsonl(path / f"{s}_trades.jsonl")]
+    rows = [t for s in symbols_of(path) for t in read_jsonl(path / f"{s}_trades.jsonl")]
     if not rows:
         return pd.DataFrame(columns=["symbol", "direction", "entry_time", "exit_time", "pnl", "return", "fees"])
     frame = pd.DataFrame(rows)
@@ -85,7 +76,7 @@ def load_trades(run_dir: str | os.PathLike) -> pd.DataFrame:
 def load_penalties(run_dir: str | os.PathLike) -> pd.DataFrame:
     """Every penalty or reset event with its symbol, ordered by time."""
     path = _run_dir(run_dir)
-    rows = [dict(e, symbol=s) for s in symbols_of(path) for e in _jsonl(path / f"{s}_penalties.jsonl")]
+    rows = [dict(e, symbol=s) for s in symbols_of(path) for e in read_jsonl(path / f"{s}_penalties.jsonl")]
     if not rows:
         return pd.DataFrame(columns=["symbol", "timestamp", "strategy", "action", "reason"])
     frame = pd.DataFrame(rows)
@@ -97,10 +88,6 @@ def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The latest KPIs: ``live_status.json`` (with latency, CPU, memory), or ``{}`` before the first update."""
     path = _run_dir(run_dir) / LIVE_STATUS
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def is_finished(run_dir: str | os.PathLike) -> bool:
-    return (_run_dir(run_dir) / SUMMARY).is_file()
 
 
 def symbol_table(run_dir: str | os.PathLike) -> pd.DataFrame:

@@ -9,9 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from atheria_kit._validation import require_choice, require_int, require_positive
+from atheria_kit._io import read_yaml_mapping
+from atheria_kit._validation import (
+    require_bool,
+    require_choice,
+    require_fraction,
+    require_int,
+    require_positive,
+)
 
 #: Loss functions the trainer knows by name (all applied per sample, then recency-weighted).
 LOSSES = ("mse", "bce_with_logits", "cross_entropy")
@@ -53,18 +58,18 @@ class TrainingConfig:
                 f"learning_rate_min={self.learning_rate_min!r} is invalid; expected a number <= "
                 f"learning_rate_initial={self.learning_rate_initial!r}"
             )
-        _require_unit_interval("learning_rate_decay", self.learning_rate_decay, low_open=True, high_open=False)
+        require_fraction("learning_rate_decay", self.learning_rate_decay, inclusive_high=True)
         require_int("batch_size", self.batch_size, minimum=1)
         require_int("early_stopping_patience", self.early_stopping_patience, minimum=1)
         require_positive("early_stopping_threshold", self.early_stopping_threshold, allow_zero=True)
         if self.gradient_clip is not None:
             require_positive("gradient_clip", self.gradient_clip)
-        _require_bool("use_adaptive_lr", self.use_adaptive_lr)
-        _require_unit_interval("momentum", self.momentum, low_open=False, high_open=True)
+        require_bool("use_adaptive_lr", self.use_adaptive_lr)
+        require_fraction("momentum", self.momentum, inclusive_low=True)
         require_positive("weight_decay", self.weight_decay, allow_zero=True)
-        _require_bool("sample_weights", self.sample_weights)
+        require_bool("sample_weights", self.sample_weights)
         require_int("lr_plateau_patience", self.lr_plateau_patience, minimum=0)
-        _require_unit_interval("recency_weight_min", self.recency_weight_min, low_open=True, high_open=False)
+        require_fraction("recency_weight_min", self.recency_weight_min, inclusive_high=True)
         require_choice("loss", self.loss, LOSSES)
         require_int("seed", self.seed, minimum=0)
 
@@ -83,15 +88,9 @@ class TrainingConfig:
     def from_yaml(cls, source: str | os.PathLike, section: str | None = None) -> TrainingConfig:
         """Load from a YAML file (optionally one top-level ``section`` of it, e.g. ``training``)."""
         path = Path(source)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"config file={str(path)!r} does not exist; expected a YAML file") from None
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config file={str(path)!r} is not valid YAML: {exc}") from None
-        data = {} if data is None else data
+        data = read_yaml_mapping(path)
         if section is not None:
-            if not isinstance(data, Mapping) or section not in data:
+            if section not in data:
                 raise ValueError(f"section={section!r} is missing from {str(path)!r}; expected a top-level key")
             data = data[section] or {}
         return cls.from_dict(data)
@@ -99,16 +98,3 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-
-def _require_bool(field: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{field}={value!r} is invalid; expected True or False")
-
-
-def _require_unit_interval(field: str, value: Any, *, low_open: bool, high_open: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    if ok:
-        ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
-    if not ok:
-        rng = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
-        raise ValueError(f"{field}={value!r} is invalid; expected a number in {rng}")

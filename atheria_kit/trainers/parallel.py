@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -161,6 +162,19 @@ class ParallelStrategyTrainer:
         logger.info("parallel run finished: %s", by_status)
         return results
 
+    @staticmethod
+    def _finish(results: list[TaskResult | None], on_result: Callable[[TaskResult], None] | None, i: int,
+                res: TaskResult) -> None:
+        """Store task ``i``'s result, log it and pass it to ``on_result`` (both backends)."""
+        results[i] = res
+        log = logger.info if res.ok else logger.warning
+        log("task %r: %s in %.2fs%s", res.name, res.status, res.seconds, f" ({res.error})" if res.error else "")
+        if on_result is not None:
+            try:
+                on_result(res)
+            except Exception as exc:  # a progress callback must not lose the other tasks' results
+                logger.warning("on_result callback failed for %r: %s", res.name, exc)
+
     # ------------------------------------------------------------------ loky
     def _workers(self, n_tasks: int) -> int:
         import joblib
@@ -179,15 +193,7 @@ class ParallelStrategyTrainer:
         slots = [self._new_slot() for _ in range(self._workers(len(tasks)))]
         start_error: str | None = None
 
-        def finish(i: int, res: TaskResult) -> None:
-            results[i] = res
-            log = logger.info if res.ok else logger.warning
-            log("task %r: %s in %.2fs%s", res.name, res.status, res.seconds, f" ({res.error})" if res.error else "")
-            if on_result is not None:
-                try:
-                    on_result(res)
-                except Exception as exc:  # a progress callback must not lose the other tasks' results
-                    logger.warning("on_result callback failed for %r: %s", res.name, exc)
+        finish = functools.partial(self._finish, results, on_result)
 
         def retire(slot: _Slot, replace: bool) -> None:
             _kill_executor(slot.executor)
@@ -268,14 +274,7 @@ class ParallelStrategyTrainer:
         pending = deque(range(len(tasks)))
         running: dict[Any, tuple[int, float, float]] = {}  # future -> (index, started, deadline)
 
-        def finish(i: int, res: TaskResult) -> None:
-            results[i] = res
-            if on_result is not None:
-                try:
-                    on_result(res)
-                except Exception as exc:
-                    logger.warning("on_result callback failed for %r: %s", res.name, exc)
-
+        finish = functools.partial(self._finish, results, on_result)
         try:
             while pending or running:
                 while pending and len(running) < capacity:

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from atheria_kit import ohlcv
+from atheria_kit._io import read_yaml_mapping
 from atheria_kit._validation import require_choice, require_fraction, require_int, require_positive
 from atheria_kit.walkforward.gate import GateCriteria
 from atheria_kit.walkforward.models import MODELS, effective_model
@@ -198,13 +197,7 @@ def load_config(
     (flags; ``None`` values are ignored)."""
     values: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config={os.fspath(path)!r}: file not found")
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config={os.fspath(path)!r}: expected a YAML mapping of settings")
-        values.update(loaded)
+        values.update(read_yaml_mapping(path))
     env = os.environ if environ is None else environ
     for name in _FIELD_TYPES:
         key = ENV_PREFIX + name.upper()

@@ -64,6 +64,33 @@ def test_a_losing_streak_reduces_the_weight_only_until_the_next_win():
     assert during < base and after > during
 
 
+
+def test_a_penalty_multiplier_cuts_the_weight_and_renormalizes():
+    # trending seeds (0.5, 0.2, 0.3); breakout halved: (0.25, 0.2, 0.3) / 0.75
+    w = DynamicEnsemble().update_weights("trending", None, multipliers={"atr_breakout": 0.5})
+    assert [w[n] for n in NAMES] == pytest.approx((1 / 3, 0.2 / 0.75, 0.4))
+
+
+def test_a_penalty_applies_on_top_of_the_performance_adjustment():
+    perf = {"atr_breakout": stats(win_rate=0.7), "rsi_reversion": stats(streak=3), "macd_momentum": stats()}
+    free = DynamicEnsemble().update_weights("ranging", perf)
+    mult = {"atr_breakout": 1.0, "rsi_reversion": 0.5, "macd_momentum": 0.25}
+    cut = DynamicEnsemble().update_weights("ranging", perf, multipliers=mult)
+    product = {n: free[n] * mult[n] for n in NAMES}
+    assert cut == pytest.approx({n: v / sum(product.values()) for n, v in product.items()}, rel=1e-12)
+    assert cut["rsi_reversion"] < free["rsi_reversion"] and cut["macd_momentum"] < free["macd_momentum"]
+
+
+@pytest.mark.parametrize(
+    ("multipliers", "message"),
+    [({"breakout": 0.5}, r"unknown strategies \['breakout'\]"),
+     ({"rsi_reversion": -0.5}, r"multipliers\['rsi_reversion'\]=-0.5 is invalid"),
+     ({"rsi_reversion": float("nan")}, "expected a finite number >= 0")],
+)
+def test_bad_multipliers_are_rejected_naming_them(multipliers, message):
+    with pytest.raises(ValueError, match=message):
+        DynamicEnsemble().update_weights("ranging", None, multipliers=multipliers)
+
 def test_too_few_trades_leave_the_base_weight():
     w = DynamicEnsemble().update_weights("choppy", {"atr_breakout": stats(n=4, win_rate=1.0)})
     assert [w[n] for n in NAMES] == pytest.approx(SEED_WEIGHTS["choppy"])

@@ -10,13 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import talib
 from scipy.stats import percentileofscore
 
 from atheria_kit.ensemble import indicators as ind
 from atheria_kit.ensemble.regime import RegimeDetector
 from tests.ensemble._loop_reference import indicator_loop
-
-talib = pytest.importorskip("talib")
 
 TOL = 1e-6
 

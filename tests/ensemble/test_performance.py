@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import empyrical
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atheria_kit.ensemble import performance as perf
-
-empyrical = pytest.importorskip("empyrical")
 
 RNG = np.random.default_rng(7)
 SERIES = [RNG.normal(0.0005, 0.01, 500), RNG.normal(-0.001, 0.03, 50), np.array([0.1, -0.05, 0.02])]
