@@ -1,8 +1,14 @@
-"""Per-fold metrics (scikit-learn), naive baselines in the same table, summaries over folds, the leak check."""
+"""Per-fold metrics (scikit-learn), naive baselines in the same table, summaries over folds, the leak check.
+
+:func:`classification_metrics` takes a test set in memory; :class:`StreamingMetrics` computes the same metrics
+over a test set that arrives block by block (the out-of-core path), in memory bounded by the block size.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -21,19 +27,12 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: flo
     from the confusion counts directly because scikit-learn's input checks cost more than the model's fit on
     large test sets. Probabilities are clipped to [1e-7, 1 - 1e-7] so the log loss stays finite.
     """
-    y = np.asarray(y_true)
-    p = np.clip(np.asarray(proba, dtype=np.float64), 1e-7, 1 - 1e-7)
-    if y.shape != p.shape or y.ndim != 1 or not len(y):
-        raise ValueError(f"y_true has shape {y.shape} and proba {p.shape}; expected two equal, non-empty 1-D arrays")
-    up = y == 1
-    if not np.all(up | (y == 0)):
-        bad = y[~(up | (y == 0))][0].item()
-        raise ValueError(f"y_true contains {bad!r}; expected only 0 and 1")
+    up, p = _checked(y_true, proba)
     pred = p >= threshold
     tp = int(np.count_nonzero(pred & up))
     fp = int(np.count_nonzero(pred & ~up))
     fn = int(np.count_nonzero(~pred & up))
-    n = len(y)
+    n = len(up)
     yf = up.astype(np.float64)
     both = 0 < int(up.sum()) < n
     return {
@@ -48,9 +47,174 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: flo
     }
 
 
+def _checked(y_true: np.ndarray, proba: np.ndarray, allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``y_true == 1`` and the probabilities clipped to [1e-7, 1 - 1e-7] as float64, after checking both."""
+    y = np.asarray(y_true)
+    p = np.clip(np.asarray(proba, dtype=np.float64), 1e-7, 1 - 1e-7)
+    if y.shape != p.shape or y.ndim != 1 or not (len(y) or allow_empty):
+        raise ValueError(f"y_true has shape {y.shape} and proba {p.shape}; expected two equal, non-empty 1-D arrays")
+    up = y == 1
+    if not np.all(up | (y == 0)):
+        bad = y[~(up | (y == 0))][0].item()
+        raise ValueError(f"y_true contains {bad!r}; expected only 0 and 1")
+    return up, p
+
+
+def _twice_pairs(pos: np.ndarray, neg: np.ndarray) -> int:
+    """Twice the (positive, negative) pairs ranked right, ties counted half, for counts per distinct score in
+    ascending order: sum over scores of ``pos * (2 * negatives below + negatives equal)``."""
+    below = np.cumsum(neg) - neg
+    return int(np.dot(pos, 2 * below + neg))
+
+
+class StreamingMetrics:
+    """:func:`classification_metrics` of a test set that arrives block by block, in bounded memory.
+
+    Counts, Brier and log loss are running sums. The AUC is exact (the Mann-Whitney statistic with ties
+    counted half, which is what ``roc_auc_score`` computes) over the probabilities rounded to float32, the
+    precision the out-of-core path stores them in: each score's 32-bit pattern (which sorts like the score for
+    positive floats) is written with its label to a spill file in ``spill_dir``, and a histogram of the top 16
+    bits is kept. The AUC then needs the ranks only within each histogram bin: passes over the spill file
+    collect a run of neighbouring bins at a time, either sorting their values (bins of up to ``dense_bin``
+    scores, at most ``band_rows`` per pass) or counting a crowded bin's low 16 bits in a dense table. Memory
+    is a few tables of 65,536 counts and ``band_rows`` values, whatever the size of the test set; the spill
+    file costs 4 bytes per row on disk and is deleted by :meth:`result`/:meth:`close` (it has no name, so a
+    killed process leaves nothing behind).
+    """
+
+    #: Spill file read in blocks of this many scores.
+    READ_ROWS = 1 << 18
+
+    def __init__(self, spill_dir: str | os.PathLike | None = None, threshold: float = 0.5, *,
+                 band_rows: int = 1 << 19, dense_bin: int = 1 << 16, max_dense: int = 8) -> None:
+        # a bin with more than dense_bin scores is counted in a dense table (1 MB) instead of sorted; at most
+        # max_dense tables and band_rows sorted scores per pass over the spill file
+        self.threshold, self.band_rows = float(threshold), int(band_rows)
+        self.dense_bin, self.max_dense = int(dense_bin), int(max_dense)
+        self._spill = tempfile.TemporaryFile(dir=spill_dir)  # noqa: SIM115  closed by close()
+        self._hist = np.zeros(2 << 16, dtype=np.int64)  # [negatives per bin | positives per bin]
+        self.n = self._tp = self._fp = self._fn = 0
+        self._brier = self._log_loss = 0.0
+        self._result: dict[str, float] | None = None
+
+    def update(self, y_true: np.ndarray, proba: np.ndarray) -> None:
+        """Add a block of labels (0/1) and predicted probabilities of "up"."""
+        if self._result is not None:
+            raise RuntimeError("StreamingMetrics.update() after result(): the metrics are final")
+        up, p = _checked(y_true, proba, allow_empty=True)
+        pred = p >= self.threshold
+        self._tp += int(np.count_nonzero(pred & up))
+        self._fp += int(np.count_nonzero(pred & ~up))
+        self._fn += int(np.count_nonzero(~pred & up))
+        self.n += len(up)
+        self._brier += float(np.sum((p - up) ** 2))
+        self._log_loss -= float(np.sum(np.where(up, np.log(p), np.log1p(-p))))
+        # clipped probabilities are positive float32 below 1.0 (bit pattern < 0x3F800000): bit 31 holds the label
+        bits = p.astype(np.float32).view(np.uint32)
+        label = up.astype(np.uint32)
+        self._hist += np.bincount((bits >> 16) + (label << 16), minlength=2 << 16)
+        (bits | (label << 31)).tofile(self._spill)
+
+    def _blocks(self):
+        self._spill.seek(0)
+        while len(block := np.fromfile(self._spill, dtype=np.uint32, count=self.READ_ROWS)):
+            yield block & 0x7FFFFFFF, block >> 31
+
+    def _pass(self, lo: int, hi: int, dense: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Positive and negative counts per distinct score in bins ``lo..hi``, in ascending score order."""
+        slot = np.full(1 << 16, -1, dtype=np.int64)
+        slot[dense] = np.arange(len(dense))
+        table = np.zeros(2 * len(dense) << 16, dtype=np.int64)  # [label][slot][low 16 bits]
+        sparse: list[np.ndarray] = []
+        for key, label in self._blocks():
+            top = key >> 16
+            sel = (top >= lo) & (top <= hi)
+            if not sel.any():
+                continue
+            key, label, s = key[sel], label[sel], slot[top[sel]]
+            d = s >= 0
+            if d.any():
+                table += np.bincount(((label[d] * len(dense) + s[d]) << 16) + (key[d] & 0xFFFF),
+                                     minlength=len(table))
+            if not d.all():
+                sparse.append(key[~d] | (label[~d] << 31))
+        values, pos, neg = [], [], []
+        for k, b in enumerate(dense):
+            n_k, p_k = table[k << 16 : (k + 1) << 16], table[(len(dense) + k) << 16 : (len(dense) + k + 1) << 16]
+            low = np.flatnonzero(n_k + p_k)
+            values.append((b << 16) + low)
+            pos.append(p_k[low])
+            neg.append(n_k[low])
+        if sparse:
+            both = np.concatenate(sparse)
+            u, inv = np.unique(both & 0x7FFFFFFF, return_inverse=True)
+            is_pos = (both >> 31).astype(bool)
+            values.append(u.astype(np.int64))
+            pos.append(np.bincount(inv[is_pos], minlength=len(u)))
+            neg.append(np.bincount(inv[~is_pos], minlength=len(u)))
+        order = np.argsort(np.concatenate(values), kind="stable")
+        return np.concatenate(pos)[order], np.concatenate(neg)[order]
+
+    def _auc(self) -> float:
+        neg_hist, pos_hist = self._hist[: 1 << 16], self._hist[1 << 16 :]
+        n_pos, n_neg = int(pos_hist.sum()), int(neg_hist.sum())
+        if not (n_pos and n_neg):
+            return math.nan
+        counts = pos_hist + neg_hist
+        bins = np.flatnonzero(counts)
+        twice, neg_below, i = 0, 0, 0
+        while i < len(bins):
+            dense: list[int] = []
+            rows, j = 0, i
+            while j < len(bins):  # the next run of bins that fits one pass
+                c = int(counts[bins[j]])
+                if c > self.dense_bin:
+                    if len(dense) == self.max_dense:
+                        break
+                    dense.append(int(bins[j]))
+                elif rows + c > self.band_rows and j > i:
+                    break
+                else:
+                    rows += c
+                j += 1
+            pos, neg = self._pass(int(bins[i]), int(bins[j - 1]), dense)
+            twice += _twice_pairs(pos, neg) + 2 * int(pos.sum()) * neg_below
+            neg_below += int(neg.sum())
+            i = j
+        return twice / (2 * n_pos * n_neg)
+
+    def result(self) -> dict[str, float]:
+        """The metrics of everything added (the keys of :func:`classification_metrics`); closes the spill file."""
+        if self._result is None:
+            if not self.n:
+                raise ValueError("StreamingMetrics: no rows were added; expected a non-empty test set")
+            n, tp, fp, fn = self.n, self._tp, self._fp, self._fn
+            self._result = {
+                "auc": self._auc(),
+                "brier": self._brier / n,
+                "accuracy": (n - fp - fn) / n,
+                "precision": tp / (tp + fp) if tp + fp else 0.0,
+                "recall": tp / (tp + fn) if tp + fn else 0.0,
+                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+                "log_loss": self._log_loss / n,
+                "positive_rate": (tp + fp) / n,
+            }
+            self.close()
+        return dict(self._result)
+
+    def close(self) -> None:
+        self._spill.close()
+
+    def __enter__(self) -> StreamingMetrics:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def majority_baseline(y_train: np.ndarray, n_test: int) -> np.ndarray:
     """Constant probability = the train set's up-rate (predicts the majority class)."""
-    return np.full(n_test, float(np.mean(y_train)))
+    return np.full(n_test, float(np.mean(y_train, dtype=np.float64)))
 
 
 def last_bar_baseline(y_train: np.ndarray, last_up_train: np.ndarray, last_up_test: np.ndarray) -> np.ndarray:

@@ -80,7 +80,7 @@ class Float32Scaler(TransformerMixin, BaseEstimator):
 
 def iter_row_chunks(X, rows: int):
     """``(start, stop, block)`` over ``X`` in blocks of ``rows`` rows: an array, or an out-of-core matrix view
-    (anything with ``read(start, stop)``, e.g. :class:`atheria_kit.walkforward.streaming.RowsView`)."""
+    (anything with ``read(start, stop)``, e.g. :class:`atheria_kit.walkforward.disk.RowsView`)."""
     read = getattr(X, "read", None)
     for start in range(0, len(X), rows):
         stop = min(len(X), start + rows)
@@ -107,7 +107,7 @@ class SGDLogisticRegression(ClassifierMixin, BaseEstimator):
         self.seed = seed
 
     def fit(self, X, y: np.ndarray) -> SGDLogisticRegression:
-        y = np.asarray(y)  # converted block by block: a float64 copy of a large fold's labels is O(n)
+        # y stays as given (an array, or an on-disk column view) and is read block by block with X
         if len(X) != len(y) or not len(y):
             raise ValueError(f"X has {len(X)} rows and y {len(y)}; expected the same, non-zero number")
         scaler = StandardScaler()
@@ -126,8 +126,8 @@ class SGDLogisticRegression(ClassifierMixin, BaseEstimator):
                 stop = min(len(y), int(start) + self.chunk_rows)
                 block = read(int(start), stop) if read is not None else np.asarray(X[start:stop])
                 order = rng.permutation(stop - int(start))
-                clf.partial_fit(scaler.transform(block)[order], y[start:stop][order].astype(np.float64),
-                                classes=classes)
+                labels = np.asarray(y[int(start) : stop], dtype=np.float64)
+                clf.partial_fit(scaler.transform(block)[order], labels[order], classes=classes)
         self.scaler_, self.clf_, self.classes_ = scaler, clf, classes
         self.n_features_in_ = scaler.n_features_in_
         return self

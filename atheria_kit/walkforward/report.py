@@ -11,12 +11,25 @@ import numpy as np
 from atheria_kit import _io
 
 #: At most this many test rows go into the ROC and calibration plots (an even subsample beyond it).
-PLOT_POINTS = 1_000_000
+PLOT_POINTS = 250_000
 _FOLD_COLUMNS = ("fold", "test_start", "test_end", "train_size", "test_size", "auc", "majority_auc", "last_bar_auc",
                  "accuracy", "precision", "recall", "f1", "brier", "log_loss", "positive_rate", "seconds")
 
 
-def _plots(result, ds, folds, proba) -> dict[str, str]:
+def _sampled_predictions(ds, folds, predictions: list[Path]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Labels and predictions of every ``step``-th test row of all folds (at most ``PLOT_POINTS``), read fold by
+    fold from the prediction files: ROC and calibration over all rows of a 10-million-bar run would need ~40
+    bytes per row (sorts, cumulative sums), and a subsample draws the same curves."""
+    from atheria_kit.walkforward.disk import DiskColumn
+
+    columns = [DiskColumn.open(p) for p in predictions]
+    step = max(1, -(-sum(len(c) for c in columns) // PLOT_POINTS))
+    y = np.concatenate([np.asarray(ds.y[folds[i].test[::step]]) for i in range(len(columns))])
+    p = np.concatenate([c[::step] for c in columns])
+    return y, p, step
+
+
+def _plots(result, ds, folds, predictions: list[Path]) -> dict[str, str]:
     # Figure objects, not pyplot: no global backend switch inside a notebook, and safe when several runs
     # share a process (joblib threading backend, a dask worker with threads).
     from matplotlib.figure import Figure
@@ -36,11 +49,7 @@ def _plots(result, ds, folds, proba) -> dict[str, str]:
     fig.tight_layout()
     out["auc_per_fold"] = str(result.run_dir / "auc_per_fold.png")
     fig.savefig(out["auc_per_fold"], dpi=100)
-    # every step-th test row when there are many: ROC and calibration over all rows of a 10-million-bar run
-    # needed ~40 bytes per row (sorts, cumulative sums), the largest allocation of an out-of-core run
-    step = max(1, -(-sum(len(t) for t in proba) // PLOT_POINTS))
-    y = np.concatenate([ds.y[folds[i].test[::step]] for i in range(len(proba))])
-    p = np.concatenate([t.numpy()[::step] for t in proba])
+    y, p, step = _sampled_predictions(ds, folds, predictions)
     fig = Figure(figsize=(9, 4))
     a1, a2 = fig.subplots(1, 2)
     if len(np.unique(y)) == 2:
@@ -85,13 +94,15 @@ def _markdown(result, ds, config) -> str:
                      + " |")
     if result.leak_warning:
         lines += ["", f"**Leak warning:** {result.leak_warning}"]
+    lines += ["", "Out-of-sample predictions of each fold (P(up) per test row, float32): `predictions/fold_NNN.npy`."]
     lines += ["", "Realistic out-of-sample AUC for bar direction from OHLCV features is 0.50-0.53; see docs/walk-forward.md.",
               "", "![AUC per fold](auc_per_fold.png)", "", "![ROC and calibration](roc_calibration.png)", ""]
     return "\n".join(lines)
 
 
-def write_artifacts(result, ds, folds, proba, config) -> dict[str, str]:
-    """Write everything for one stage into ``result.run_dir``; returns name -> path."""
+def write_artifacts(result, ds, folds, predictions: list[Path], config) -> dict[str, str]:
+    """Write everything for one stage into ``result.run_dir``; returns name -> path. ``predictions``: the
+    completed folds' test-prediction files, in fold order."""
     import pandas as pd
 
     d: Path = result.run_dir
@@ -104,7 +115,9 @@ def write_artifacts(result, ds, folds, proba, config) -> dict[str, str]:
         model_path = d / f"{config.run_name(result.mode)}.joblib"
         shutil.copyfile(d / "best_model.joblib", model_path)
         out["model"] = str(model_path)
-    out.update(_plots(result, ds, folds, proba))
+    if predictions:
+        out["predictions"] = str(Path(predictions[0]).parent)
+    out.update(_plots(result, ds, folds, predictions))
     _io.atomic_write_bytes(d / "report.md", _markdown(result, ds, config).encode())
     out["report"] = str(d / "report.md")
     return out

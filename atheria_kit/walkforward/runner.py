@@ -1,7 +1,9 @@
 """Walk-forward training: data -> features -> labels -> purged splits -> one model per fold -> metrics and artifacts.
 
 Every fold is a unit of work: it is checked against the time budget before it starts, and a checkpoint holding
-all fold results so far is written after it (``CheckpointManager``). ``resume=True`` continues after the last
+all fold results so far is written after it (``CheckpointManager``). The fold's test predictions go to
+``predictions/fold_NNN.npy`` beside it (the checkpoint records their SHA-256, checked on resume), so a
+checkpoint stays a few kilobytes however large the folds. ``resume=True`` continues after the last
 completed fold; each fold is deterministic given the seed, so a resumed run reports exactly the metrics of an
 uninterrupted one.
 """
@@ -12,19 +14,19 @@ import json
 import logging
 import math
 import resource
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import joblib
 import numpy as np
 import pandas as pd
 import psutil
-import torch
 
 from atheria_kit import _io, ohlcv
 from atheria_kit.walkforward import evaluation as ev
@@ -164,9 +166,26 @@ def make_folds(ds: Dataset, config: WalkForwardConfig, mode: str) -> list[sp.Fol
     return sp.time_splits(ds.times, ds.resolved_at, embargo_ns=config.embargo_ns, **config.split_params(mode))
 
 
-def _fold_record(i: int, fold: sp.Fold, ds: Dataset, proba: np.ndarray, seconds: float, conv: int) -> dict[str, Any]:
+#: Out-of-sample predictions of each fold, in the stage's run directory: ``predictions/fold_000.npy``, ...
+PREDICTIONS_DIR = "predictions"
+
+
+def _evaluate_in_memory(model, ds: Dataset, fold: sp.Fold, predictions: IO[bytes]) -> dict[str, float]:
+    """The fold's metrics (model and both baselines); the test predictions go to ``predictions`` (float32 .npy)."""
+    proba = model.predict_proba(take_rows(ds.X, fold.test))[:, 1]
+    np.save(predictions, proba.astype(np.float32))
     y_tr, y_te = take_rows(ds.y, fold.train), take_rows(ds.y, fold.test)
-    rec: dict[str, Any] = {
+    rec = ev.classification_metrics(y_te, proba)
+    maj = ev.majority_baseline(y_tr, len(y_te))
+    rec.update({f"majority_{k}": v for k, v in ev.classification_metrics(y_te, maj).items()})
+    last = ev.last_bar_baseline(y_tr, take_rows(ds.last_up, fold.train), take_rows(ds.last_up, fold.test))
+    rec.update({f"last_bar_{k}": v for k, v in ev.classification_metrics(y_te, last).items()})
+    return rec
+
+
+def _fold_record(i: int, fold: sp.Fold, ds: Dataset, metrics: dict[str, float], seconds: float,
+                 conv: int) -> dict[str, Any]:
+    return {
         "fold": i,
         "train_size": int(len(fold.train)),
         "test_size": int(len(fold.test)),
@@ -174,13 +193,34 @@ def _fold_record(i: int, fold: sp.Fold, ds: Dataset, proba: np.ndarray, seconds:
         "test_end": pd.Timestamp(int(ds.times[fold.test[-1]]), tz="UTC").isoformat(),
         "seconds": float(seconds),
         "convergence_warnings": int(conv),
+        **metrics,
     }
-    rec.update(ev.classification_metrics(y_te, proba))
-    maj = ev.majority_baseline(y_tr, len(y_te))
-    rec.update({f"majority_{k}": v for k, v in ev.classification_metrics(y_te, maj).items()})
-    last = ev.last_bar_baseline(y_tr, take_rows(ds.last_up, fold.train), take_rows(ds.last_up, fold.test))
-    rec.update({f"last_bar_{k}": v for k, v in ev.classification_metrics(y_te, last).items()})
-    return rec
+
+
+def _check_predictions(run_dir: Path, state: dict[str, Any]) -> None:
+    """On resume: every completed fold's prediction file is there and intact (its SHA-256 as recorded), else a
+    clear error. Checkpoints written before predictions moved to files (tensors in the state) are converted."""
+    directory = run_dir / PREDICTIONS_DIR
+    if "proba" in state:  # older checkpoint format: the predictions inside the state
+        entries = []
+        for i, t in enumerate(state.pop("proba")):
+            path = directory / f"fold_{i:03d}.npy"
+            with _io.atomic_open(path) as fh:
+                np.save(fh, t.numpy().astype(np.float32))
+            entries.append({"file": path.name, "rows": len(t), "sha256": _io.sha256_file(path)})
+        state["predictions"] = entries
+    for i, entry in enumerate(state["predictions"]):
+        path = directory / entry["file"]
+        problem = None
+        if not path.is_file():
+            problem = "is missing"
+        elif _io.sha256_file(path) != entry["sha256"]:
+            problem = "is corrupt (its SHA-256 differs from the one recorded in the checkpoint)"
+        if problem:
+            raise ValueError(
+                f"--resume: the test predictions of fold {i} ({path}) {problem}; the report needs them. "
+                "Restore the file, or start the stage over without --resume."
+            )
 
 
 class _LogToFile:
@@ -267,7 +307,7 @@ def run_stage(
         mgr = CheckpointManager(run_dir / "checkpoints", monitor="best_auc", mode="max", keep_best=1,
                                 async_save=False, budget=budget)
         fingerprint = json.loads(json.dumps(config.fingerprint() | {"mode": mode, "model": model_name}))
-        state: dict[str, Any] = {"fingerprint": fingerprint, "folds": [], "proba": [], "best_auc": -1.0,
+        state: dict[str, Any] = {"fingerprint": fingerprint, "folds": [], "predictions": [], "best_auc": -1.0,
                                  "best_fold": None, "since_best": 0, "stopped_early": False}
         if config.resume:
             loaded = mgr.load("latest")
@@ -278,9 +318,12 @@ def run_stage(
                         f"({loaded.state.get('fingerprint')}); use the same settings or a different --out"
                     )
                 state = dict(loaded.state)
+                _check_predictions(run_dir, state)
                 logger.info("resuming after fold %d of %d", len(state["folds"]) - 1, len(folds))
         elif mgr.latest() is not None:
             logger.info("existing checkpoints in %s are ignored (no --resume); starting over", run_dir)
+        if not state["folds"]:  # a fresh start: predictions of an earlier run of this stage are not ours
+            shutil.rmtree(run_dir / PREDICTIONS_DIR, ignore_errors=True)
 
         runlog = _open_runlog(run_dir, len(folds), config.resume, clock)
         runlog.update(done=len(state["folds"]), message=f"{mode}: {len(folds)} folds, {device_note}")
@@ -302,6 +345,8 @@ def run_stage(
 
 def _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name, budget, clock, memory_guard):
     """Train and evaluate the remaining folds; returns (status, stop reason)."""
+    from atheria_kit.walkforward.streaming import evaluate_fold, is_out_of_core
+
     status, reason, reported_tenths = "finished", None, 0
     for i in range(len(state["folds"]), len(folds)):
         if state["stopped_early"]:
@@ -322,12 +367,15 @@ def _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name,
         t0 = clock()
         model = make_model(model_name, len(fold.train), seed=config.seed, use_gpu=config.use_gpu)
         fit = fit_counting_warnings(model, take_rows(ds.X, fold.train), take_rows(ds.y, fold.train))
-        proba = fit.model.predict_proba(take_rows(ds.X, fold.test))[:, 1]
-        rec = _fold_record(i, fold, ds, proba, clock() - t0, fit.convergence_warnings)
+        pred_path = run_dir / PREDICTIONS_DIR / f"fold_{i:03d}.npy"
+        with _io.atomic_open(pred_path) as fh:
+            metrics = (evaluate_fold if is_out_of_core(ds) else _evaluate_in_memory)(fit.model, ds, fold, fh)
+        rec = _fold_record(i, fold, ds, metrics, clock() - t0, fit.convergence_warnings)
         if budget is not None:
             budget.end_unit()
         state["folds"].append(rec)
-        state["proba"].append(torch.from_numpy(proba.astype(np.float32)))
+        state["predictions"].append({"file": pred_path.name, "rows": len(fold.test),
+                                     "sha256": _io.sha256_file(pred_path)})
         auc = rec["auc"] if math.isfinite(rec["auc"]) else -1.0
         if auc > state["best_auc"]:
             state.update(best_auc=float(auc), best_fold=i, since_best=0)
@@ -374,7 +422,8 @@ def _finish_stage(config, mode, ds, folds, state, run_dir, status, reason) -> St
                            len(result.folds))
         from atheria_kit.walkforward.report import write_artifacts
 
-        result.artifacts = write_artifacts(result, ds, folds, state["proba"], config)
+        paths = [run_dir / PREDICTIONS_DIR / p["file"] for p in state["predictions"]]
+        result.artifacts = write_artifacts(result, ds, folds, paths, config)
     return result
 
 

@@ -54,10 +54,13 @@ def _purged_train(candidates: np.ndarray, resolved_at: np.ndarray, test_start_ns
 
 def _purged_range(lo: int, hi: int, resolved_at: np.ndarray, test_start_ns: int, embargo_ns: int) -> range:
     """``_purged_train`` of the candidates ``lo..hi-1`` when ``resolved_at`` is sorted: a prefix of them."""
-    return range(lo, lo + int(np.searchsorted(resolved_at[lo:hi], test_start_ns - embargo_ns, "left")))
+    return range(lo, lo + int(resolved_at[lo:hi].searchsorted(test_start_ns - embargo_ns, "left")))
 
 
 def _is_sorted(a: np.ndarray) -> bool:
+    if getattr(a, "increasing", False):  # an on-disk column verified when written: no pass over the data
+        return True
+    a = np.asarray(a)
     return bool(len(a) < 2 or (a[1:] >= a[:-1]).all())
 
 
@@ -145,12 +148,12 @@ def time_splits(
     positions = None if ranges else np.arange(m)
     folds = []
     for lo, hi in bounds:
-        a, b = int(np.searchsorted(times, lo, "left")), int(np.searchsorted(times, hi, "left"))
+        a, b = int(times.searchsorted(lo, "left")), int(times.searchsorted(hi, "left"))
         if a == b:
             continue  # a test period falling entirely into a data gap
         first = 0
         if window == "rolling":  # times are sorted, so the window's candidates are a contiguous range too
-            first = int(np.searchsorted(times[:a], int(times[a]) - int(train_window_days * _DAY_NS), "left"))
+            first = int(times[:a].searchsorted(int(times[a]) - int(train_window_days * _DAY_NS), "left"))
         if ranges:
             train = _purged_range(first, a, resolved_at, int(times[a]), embargo_ns)
         else:

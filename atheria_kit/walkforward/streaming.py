@@ -9,13 +9,16 @@ Here instead:
    selected by ``start``/``end`` and written to a columnar bar store on disk; resampling and ``max_bars`` work
    on that store chunk by chunk;
 2. features are computed chunk by chunk with :data:`features.LOOKBACK` rows of overlap (exactly the in-memory
-   values) and appended to a float32 ``.npy`` file (:class:`DiskMatrix`), read back with explicit file reads so
-   the page cache is not counted in the process's memory;
-3. each fold trains :class:`models.SGDLogisticRegression` over chunks of its train rows.
+   values) and appended to a float32 ``.npy`` file, and the labels, bar times, label times and last-bar
+   directions to one ``.npy`` file each (:mod:`.disk`: read back in row ranges with explicit file reads, so
+   the page cache is not counted in the process's memory; times are verified increasing as they are written,
+   so the splits find their boundaries by binary search instead of a pass over the data);
+3. each fold trains :class:`models.SGDLogisticRegression` over chunks of its train rows and is evaluated by
+   :func:`evaluate_fold` over chunks of its test rows (exact AUC through :class:`StreamingMetrics`), writing
+   the test predictions to the run's ``predictions/`` directory as it goes.
 
-What stays in RAM grows with the data, but by ~21 bytes per bar (timestamps, label times, labels, last-bar
-direction: the arrays the purged splits and the baselines need), plus the fold index arrays of
-:mod:`.splits` while they exist. The work files live in the run directory and are removed when the run ends.
+Nothing held in RAM grows with the number of bars, except what pyarrow needs for one Parquet row group. The
+work files live in the run directory and are removed when the run ends.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import logging
 import os
 import re
 import shutil
-import struct
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -35,6 +38,8 @@ import pandas as pd
 from atheria_kit import ohlcv
 from atheria_kit.walkforward import features as feats
 from atheria_kit.walkforward.config import WalkForwardConfig
+from atheria_kit.walkforward.disk import DiskColumn, DiskMatrix, NpyWriter
+from atheria_kit.walkforward.evaluation import StreamingMetrics
 from atheria_kit.walkforward.labels import direction_labels, last_bar_up
 from atheria_kit.walkforward.models import STREAMING_MODEL, effective_model
 from atheria_kit.walkforward.runner import Dataset, load_bars
@@ -242,69 +247,7 @@ def load_bars_to_disk(config: WalkForwardConfig, directory: Path, bars: pd.DataF
     return store, {"source": path.name, "synthetic": False, "gaps": int(gaps)}
 
 
-# ------------------------------------------------------------------------------------------ feature matrix
-
-
-_NPY_HEADER = 128  # bytes; room for any 2-D shape, so the final row count is written over the placeholder
-
-
-def _npy_header(rows: int, cols: int) -> bytes:
-    text = str({"descr": "<f4", "fortran_order": False, "shape": (rows, cols)})
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", _NPY_HEADER - 10) + (text.ljust(_NPY_HEADER - 11) + "\n").encode()
-
-
-class RowsView:
-    """Rows of a :class:`DiskMatrix` (a range or sorted positions), read block by block, never all at once."""
-
-    def __init__(self, matrix: DiskMatrix, rows: np.ndarray | slice) -> None:
-        self.matrix, self.rows = matrix, rows
-
-    def __len__(self) -> int:
-        if isinstance(self.rows, slice):
-            return self.rows.stop - self.rows.start
-        return len(self.rows)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (len(self), self.matrix.shape[1])
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start..stop-1`` of the view as an in-memory float32 array."""
-        if isinstance(self.rows, slice):
-            return self.matrix.read(self.rows.start + start, self.rows.start + stop)
-        pos = self.rows[start:stop]
-        if not len(pos):
-            return np.empty((0, self.matrix.shape[1]), dtype=np.float32)
-        # walk-forward rows are (nearly) contiguous: read the covering range, then pick
-        return self.matrix.read(int(pos[0]), int(pos[-1]) + 1)[pos - pos[0]]
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self.read(0, len(self))
-        return out if dtype is None else out.astype(dtype)
-
-
-class DiskMatrix:
-    """A float32 ``.npy`` matrix on disk; slicing or indexing rows gives a lazy :class:`RowsView`."""
-
-    def __init__(self, path: Path, shape: tuple[int, int]) -> None:
-        self.path, self.shape = Path(path), shape
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        cols = self.shape[1]
-        with open(self.path, "rb") as fh:  # explicit reads: a memmap's touched pages would count in RSS
-            fh.seek(_NPY_HEADER + start * cols * 4)
-            return np.fromfile(fh, dtype="<f4", count=(stop - start) * cols).reshape(-1, cols)
-
-    def __getitem__(self, key) -> RowsView:
-        if isinstance(key, slice):
-            start, stop, step = key.indices(self.shape[0])
-            if step != 1:
-                raise IndexError(f"DiskMatrix rows: step={step} is not supported; expected a contiguous slice")
-            return RowsView(self, slice(start, max(start, stop)))
-        return RowsView(self, np.asarray(key))
+# ------------------------------------------------------------------------------------------------ dataset
 
 
 def is_out_of_core(ds: Dataset) -> bool:
@@ -335,12 +278,10 @@ def build_dataset_out_of_core(config: WalkForwardConfig, directory: Path | None 
     store, info = load_bars_to_disk(config, directory, bars)
     n, h, chunk = len(store), config.horizon, config.chunk_size
     k = len(feats.FEATURE_NAMES)
-    y, times = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.int64)
-    resolved, last_up = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
-    m = 0
-    path = directory / "features.npy"
-    with open(path, "wb") as fh:
-        fh.write(_npy_header(0, k))
+    with NpyWriter(directory / "features.npy", "<f4", k) as X, NpyWriter(directory / "y.npy", "<f4") as y, \
+            NpyWriter(directory / "times.npy", "<i8", check_increasing=True) as times, \
+            NpyWriter(directory / "resolved_at.npy", "<i8", check_increasing=True) as resolved, \
+            NpyWriter(directory / "last_up.npy", "|b1") as last_up:
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             lo, hi = max(0, start - feats.LOOKBACK), min(n, stop + h)
@@ -353,19 +294,55 @@ def build_dataset_out_of_core(config: WalkForwardConfig, directory: Path | None 
             rows = slice(start - lo, stop - lo)
             lab = direction_labels(frame, h)
             keep = lab.valid[rows] & np.isfinite(block).all(axis=1)
-            kept = int(keep.sum())
-            np.ascontiguousarray(block[keep], dtype="<f4").tofile(fh)
-            y[m : m + kept] = lab.y[rows][keep]
-            times[m : m + kept] = frame.index.as_unit("ns").asi8[rows][keep]
-            resolved[m : m + kept] = lab.resolved_at[rows][keep]
-            last_up[m : m + kept] = last_bar_up(frame["close"].to_numpy())[rows][keep]
-            m += kept
+            X.append(block[keep])
+            y.append(lab.y[rows][keep])
+            times.append(frame.index.as_unit("ns").asi8[rows][keep])
+            resolved.append(lab.resolved_at[rows][keep])
+            last_up.append(last_bar_up(frame["close"].to_numpy())[rows][keep])
             del frame, block, lab
-        fh.seek(0)
-        fh.write(_npy_header(m, k))
     shutil.rmtree(store.directory)  # the bars are no longer needed: the features, labels and times are built
-    return Dataset(X=DiskMatrix(path, (m, k)), y=y[:m], times=times[:m], resolved_at=resolved[:m],
-                   last_up=last_up[:m], feature_names=tuple(feats.FEATURE_NAMES), **info)
+    column = lambda w: DiskColumn.open(w.path, increasing=w.increasing)  # noqa: E731
+    return Dataset(X=DiskMatrix(X.path, (X.rows, k)), y=column(y), times=column(times), resolved_at=column(resolved),
+                   last_up=column(last_up), feature_names=tuple(feats.FEATURE_NAMES), **info)
+
+
+def _baseline_rates(ds: Dataset, train: range, block_rows: int) -> tuple[float, float, float]:
+    """The baselines' probabilities from the train rows, as :func:`evaluation.majority_baseline` and
+    :func:`evaluation.last_bar_baseline` compute them: P(up), P(up | last bar up), P(up | last bar down)."""
+    n = ups = n_last_up = ups_after_up = 0
+    y, last = ds.y[train], ds.last_up[train]
+    for start, stop, yb in y.iter_blocks(block_rows):
+        up, lb = yb == 1, last.read(start, stop)
+        n, ups = n + len(yb), ups + int(np.count_nonzero(up))
+        n_last_up, ups_after_up = n_last_up + int(np.count_nonzero(lb)), ups_after_up + int(np.count_nonzero(up & lb))
+    prior = ups / n
+    p_up = ups_after_up / n_last_up if n_last_up else prior
+    p_down = (ups - ups_after_up) / (n - n_last_up) if n - n_last_up else prior
+    return prior, p_up, p_down
+
+
+def evaluate_fold(model, ds: Dataset, fold, predictions: IO[bytes], *, block_rows: int = 65_536) -> dict[str, float]:
+    """The fold's metrics (model, ``majority_*``, ``last_bar_*``) over its test rows, read block by block; the
+    model's test predictions are written to ``predictions`` as a float32 ``.npy`` file.
+
+    Memory is a few blocks of ``block_rows`` rows whatever the size of the fold (:class:`StreamingMetrics`
+    spills to the work directory for the exact AUC).
+    """
+    prior, p_up, p_down = _baseline_rates(ds, fold.train, block_rows)
+    X, y, last = ds.X[fold.test], ds.y[fold.test], ds.last_up[fold.test]
+    spill = ds.X.path.parent
+    with StreamingMetrics(spill) as m_model, StreamingMetrics(spill) as m_major, StreamingMetrics(spill) as m_last, \
+            NpyWriter(predictions, "<f4") as out:
+        for start, stop, yb in y.iter_blocks(block_rows):
+            proba = model.predict_proba(X.read(start, stop))[:, 1]
+            out.append(proba)
+            m_model.update(yb, proba)
+            m_major.update(yb, np.full(len(yb), prior))
+            m_last.update(yb, np.where(last.read(start, stop), p_up, p_down))
+        rec = m_model.result()
+        rec.update({f"majority_{k}": v for k, v in m_major.result().items()})
+        rec.update({f"last_bar_{k}": v for k, v in m_last.result().items()})
+    return rec
 
 
 # -------------------------------------------------------------------------------------------------- choice

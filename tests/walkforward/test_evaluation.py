@@ -73,3 +73,79 @@ def test_leak_warning_only_above_threshold():
     assert ev.leak_warning(0.575, baseline_auc=0.564) is None
     assert "+0.050 over the last-bar baseline (0.530)" in ev.leak_warning(0.58, baseline_auc=0.53)
     assert ev.leak_warning(0.62, baseline_auc=float("nan")) is not None
+
+
+# ------------------------------------------------------------------------------------ StreamingMetrics
+
+
+def _scores(kind: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    y = (rng.random(n) < 0.45).astype(np.float32)
+    if kind == "uniform":
+        p = rng.random(n)
+    elif kind == "crowded near 0.5":  # a weak model: most scores share a few histogram bins
+        p = 0.5 + 0.004 * rng.standard_normal(n) + 0.001 * y
+    elif kind == "two values":  # the last-bar baseline: ties everywhere
+        p = np.where(rng.random(n) < 0.5, 0.48, 0.53)
+    elif kind == "constant":  # the majority baseline
+        p = np.full(n, 0.55)
+    else:  # "extremes": clipped at both ends, many equal scores after clipping
+        p = 1 / (1 + np.exp(-30 * rng.standard_normal(n)))
+    return y, p
+
+
+def _streamed(y, p, block: int, **knobs) -> dict[str, float]:
+    with ev.StreamingMetrics(**knobs) as m:
+        for i in range(0, len(y), block):
+            m.update(y[i : i + block], p[i : i + block])
+        return m.result()
+
+
+@pytest.mark.parametrize("kind", ["uniform", "crowded near 0.5", "two values", "constant", "extremes"])
+@pytest.mark.parametrize("knobs", [
+    {},  # defaults: one pass
+    {"band_rows": 500, "dense_bin": 300, "max_dense": 2},  # many passes, dense and sorted bins mixed
+    {"band_rows": 64, "dense_bin": 10**9},  # sorted bins only, tiny bands
+])
+def test_streaming_metrics_equal_the_in_memory_ones_over_float32_scores(tmp_path, kind, knobs):
+    y, p = _scores(kind, 20_000, np.random.default_rng(7))
+    p32 = np.clip(p, 1e-7, 1 - 1e-7).astype(np.float32).astype(np.float64)  # what the out-of-core path stores
+    got = _streamed(y, p32, 1234, spill_dir=tmp_path, **knobs)
+    want = ev.classification_metrics(y, p32)
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-12, abs=1e-15), k
+
+
+def test_streaming_auc_by_counting_every_pair():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300).astype(np.float32)
+    p = np.round(rng.random(300), 2)  # two decimals: many ties
+    pos, neg = p[y == 1].astype(np.float32), p[y == 0].astype(np.float32)
+    pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    got = _streamed(y, p, 17, band_rows=8, dense_bin=4, max_dense=1)["auc"]
+    assert got == pytest.approx(pairs / (len(pos) * len(neg)), abs=1e-15)
+
+
+def test_streaming_auc_is_over_float32_scores_not_float64():
+    # two scores that differ only beyond float32 precision are a tie for the streaming AUC (documented)
+    y = np.array([1.0, 0.0])
+    p = np.array([0.5 + 1e-12, 0.5])
+    assert ev.classification_metrics(y, p)["auc"] == 1.0
+    assert _streamed(y, p, 1)["auc"] == 0.5
+
+
+def test_streaming_metrics_bad_input_and_misuse():
+    m = ev.StreamingMetrics()
+    with pytest.raises(ValueError, match="y_true contains 2"):
+        m.update(np.array([0, 2]), np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"y_true has shape \(2,\) and proba \(3,\)"):
+        m.update(np.array([0, 1]), np.array([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="no rows were added"):
+        m.result()
+    m = ev.StreamingMetrics()
+    m.update(np.zeros(3), np.full(3, 0.2))
+    r = m.result()
+    assert math.isnan(r["auc"]) and r["accuracy"] == 1.0  # one class only, like classification_metrics
+    assert m.result() == r  # final: asking again gives the same
+    with pytest.raises(RuntimeError, match="after result"):
+        m.update(np.zeros(1), np.zeros(1))

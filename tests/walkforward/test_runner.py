@@ -139,6 +139,65 @@ def test_budget_stops_between_folds_and_resume_matches(tmp_path, bars):
     assert _metrics(rest.folds) == _metrics(full.folds)
 
 
+def test_each_fold_saves_its_test_predictions_outside_the_checkpoint(tmp_path, bars):
+    ds = build_dataset(bars, 1)
+    cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=4, patience=10)
+    res = run_stage(cfg, "count", dataset=ds)
+    folds = make_folds(ds, cfg, "count")
+    best = joblib.load(res.run_dir / "best_model.joblib")
+    saved = np.load(res.run_dir / "predictions" / f"fold_{res.best_fold:03d}.npy")
+    want = best.predict_proba(take_rows(ds.X, folds[res.best_fold].test))[:, 1].astype(np.float32)
+    np.testing.assert_array_equal(saved, want)
+    assert res.artifacts["predictions"] == str(res.run_dir / "predictions")
+    from atheria_kit.checkpoint import CheckpointManager
+
+    with CheckpointManager(res.run_dir / "checkpoints", async_save=False) as mgr:
+        state = mgr.load("latest").state
+    assert [p["file"] for p in state["predictions"]] == [f"fold_{i:03d}.npy" for i in range(4)]
+    assert not any(isinstance(v, torch.Tensor) for v in state.values())  # small, whatever the fold sizes
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_resume_reports_a_missing_or_corrupt_prediction_file(tmp_path, bars, damage):
+    ds = build_dataset(bars, 1)
+    cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=4, patience=10)
+    part = run_stage(cfg, "count", dataset=ds, budget=UnitBudget(2))
+    path = part.run_dir / "predictions" / "fold_001.npy"
+    if damage == "missing":
+        path.unlink()
+    else:
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"predictions of fold 1 \(.*fold_001.npy\) is {damage}"):
+        run_stage(dataclasses.replace(cfg, resume=True), "count", dataset=ds)
+
+
+def test_resume_converts_a_checkpoint_with_predictions_inside(tmp_path, bars):
+    """Checkpoints of earlier versions held the predictions as tensors in the state; they still resume."""
+    from atheria_kit.checkpoint import CheckpointManager
+
+    ds = build_dataset(bars, 1)
+    cfg = WalkForwardConfig(out=str(tmp_path / "a"), mode="count", n_splits=4, patience=10)
+    full = run_stage(cfg, "count", dataset=ds)
+    old = dataclasses.replace(cfg, out=str(tmp_path / "b"))
+    part = run_stage(old, "count", dataset=ds, budget=UnitBudget(2))
+    mgr = CheckpointManager(part.run_dir / "checkpoints", monitor="best_auc", mode="max", keep_best=1,
+                            async_save=False)
+    state = dict(mgr.load("latest").state)
+    files = [part.run_dir / "predictions" / p.pop("file") for p in state.pop("predictions")]
+    state["proba"] = [torch.from_numpy(np.load(f)) for f in files]
+    mgr.save(state, step=3, metrics={"best_auc": state["best_auc"], "auc": state["best_auc"]}, blocking=True)
+    mgr.close()
+    for f in files:
+        f.unlink()
+    rest = run_stage(dataclasses.replace(old, resume=True), "count", dataset=ds)
+    assert _metrics(rest.folds) == _metrics(full.folds)
+    for i in range(4):
+        name = f"predictions/fold_{i:03d}.npy"
+        assert (rest.run_dir / name).read_bytes() == (full.run_dir / name).read_bytes(), name
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, bars):
     ds = build_dataset(bars, 1)
     run_stage(WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=3), "count", dataset=ds, budget=UnitBudget(1))
@@ -175,6 +234,9 @@ def test_resume_after_sigkill_of_real_cli_gives_identical_fold_metrics(tmp_path)
     a = json.loads((tmp_path / "ref" / run_dir / "fold_metrics.json").read_text())["folds"]
     b = json.loads((tmp_path / "kill" / run_dir / "fold_metrics.json").read_text())["folds"]
     assert len(a) == len(b) == 10 and _metrics(a) == _metrics(b)
+    for i in range(10):  # predictions written before the kill and after the resume: the uninterrupted ones
+        name = f"{run_dir}/predictions/fold_{i:03d}.npy"
+        assert (tmp_path / "kill" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
 
 
 @pytest.mark.slow

@@ -12,8 +12,10 @@ import pytest
 
 from atheria_kit import ohlcv
 from atheria_kit.walkforward import cli
+from atheria_kit.walkforward import evaluation as ev
 from atheria_kit.walkforward import streaming as st
 from atheria_kit.walkforward.config import WalkForwardConfig, load_config
+from atheria_kit.walkforward.disk import DiskColumn, DiskMatrix
 from atheria_kit.walkforward.runner import build_dataset, load_bars, make_folds, run_stage, run_walkforward
 from tests.fakes.unit_budget import UnitBudget
 
@@ -97,11 +99,13 @@ def test_not_a_number_in_a_later_chunk_names_the_file_row(tmp_path, m1):
 
 
 def _same_dataset(a, b) -> None:
-    assert isinstance(b.X, st.DiskMatrix) and b.X.shape == a.X.shape
+    assert isinstance(b.X, DiskMatrix) and b.X.shape == a.X.shape
     assert np.array_equal(np.asarray(b.X[0 : len(b.y)]), a.X)  # bit for bit
     for name in ("y", "times", "resolved_at", "last_up"):
         got, want = getattr(b, name), getattr(a, name)
+        assert isinstance(got, DiskColumn), name  # on disk: nothing per bar stays in memory
         assert got.dtype == want.dtype and np.array_equal(got, want), name
+    assert b.times.increasing and b.resolved_at.increasing  # verified while written
     assert (b.feature_names, b.source, b.synthetic, b.gaps) == (a.feature_names, a.source, a.synthetic, a.gaps)
 
 
@@ -122,6 +126,19 @@ def test_out_of_core_dataset_equals_the_in_memory_one(tmp_path, m1, fmt, setting
     _same_dataset(want, got)
     assert got.gaps == (5 if fmt == "gaps" else 0)
     assert np.load(got.X.path).shape == got.X.shape  # a valid .npy file
+
+
+def test_splits_of_an_out_of_core_dataset_read_only_a_few_values(tmp_path, monkeypatch):
+    bars = ohlcv.synthetic_ohlcv(24 * 400, timeframe="1h", seed=5)
+    cfg = WalkForwardConfig(out=str(tmp_path), n_splits=4, chunk_size=1000, horizon=2)
+    ds = st.build_dataset_out_of_core(cfg, tmp_path / "work", bars=bars)
+    read = []
+    original = DiskColumn.read
+    monkeypatch.setattr(DiskColumn, "read", lambda self, a=0, b=None: read.append(original(self, a, b)) or read[-1])
+    monkeypatch.setattr(DiskColumn, "__array__", lambda *a, **k: pytest.fail("a whole column was read"))
+    folds = [f for mode in ("count", "quick", "full") for f in make_folds(ds, cfg, mode)]
+    assert len(folds) >= 10
+    assert sum(len(r) for r in read) <= 4 * len(folds)  # boundary values only: binary searches, no pass
 
 
 def test_split_indices_are_identical(tmp_path):
@@ -157,16 +174,41 @@ def momentum() -> pd.DataFrame:
     return _momentum_bars(8000)
 
 
-def test_sgd_model_learns_the_planted_signal_like_lbfgs(tmp_path, momentum):
+@pytest.fixture(scope="module")
+def both_runs(tmp_path_factory, momentum):
+    """The same count-mode run in memory (lbfgs) and out of core (SGD)."""
+    tmp = tmp_path_factory.mktemp("both")
     base = dict(mode="count", n_splits=5, patience=10, chunk_size=1000)
-    (mem,) = run_walkforward(WalkForwardConfig(out=str(tmp_path / "a"), out_of_core="off", **base), bars=momentum)
-    (ooc,) = run_walkforward(WalkForwardConfig(out=str(tmp_path / "b"), out_of_core="on", **base), bars=momentum)
+    (mem,) = run_walkforward(WalkForwardConfig(out=str(tmp / "a"), out_of_core="off", **base), bars=momentum)
+    (ooc,) = run_walkforward(WalkForwardConfig(out=str(tmp / "b"), out_of_core="on", **base), bars=momentum)
+    return mem, ooc
+
+
+def test_sgd_model_learns_the_planted_signal_like_lbfgs(both_runs):
+    mem, ooc = both_runs
     a, b = np.array([f["auc"] for f in mem.folds]), np.array([f["auc"] for f in ooc.folds])
     assert (a > 0.6).all() and (b > 0.6).all()  # the signal is learnt by both
     assert np.abs(a - b).max() < 0.01
     assert [f["test_size"] for f in mem.folds] == [f["test_size"] for f in ooc.folds]
     assert not (ooc.run_dir / st.WORK_DIR).exists()  # work files removed
     assert "out of core: logreg_sgd" in (ooc.run_dir / "logs" / "walkforward.log").read_text()
+
+
+def test_streamed_fold_metrics_equal_the_in_memory_computation(both_runs, momentum):
+    mem, ooc = both_runs
+    ds = build_dataset(momentum, 1)
+    folds = make_folds(ds, WalkForwardConfig(n_splits=5), "count")
+    for fold, a, b in zip(folds, mem.folds, ooc.folds, strict=True):
+        # the baselines do not depend on the model: the same values, computed block by block
+        for key in (k for k in a if k.startswith(("majority_", "last_bar_"))):
+            assert b[key] == pytest.approx(a[key], rel=1e-12, abs=1e-15), key
+        # the model's metrics are those of its saved test predictions
+        saved = np.load(ooc.run_dir / "predictions" / f"fold_{fold.index:03d}.npy")
+        assert saved.dtype == np.float32 and len(saved) == b["test_size"] == len(fold.test)
+        want = ev.classification_metrics(ds.y[fold.test], saved)
+        assert b["auc"] == pytest.approx(want["auc"], abs=1e-15)
+        assert b["accuracy"] == pytest.approx(want["accuracy"], abs=1e-4)  # from float64 scores, not float32
+        assert b["log_loss"] == pytest.approx(want["log_loss"], rel=1e-6)
 
 
 def test_stop_and_resume_gives_the_uninterrupted_fold_metrics(tmp_path, momentum):
