@@ -128,6 +128,21 @@ def truncate_and_remove(path: str | os.PathLike) -> None:
         p.unlink()
 
 
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a directory tree, truncating each file first (see :func:`truncate_and_remove`); no error if absent."""
+    root = Path(path)
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            truncate_and_remove(Path(dirpath) / name)
+        for name in dirnames:
+            with contextlib.suppress(OSError):
+                (Path(dirpath) / name).rmdir()
+    with contextlib.suppress(OSError):
+        root.rmdir()
+
+
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     """Remove temporary files left by killed writes in ``directory``; return what was removed."""
     removed: list[Path] = []

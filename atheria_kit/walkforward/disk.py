@@ -2,9 +2,11 @@
 
 Reads are explicit file reads, not memory maps: pages a memory map has touched count in the process's
 resident memory until it is unmapped, so a full pass over a memory-mapped column would make the process look
-as large as the data. Slicing a :class:`DiskMatrix` or a :class:`DiskColumn` gives a lazy view; data is read
-only by ``read(start, stop)``, ``iter_blocks`` or ``np.asarray(view)``, so the caller decides how much is in
-memory at once. Every file is a valid ``.npy`` file (``np.load`` opens it).
+as large as the data. A contiguous slice of a :class:`DiskMatrix` or a :class:`DiskColumn` is a lazy view;
+data is read only by ``read(start, stop)``, ``iter_blocks`` or ``np.asarray(view)``, so the caller decides how
+much is in memory at once. (A stepped slice or a list of positions of a column is read at once, block by block,
+and returned as an array: its size is the caller's choice.) Every file is a valid ``.npy`` file (``np.load``
+opens it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import IO, Any
 
 import numpy as np
 
+#: Values per block when a column is read in pieces.
+_BLOCK_ROWS = 1 << 16
 #: Header bytes of the files written here: room for any shape, so the final row count is written over the
 #: placeholder when the writer closes.
 NPY_HEADER = 128
@@ -24,6 +28,8 @@ NPY_HEADER = 128
 def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     """A version-1.0 ``.npy`` header of exactly :data:`NPY_HEADER` bytes."""
     text = str({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+    if len(text) > NPY_HEADER - 11:  # would overwrite the data: cannot happen for 1-D and 2-D shapes
+        raise ValueError(f"npy header {text!r} is longer than {NPY_HEADER - 11} bytes")
     return b"\x93NUMPY\x01\x00" + (NPY_HEADER - 10).to_bytes(2, "little") + (text.ljust(NPY_HEADER - 11) + "\n").encode()
 
 
@@ -83,13 +89,19 @@ class NpyWriter:
         if self.increasing:
             ok = bool((block[1:] > block[:-1]).all()) and bool(self._last is None or block[0] > self._last)
             self.increasing, self._last = ok, block[-1]
-        block.tofile(self._fh)
+        self._fh.write(block.data)  # not tofile(): that needs an OS file, and any binary file object will do
         self.rows += len(block)
 
-    def close(self) -> None:
+    def close(self, *, complete: bool = True) -> None:
+        """Write the final shape into the header (``complete=False``: leave the placeholder, so a file cut short
+        by an error is refused by :meth:`DiskColumn.open` and ``np.load`` instead of looking whole)."""
         if self._closed:
             return
         self._closed = True
+        if not complete:
+            if self._owned:
+                self._fh.close()
+            return
         end = self._fh.tell()
         self._fh.seek(self._origin)
         self._fh.write(npy_header(self.dtype, self._shape()))
@@ -100,8 +112,8 @@ class NpyWriter:
     def __enter__(self) -> NpyWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(complete=exc_type is None)
 
 
 class DiskColumn:
@@ -173,9 +185,9 @@ class DiskColumn:
                 return self._view(start, max(start, stop))
             if step < 0:
                 raise IndexError(f"step={step} is not supported; expected a positive step")
-            # every step-th value, read block by block: memory is the result plus one block
-            picks = [block[(-s) % step :: step]
-                     for s, _, block in self._view(start, max(start, stop)).iter_blocks(step * 65_536)]
+            # every step-th value, read block by block: memory is the result plus one block of a fixed size
+            block_rows = step * max(1, _BLOCK_ROWS // step)  # a multiple of step, so each block starts on a pick
+            picks = [block[::step] for _, _, block in self._view(start, max(start, stop)).iter_blocks(block_rows)]
             return np.concatenate(picks) if picks else np.empty(0, self.dtype)
         idx = np.asarray(key)
         if idx.dtype == bool:
@@ -183,6 +195,8 @@ class DiskColumn:
         if not idx.size:
             return np.empty(0, self.dtype)
         lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.length:
+            raise IndexError(f"positions {lo}..{hi} are outside the column of {self.length} rows (0..{self.length - 1})")
         return self.read(lo, hi + 1)[idx - lo]  # sorted positions of a fold are (nearly) contiguous
 
     def searchsorted(self, value: Any, side: str = "left") -> int:
@@ -190,16 +204,13 @@ class DiskColumn:
         if side not in ("left", "right"):
             raise ValueError(f"side={side!r} is invalid; expected 'left' or 'right'")
         lo, hi = 0, self.length
-        item = self.dtype.itemsize
-        with open(self.path, "rb") as fh:
-            while lo < hi:
-                mid = (lo + hi) // 2
-                fh.seek(self.offset + (self.start + mid) * item)
-                v = np.frombuffer(fh.read(item), dtype=self.dtype)[0]
-                if v < value or (side == "right" and v == value):
-                    lo = mid + 1
-                else:
-                    hi = mid
+        while lo < hi:
+            mid = (lo + hi) // 2
+            v = self.read(mid, mid + 1)[0]
+            if v < value or (side == "right" and v == value):
+                lo = mid + 1
+            else:
+                hi = mid
         return lo
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -224,6 +235,8 @@ class RowsView:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start..stop-1`` of the view as an in-memory float32 array."""
+        start, stop, _ = slice(start, stop).indices(len(self))
+        stop = max(start, stop)
         if isinstance(self.rows, slice):
             return self.matrix.read(self.rows.start + start, self.rows.start + stop)
         pos = self.rows[start:stop]
@@ -247,10 +260,16 @@ class DiskMatrix:
         return self.shape[0]
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        cols = self.shape[1]
-        with open(self.path, "rb") as fh:
+        """Rows ``start..stop-1`` (within the matrix) as an in-memory float32 array."""
+        rows, cols = self.shape
+        if not 0 <= start <= stop <= rows:
+            raise IndexError(f"rows {start}..{stop - 1} are outside the matrix of {rows} rows")
+        with open(self.path, "rb") as fh:  # explicit reads: a memmap's touched pages would count in RSS
             fh.seek(NPY_HEADER + start * cols * 4)
-            return np.fromfile(fh, dtype="<f4", count=(stop - start) * cols).reshape(-1, cols)
+            out = np.fromfile(fh, dtype="<f4", count=(stop - start) * cols)
+        if len(out) != (stop - start) * cols:
+            raise ValueError(f"{self.path}: rows {start}..{stop - 1} are not all there (file truncated?)")
+        return out.reshape(-1, cols)
 
     def __getitem__(self, key: Any) -> RowsView:
         if isinstance(key, range):
@@ -260,4 +279,8 @@ class DiskMatrix:
             if step != 1:
                 raise IndexError(f"DiskMatrix rows: step={step} is not supported; expected a contiguous slice")
             return RowsView(self, slice(start, max(start, stop)))
-        return RowsView(self, np.asarray(key))
+        rows = np.asarray(key)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or (len(rows) and (
+                rows[0] < 0 or rows[-1] >= self.shape[0] or (np.diff(rows) < 0).any())):
+            raise IndexError(f"DiskMatrix rows: expected sorted integer positions in 0..{self.shape[0] - 1}")
+        return RowsView(self, rows)

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import resource
-import shutil
 import sys
 import threading
 import time
@@ -33,6 +32,7 @@ from atheria_kit.walkforward import evaluation as ev
 from atheria_kit.walkforward import features as feats
 from atheria_kit.walkforward import splits as sp
 from atheria_kit.walkforward.config import WalkForwardConfig
+from atheria_kit.walkforward.disk import DiskColumn, DiskMatrix
 from atheria_kit.walkforward.gate import GateVerdict, evaluate_gate
 from atheria_kit.walkforward.labels import direction_labels, last_bar_up
 from atheria_kit.walkforward.models import STREAMING_MODEL, fit_counting_warnings, make_model, resolve_model
@@ -44,11 +44,12 @@ logger = logging.getLogger(__name__)
 class Dataset:
     """Model-ready samples: rows with complete features and a label, in time order."""
 
-    X: np.ndarray  # float32 (m, n_features)
-    y: np.ndarray  # float32 0/1
-    times: np.ndarray  # int64 ns, bar open time
-    resolved_at: np.ndarray  # int64 ns, when the label is known
-    last_up: np.ndarray  # bool, direction of the sample's own bar (for the last-bar baseline)
+    # in memory: numpy arrays; out of core (:mod:`.streaming`): a DiskMatrix and DiskColumns with the same values
+    X: np.ndarray | DiskMatrix  # float32 (m, n_features)
+    y: np.ndarray | DiskColumn  # float32 0/1
+    times: np.ndarray | DiskColumn  # int64 ns, bar open time
+    resolved_at: np.ndarray | DiskColumn  # int64 ns, when the label is known
+    last_up: np.ndarray | DiskColumn  # bool, direction of the sample's own bar (for the last-bar baseline)
     feature_names: tuple[str, ...]
     source: str
     synthetic: bool
@@ -197,10 +198,12 @@ def _fold_record(i: int, fold: sp.Fold, ds: Dataset, metrics: dict[str, float], 
     }
 
 
-def _check_predictions(run_dir: Path, state: dict[str, Any]) -> None:
-    """On resume: every completed fold's prediction file is there and intact (its SHA-256 as recorded), else a
-    clear error. Checkpoints written before predictions moved to files (tensors in the state) are converted."""
+def _check_predictions(run_dir: Path, state: dict[str, Any], folds: list[sp.Fold]) -> None:
+    """On resume: every completed fold's prediction file is there and intact (its SHA-256 as recorded) and has
+    as many rows as the fold has now, else a clear error. Temporary files of a fold killed while writing are
+    removed. Checkpoints written before predictions moved to files (tensors in the state) are converted."""
     directory = run_dir / PREDICTIONS_DIR
+    _io.remove_stale_temp_files(directory)
     if "proba" in state:  # older checkpoint format: the predictions inside the state
         entries = []
         for i, t in enumerate(state.pop("proba")):
@@ -220,6 +223,12 @@ def _check_predictions(run_dir: Path, state: dict[str, Any]) -> None:
             raise ValueError(
                 f"--resume: the test predictions of fold {i} ({path}) {problem}; the report needs them. "
                 "Restore the file, or start the stage over without --resume."
+            )
+        if i < len(folds) and entry["rows"] != len(folds[i].test):
+            raise ValueError(
+                f"--resume: fold {i} had {entry['rows']} test rows when it was run and has {len(folds[i].test)} "
+                "now: the data changed under the same settings. Start the stage over without --resume, or use "
+                "another --out."
             )
 
 
@@ -304,6 +313,14 @@ def run_stage(
         folds = make_folds(ds, config, mode)
         logger.info("%d samples, %d features, %d folds (%s)", len(ds.y), ds.X.shape[1], len(folds), mode)
 
+        if not config.resume and (run_dir / "checkpoints").is_dir():
+            # starting over: an earlier run's checkpoints would outrank this run's first ones (higher steps) on a
+            # later --resume, and its predictions are not this run's
+            logger.warning("no --resume: removing the previous run's checkpoints and predictions in %s; "
+                           "starting over", run_dir)
+            _io.remove_tree(run_dir / "checkpoints")
+        if not config.resume:
+            _io.remove_tree(run_dir / PREDICTIONS_DIR)
         mgr = CheckpointManager(run_dir / "checkpoints", monitor="best_auc", mode="max", keep_best=1,
                                 async_save=False, budget=budget)
         fingerprint = json.loads(json.dumps(config.fingerprint() | {"mode": mode, "model": model_name}))
@@ -318,12 +335,8 @@ def run_stage(
                         f"({loaded.state.get('fingerprint')}); use the same settings or a different --out"
                     )
                 state = dict(loaded.state)
-                _check_predictions(run_dir, state)
+                _check_predictions(run_dir, state, folds)
                 logger.info("resuming after fold %d of %d", len(state["folds"]) - 1, len(folds))
-        elif mgr.latest() is not None:
-            logger.info("existing checkpoints in %s are ignored (no --resume); starting over", run_dir)
-        if not state["folds"]:  # a fresh start: predictions of an earlier run of this stage are not ours
-            shutil.rmtree(run_dir / PREDICTIONS_DIR, ignore_errors=True)
 
         runlog = _open_runlog(run_dir, len(folds), config.resume, clock)
         runlog.update(done=len(state["folds"]), message=f"{mode}: {len(folds)} folds, {device_note}")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +34,8 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from atheria_kit import ohlcv
+from atheria_kit import _io, ohlcv
+from atheria_kit.walkforward import evaluation as ev
 from atheria_kit.walkforward import features as feats
 from atheria_kit.walkforward.config import WalkForwardConfig
 from atheria_kit.walkforward.disk import DiskColumn, DiskMatrix, NpyWriter
@@ -185,7 +185,7 @@ def _resample_store(store: BarStore, timeframe: str, interval: pd.Timedelta, dir
             out.append(res[counts.to_numpy() > 0])  # bins without any bar are dropped, not filled
     if carry is not None and len(carry):
         out.append(carry.resample(target, label="left", closed="left", origin=origin).agg(ohlcv._AGG))
-    shutil.rmtree(store.directory)
+    _io.remove_tree(store.directory)
     return out
 
 
@@ -257,7 +257,7 @@ def is_out_of_core(ds: Dataset) -> bool:
 def release(ds: Dataset) -> None:
     """Delete the work files of an out-of-core dataset (no-op for an in-memory one)."""
     if is_out_of_core(ds):
-        shutil.rmtree(ds.X.path.parent, ignore_errors=True)
+        _io.remove_tree(ds.X.path.parent)
 
 
 def work_dir(config: WalkForwardConfig) -> Path:
@@ -273,7 +273,7 @@ def build_dataset_out_of_core(config: WalkForwardConfig, directory: Path | None 
     """
     directory = Path(directory) if directory is not None else work_dir(config)
     if directory.exists():
-        shutil.rmtree(directory)  # left over from a killed run: rebuilt (deterministic)
+        _io.remove_tree(directory)  # left over from a killed run: rebuilt (deterministic)
     directory.mkdir(parents=True)
     store, info = load_bars_to_disk(config, directory, bars)
     n, h, chunk = len(store), config.horizon, config.chunk_size
@@ -300,25 +300,13 @@ def build_dataset_out_of_core(config: WalkForwardConfig, directory: Path | None 
             resolved.append(lab.resolved_at[rows][keep])
             last_up.append(last_bar_up(frame["close"].to_numpy())[rows][keep])
             del frame, block, lab
-    shutil.rmtree(store.directory)  # the bars are no longer needed: the features, labels and times are built
+    _io.remove_tree(store.directory)  # the bars are no longer needed: the features, labels and times are built
+    if not (times.increasing and resolved.increasing):  # validated bars make both strictly increasing
+        raise RuntimeError(f"{directory}: bar times or label times are not strictly increasing after validation; "
+                           "please report this with the data file")
     column = lambda w: DiskColumn.open(w.path, increasing=w.increasing)  # noqa: E731
     return Dataset(X=DiskMatrix(X.path, (X.rows, k)), y=column(y), times=column(times), resolved_at=column(resolved),
                    last_up=column(last_up), feature_names=tuple(feats.FEATURE_NAMES), **info)
-
-
-def _baseline_rates(ds: Dataset, train: range, block_rows: int) -> tuple[float, float, float]:
-    """The baselines' probabilities from the train rows, as :func:`evaluation.majority_baseline` and
-    :func:`evaluation.last_bar_baseline` compute them: P(up), P(up | last bar up), P(up | last bar down)."""
-    n = ups = n_last_up = ups_after_up = 0
-    y, last = ds.y[train], ds.last_up[train]
-    for start, stop, yb in y.iter_blocks(block_rows):
-        up, lb = yb == 1, last.read(start, stop)
-        n, ups = n + len(yb), ups + int(np.count_nonzero(up))
-        n_last_up, ups_after_up = n_last_up + int(np.count_nonzero(lb)), ups_after_up + int(np.count_nonzero(up & lb))
-    prior = ups / n
-    p_up = ups_after_up / n_last_up if n_last_up else prior
-    p_down = (ups - ups_after_up) / (n - n_last_up) if n - n_last_up else prior
-    return prior, p_up, p_down
 
 
 def evaluate_fold(model, ds: Dataset, fold, predictions: IO[bytes], *, block_rows: int = 65_536) -> dict[str, float]:
@@ -328,7 +316,9 @@ def evaluate_fold(model, ds: Dataset, fold, predictions: IO[bytes], *, block_row
     Memory is a few blocks of ``block_rows`` rows whatever the size of the fold (:class:`StreamingMetrics`
     spills to the work directory for the exact AUC).
     """
-    prior, p_up, p_down = _baseline_rates(ds, fold.train, block_rows)
+    counts = sum((ev.baseline_counts(yb, ds.last_up[fold.train].read(a, b))
+                  for a, b, yb in ds.y[fold.train].iter_blocks(block_rows)), np.zeros(4, dtype=np.int64))
+    prior, p_up, p_down = ev.baseline_rates(counts)
     X, y, last = ds.X[fold.test], ds.y[fold.test], ds.last_up[fold.test]
     spill = ds.X.path.parent
     with StreamingMetrics(spill) as m_model, StreamingMetrics(spill) as m_major, StreamingMetrics(spill) as m_last, \

@@ -106,3 +106,43 @@ def test_not_an_npy_file_is_named(tmp_path):
     (tmp_path / "x.npy").write_bytes(b"hello")
     with pytest.raises(ValueError, match="x.npy: not a valid .npy file"):
         DiskColumn.open(tmp_path / "x.npy")
+
+
+def test_a_write_interrupted_by_an_error_leaves_a_file_that_does_not_look_whole(tmp_path, values):
+    path = tmp_path / "cut.npy"
+    with pytest.raises(RuntimeError), NpyWriter(path, np.int64) as w:
+        w.append(values[:100])
+        raise RuntimeError("killed")
+    with pytest.raises(ValueError, match="truncated"):
+        DiskColumn.open(path)
+
+
+def test_writer_takes_any_binary_file_object(values):
+    import io
+
+    buf = io.BytesIO()
+    with NpyWriter(buf, np.int64) as w:
+        w.append(values[:10])
+    buf.seek(0)
+    np.testing.assert_array_equal(np.load(buf), values[:10])
+
+
+def test_matrix_rows_outside_or_out_of_order_are_refused(tmp_path):
+    matrix = np.arange(30, dtype=np.float32).reshape(10, 3)
+    with NpyWriter(tmp_path / "m.npy", "<f4", 3) as w:
+        w.append(matrix)
+    m = DiskMatrix(w.path, (10, 3))
+    np.testing.assert_array_equal(m[[2, 3, 7]].read(0, 3), matrix[[2, 3, 7]])
+    np.testing.assert_array_equal(m[2:4].read(0, 5), matrix[2:4])  # a view never reads past its end
+    for rows in ([5, 2], [-1], [3, 10]):
+        with pytest.raises(IndexError, match=r"expected sorted integer positions in 0..9"):
+            m[rows]
+    with pytest.raises(IndexError, match="rows 8..11 are outside the matrix of 10 rows"):
+        m.read(8, 12)
+
+
+def test_column_positions_outside_the_column_are_refused(tmp_path, values):
+    col = _column(tmp_path, values)
+    for positions in ([-1, 3], [999, 1000]):
+        with pytest.raises(IndexError, match=r"outside the column of 1000 rows \(0..999\)"):
+            col[np.array(positions)]

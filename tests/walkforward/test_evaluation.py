@@ -149,3 +149,29 @@ def test_streaming_metrics_bad_input_and_misuse():
     assert m.result() == r  # final: asking again gives the same
     with pytest.raises(RuntimeError, match="after result"):
         m.update(np.zeros(1), np.zeros(1))
+
+
+@pytest.mark.parametrize("setting", ["band_rows", "dense_bin", "max_dense"])
+def test_streaming_metrics_settings_are_validated(setting):
+    with pytest.raises(ValueError, match=setting):
+        ev.StreamingMetrics(**{setting: 0})
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_probabilities_are_an_error_in_both_paths(bad):
+    y, p = np.array([1.0, 0.0, 1.0]), np.array([0.2, bad, 0.3])
+    with pytest.raises(ValueError, match=rf"proba\[1\]={bad!r}; expected finite probabilities"):
+        ev.classification_metrics(y, p)
+    with pytest.raises(ValueError, match=rf"proba\[1\]={bad!r}"), ev.StreamingMetrics() as m:
+        m.update(y, p)
+
+
+def test_baseline_counts_add_up_over_blocks():
+    rng = np.random.default_rng(5)
+    y, last = rng.integers(0, 2, 1000).astype(np.float32), rng.random(1000) < 0.4
+    whole = ev.baseline_counts(y, last)
+    blocks = sum(ev.baseline_counts(y[i : i + 77], last[i : i + 77]) for i in range(0, 1000, 77))
+    np.testing.assert_array_equal(blocks, whole)
+    prior, p_up, p_down = ev.baseline_rates(whole)
+    assert prior == y.mean(dtype=np.float64) and p_up == y[last].mean(dtype=np.float64)
+    assert p_down == y[~last].mean(dtype=np.float64)

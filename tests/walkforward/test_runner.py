@@ -173,6 +173,36 @@ def test_resume_reports_a_missing_or_corrupt_prediction_file(tmp_path, bars, dam
         run_stage(dataclasses.replace(cfg, resume=True), "count", dataset=ds)
 
 
+def test_starting_over_then_resuming_continues_the_new_run_not_the_old_one(tmp_path, bars, caplog):
+    ds = build_dataset(bars, 1)
+    cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=4, patience=10)
+    full = run_stage(cfg, "count", dataset=ds)  # an earlier, finished run in the same directory
+    again = run_stage(cfg, "count", dataset=ds, budget=UnitBudget(1))  # started over, stopped after one fold
+    assert len(again.folds) == 1 and "removing the previous run's checkpoints" in caplog.text
+    assert sorted(p.name for p in (again.run_dir / "predictions").iterdir()) == ["fold_000.npy"]
+    rest = run_stage(dataclasses.replace(cfg, resume=True), "count", dataset=ds)
+    assert _metrics(rest.folds) == _metrics(full.folds)
+    assert "resuming after fold 0 of 4" in (rest.run_dir / "logs" / "walkforward.log").read_text()
+
+
+def test_resume_removes_a_prediction_file_left_half_written_by_a_kill(tmp_path, bars):
+    ds = build_dataset(bars, 1)
+    cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=4, patience=10)
+    part = run_stage(cfg, "count", dataset=ds, budget=UnitBudget(2))
+    stale = part.run_dir / "predictions" / ".tmp-fold_002.npy.abc123"
+    stale.write_bytes(b"\x93NUMPY half")
+    rest = run_stage(dataclasses.replace(cfg, resume=True), "count", dataset=ds)
+    assert len(rest.folds) == 4 and not stale.exists()
+
+
+def test_resume_refuses_when_the_data_changed_under_the_same_settings(tmp_path, bars):
+    cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=4, patience=10)
+    run_stage(cfg, "count", dataset=build_dataset(bars, 1), budget=UnitBudget(2))
+    longer = build_dataset(ohlcv.synthetic_ohlcv(6500, timeframe="1h", seed=11), 1)
+    with pytest.raises(ValueError, match=r"fold 0 had 1179 test rows when it was run and has 1279 now"):
+        run_stage(dataclasses.replace(cfg, resume=True), "count", dataset=longer)
+
+
 def test_resume_converts_a_checkpoint_with_predictions_inside(tmp_path, bars):
     """Checkpoints of earlier versions held the predictions as tensors in the state; they still resume."""
     from atheria_kit.checkpoint import CheckpointManager

@@ -4,6 +4,7 @@ one bit for bit, same splits, SGD close to lbfgs, resume, and the auto choice.""
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from atheria_kit.walkforward import evaluation as ev
 from atheria_kit.walkforward import streaming as st
 from atheria_kit.walkforward.config import WalkForwardConfig, load_config
 from atheria_kit.walkforward.disk import DiskColumn, DiskMatrix
+from atheria_kit.walkforward.models import STREAMING_MODEL, make_model
 from atheria_kit.walkforward.runner import build_dataset, load_bars, make_folds, run_stage, run_walkforward
 from tests.fakes.unit_budget import UnitBudget
 
@@ -138,7 +140,9 @@ def test_splits_of_an_out_of_core_dataset_read_only_a_few_values(tmp_path, monke
     monkeypatch.setattr(DiskColumn, "__array__", lambda *a, **k: pytest.fail("a whole column was read"))
     folds = [f for mode in ("count", "quick", "full") for f in make_folds(ds, cfg, mode)]
     assert len(folds) >= 10
-    assert sum(len(r) for r in read) <= 4 * len(folds)  # boundary values only: binary searches, no pass
+    # a few binary searches per fold (about log2(rows) values each), never a pass over a column
+    per_search = math.ceil(math.log2(len(ds.y))) + 1
+    assert sum(len(r) for r in read) <= 4 * per_search * len(folds) < len(ds.y)
 
 
 def test_split_indices_are_identical(tmp_path):
@@ -220,6 +224,9 @@ def test_stop_and_resume_gives_the_uninterrupted_fold_metrics(tmp_path, momentum
     assert part.status == "stopped" and len(part.folds) == 2
     (rest,) = run_walkforward(WalkForwardConfig(out=str(tmp_path / "b"), resume=True, **cfg))
     assert strip(rest.folds) == strip(full.folds)
+    for i in range(5):  # the predictions too, byte for byte
+        name = f"predictions/fold_{i:03d}.npy"
+        assert (rest.run_dir / name).read_bytes() == (full.run_dir / name).read_bytes(), name
     # an in-memory run cannot resume the out-of-core checkpoint (another model)
     with pytest.raises(ValueError, match="different settings"):
         run_walkforward(WalkForwardConfig(out=str(tmp_path / "b"), resume=True, **{**cfg, "out_of_core": "off"}))
@@ -273,3 +280,40 @@ def test_run_stage_alone_builds_and_removes_its_work_files(tmp_path, momentum):
     cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=3, patience=10, out_of_core="on")
     res = run_stage(cfg, "count", bars=momentum)
     assert len(res.folds) == 3 and not (res.run_dir / st.WORK_DIR).exists()
+
+
+def test_a_fold_evaluated_in_many_blocks_gives_the_same_predictions_and_metrics(tmp_path, momentum):
+    # up to float rounding: BLAS sums a block's rows in an order that depends on the block's size (the block
+    # size is fixed, so resumed and uninterrupted runs agree bit for bit, as tested above)
+    cfg = WalkForwardConfig(out=str(tmp_path), n_splits=3, chunk_size=1000)
+    ds = st.build_dataset_out_of_core(cfg, tmp_path / "work", bars=momentum)
+    fold = make_folds(ds, cfg, "count")[-1]
+    model = make_model(STREAMING_MODEL, len(fold.train)).fit(ds.X[fold.train], ds.y[fold.train])
+    one, many = tmp_path / "one.npy", tmp_path / "many.npy"
+    with open(one, "wb") as fh:
+        whole = st.evaluate_fold(model, ds, fold, fh)  # one block: the fold is smaller than the default
+    with open(many, "wb") as fh:
+        blocks = st.evaluate_fold(model, ds, fold, fh, block_rows=97)
+    np.testing.assert_allclose(np.load(many), np.load(one), rtol=1e-6)
+    assert len(np.load(many)) == len(fold.test) > 10 * 97
+    for key, value in whole.items():
+        assert blocks[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+def test_report_plots_every_step_th_test_row_read_from_the_prediction_files(tmp_path, momentum, monkeypatch):
+    from atheria_kit.walkforward import report
+
+    cfg = WalkForwardConfig(out=str(tmp_path), n_splits=3, chunk_size=1000)
+    ds = st.build_dataset_out_of_core(cfg, tmp_path / "work", bars=momentum)
+    folds = make_folds(ds, cfg, "count")
+    files = []
+    for f in folds:
+        files.append(tmp_path / f"fold_{f.index}.npy")
+        np.save(files[-1], np.arange(len(f.test), dtype=np.float32) / len(f.test))
+    monkeypatch.setattr(report, "PLOT_POINTS", 1000)
+    y, p, step = report._sampled_predictions(ds, folds, files)
+    total = sum(len(f.test) for f in folds)
+    assert step == -(-total // 1000) and step > 1 and len(y) == len(p) <= 1000
+    labels = np.asarray(ds.y)
+    np.testing.assert_array_equal(y, np.concatenate([labels[f.test.start : f.test.stop : step] for f in folds]))
+    np.testing.assert_array_equal(p, np.concatenate([np.load(f)[::step] for f in files]))
