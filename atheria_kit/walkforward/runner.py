@@ -198,20 +198,30 @@ def _fold_record(i: int, fold: sp.Fold, ds: Dataset, metrics: dict[str, float], 
     }
 
 
+def _prediction_entry(path: Path, rows: int) -> dict[str, Any]:
+    """What the checkpoint state records of a fold's prediction file."""
+    return {"file": path.name, "rows": int(rows), "sha256": _io.sha256_file(path)}
+
+
+def _convert_legacy_predictions(directory: Path, state: dict[str, Any]) -> None:
+    """Checkpoints written before predictions moved to files held them as tensors (``proba``): write the files."""
+    entries = []
+    for i, t in enumerate(state.pop("proba")):
+        path = directory / f"fold_{i:03d}.npy"
+        with _io.atomic_open(path) as fh:
+            np.save(fh, t.numpy().astype(np.float32))
+        entries.append(_prediction_entry(path, len(t)))
+    state["predictions"] = entries
+
+
 def _check_predictions(run_dir: Path, state: dict[str, Any], folds: list[sp.Fold]) -> None:
     """On resume: every completed fold's prediction file is there and intact (its SHA-256 as recorded) and has
     as many rows as the fold has now, else a clear error. Temporary files of a fold killed while writing are
-    removed. Checkpoints written before predictions moved to files (tensors in the state) are converted."""
+    removed."""
     directory = run_dir / PREDICTIONS_DIR
     _io.remove_stale_temp_files(directory)
-    if "proba" in state:  # older checkpoint format: the predictions inside the state
-        entries = []
-        for i, t in enumerate(state.pop("proba")):
-            path = directory / f"fold_{i:03d}.npy"
-            with _io.atomic_open(path) as fh:
-                np.save(fh, t.numpy().astype(np.float32))
-            entries.append({"file": path.name, "rows": len(t), "sha256": _io.sha256_file(path)})
-        state["predictions"] = entries
+    if "proba" in state:
+        _convert_legacy_predictions(directory, state)
     for i, entry in enumerate(state["predictions"]):
         path = directory / entry["file"]
         problem = None
@@ -313,13 +323,13 @@ def run_stage(
         folds = make_folds(ds, config, mode)
         logger.info("%d samples, %d features, %d folds (%s)", len(ds.y), ds.X.shape[1], len(folds), mode)
 
-        if not config.resume and (run_dir / "checkpoints").is_dir():
+        if not config.resume:
             # starting over: an earlier run's checkpoints would outrank this run's first ones (higher steps) on a
             # later --resume, and its predictions are not this run's
-            logger.warning("no --resume: removing the previous run's checkpoints and predictions in %s; "
-                           "starting over", run_dir)
+            if (run_dir / "checkpoints").is_dir():
+                logger.warning("no --resume: removing the previous run's checkpoints and predictions in %s; "
+                               "starting over", run_dir)
             _io.remove_tree(run_dir / "checkpoints")
-        if not config.resume:
             _io.remove_tree(run_dir / PREDICTIONS_DIR)
         mgr = CheckpointManager(run_dir / "checkpoints", monitor="best_auc", mode="max", keep_best=1,
                                 async_save=False, budget=budget)
@@ -387,8 +397,7 @@ def _fold_loop(config, mode, ds, folds, state, mgr, runlog, run_dir, model_name,
         if budget is not None:
             budget.end_unit()
         state["folds"].append(rec)
-        state["predictions"].append({"file": pred_path.name, "rows": len(fold.test),
-                                     "sha256": _io.sha256_file(pred_path)})
+        state["predictions"].append(_prediction_entry(pred_path, len(fold.test)))
         auc = rec["auc"] if math.isfinite(rec["auc"]) else -1.0
         if auc > state["best_auc"]:
             state.update(best_auc=float(auc), best_fold=i, since_best=0)

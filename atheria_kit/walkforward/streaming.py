@@ -316,8 +316,10 @@ def evaluate_fold(model, ds: Dataset, fold, predictions: IO[bytes], *, block_row
     Memory is a few blocks of ``block_rows`` rows whatever the size of the fold (:class:`StreamingMetrics`
     spills to the work directory for the exact AUC).
     """
-    counts = sum((ev.baseline_counts(yb, ds.last_up[fold.train].read(a, b))
-                  for a, b, yb in ds.y[fold.train].iter_blocks(block_rows)), np.zeros(4, dtype=np.int64))
+    counts = np.zeros(4, dtype=np.int64)
+    last_train = ds.last_up[fold.train]
+    for start, stop, yb in ds.y[fold.train].iter_blocks(block_rows):
+        counts += ev.baseline_counts(yb, last_train.read(start, stop))
     prior, p_up, p_down = ev.baseline_rates(counts)
     X, y, last = ds.X[fold.test], ds.y[fold.test], ds.last_up[fold.test]
     spill = ds.X.path.parent
