@@ -286,6 +286,9 @@ class TrainingSession:
             self._end_reason = "nan"
             log.error("loss non-finite %d times; stopping", self._nan_skips)
             return
+        # the last good state may still be on its way to disk (asynchronous save): let it land, or "latest" is an
+        # older checkpoint, or none at all, and the poisoned parameters would stay
+        self.checkpoints.wait()
         loaded = self.checkpoints.load("latest")
         if loaded is not None:  # parameters may hold NaN now: go back to the last good state, keep this RNG stream
             restore_state(self._objects, loaded.state, rng=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,24 @@ def test_nan_skip_rolls_back_and_continues(tmp_path, local_env, bad):
     assert r.end_reason == "done" and r.episodes_done == TOTAL
     assert len(s.history) == TOTAL - 1  # the bad episode is spent but not recorded
     assert all(torch.isfinite(p).all() for p in model.parameters())  # rolled back, not trained on from NaN
+
+
+def test_nan_skip_rolls_back_to_a_checkpoint_still_being_written(tmp_path, local_env, monkeypatch):
+    """On a slow disk the last good checkpoint is still in flight when the loss turns NaN: it must land and be
+    the one rolled back to (this failed now and then on a busy machine before the session waited for it)."""
+    from atheria_kit.checkpoint import DiskStorage
+
+    write_chunk = DiskStorage.write_chunk
+
+    def slow_disk(self, name, fh, chunk):
+        time.sleep(0.1)  # a slow disk (not a wait for an event): every save outlasts several episodes
+        write_chunk(self, name, fh, chunk)
+
+    monkeypatch.setattr(DiskStorage, "write_chunk", slow_disk)
+    s, r, model = run_session(config(tmp_path, max_training_seconds=10_000, nan_policy="skip"), local_env,
+                              ManualClock(T0), fail_at=5)
+    assert r.end_reason == "done" and len(s.history) == TOTAL - 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_new_vm_resumes_from_the_remote_copy(tmp_path, other_fs_dir, local_env):
