@@ -214,6 +214,9 @@ class TimeBudget:
         self._saves: deque[float] = deque(maxlen=32)
         self._stop_reason: str | None = None
         self._previous_handlers: dict[int, Any] = {}
+        #: Seconds the final sync to persistent storage is expected to take (set by whoever syncs: the
+        #: measured upload time); reserved like the final save, so the session ends with its copy made.
+        self.final_sync_estimate: Callable[[], float] | None = None
 
     # ----------------------------------------------------------------- time
     @property
@@ -243,6 +246,22 @@ class TimeBudget:
         return max(self._saves) * (1.0 + self.save_margin)
 
     @property
+    def final_sync_seconds(self) -> float:
+        """Seconds reserved for the final sync (0 without a remote, or when the estimate fails)."""
+        if self.final_sync_estimate is None:
+            return 0.0
+        try:
+            value = float(self.final_sync_estimate())
+        except Exception:  # an estimate is advice; a failing one must not stop training
+            return 0.0
+        return value if math.isfinite(value) and value > 0 else 0.0
+
+    @property
+    def end_reserve(self) -> float:
+        """What must be left at the end: the final save, the final sync and the fixed reserve."""
+        return self.save_estimate + self.final_sync_seconds + self.reserve_seconds
+
+    @property
     def unit_forecast(self) -> float | None:
         """Forecast seconds of the next unit (None before the first unit is measured)."""
         f = self.forecaster.forecast()
@@ -259,7 +278,7 @@ class TimeBudget:
         remaining = self.remaining
         if math.isinf(remaining):
             return True
-        after = remaining - self.save_estimate - self.reserve_seconds
+        after = remaining - self.end_reserve
         forecast = self.unit_forecast
         if forecast is None:
             # Nothing measured: a unit may take anything; start only while a generous share is left.
@@ -273,7 +292,7 @@ class TimeBudget:
         self._note_partial()
         if self._stop_reason is not None:
             return True
-        return self.remaining <= self.save_estimate + self.reserve_seconds
+        return self.remaining <= self.end_reserve
 
     def should_save_now(self) -> bool:
         """Whether code that can save inside a unit should save now: past ``save_share`` of the limit,

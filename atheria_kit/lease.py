@@ -31,6 +31,7 @@ import psutil
 
 from atheria_kit._io import atomic_write_bytes
 from atheria_kit._validation import require_positive
+from atheria_kit.say import UserError
 
 __all__ = [
     "FileLeaseStore",
@@ -48,7 +49,7 @@ LEASE_FORMAT = "atheria-lease"
 LEASE_FILE = "lease.json"
 
 
-class LeaseError(RuntimeError):
+class LeaseError(UserError):
     """Base class of lease failures."""
 
 
@@ -175,9 +176,16 @@ class Lease:
 
     def is_stale(self, other: LeaseInfo) -> bool:
         """Whether ``other``'s holder is gone: heartbeat older than ``timeout``, or a dead pid on this host."""
-        if self._clock() - other.heartbeat_at > self.timeout:
-            return True
-        return other.host == self.info.host and other.pid != self.info.pid and not self._pid_alive(other.pid)
+        return self.why_stale(other) is not None
+
+    def why_stale(self, other: LeaseInfo) -> str | None:
+        """Why ``other``'s holder counts as gone ("its process is gone", "no heartbeat for 412 s"), or None."""
+        if other.host == self.info.host and other.pid != self.info.pid and not self._pid_alive(other.pid):
+            return "its process is gone"
+        age = self._clock() - other.heartbeat_at
+        if age > self.timeout:
+            return f"no heartbeat for {age:.0f} s"
+        return None
 
     def acquire(self, take_over: bool = False) -> LeaseInfo | None:
         """Take the lease; return the stale holder taken over (None if it was free).
@@ -190,8 +198,9 @@ class Lease:
                 age = max(0.0, self._clock() - previous.heartbeat_at)
                 if not take_over and not self.is_stale(previous):
                     raise LeaseHeldError(self.store.name, previous, age, self.timeout)
-                logger.warning("taking over the lease of %s from %s pid %d (last heartbeat %.0f s ago)",
-                               self.store.name, previous.host, previous.pid, age)
+                # INFO: the caller tells the user (a WARNING would reach a notebook's stderr a second time)
+                logger.info("taking over the lease of %s from %s pid %d (last heartbeat %.0f s ago)",
+                            self.store.name, previous.host, previous.pid, age)
             else:
                 previous = None
             self._write()

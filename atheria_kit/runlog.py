@@ -33,7 +33,7 @@ from typing import IO, Any
 
 import psutil
 
-from atheria_kit._io import atomic_write_json
+from atheria_kit._io import atomic_write_bytes, atomic_write_json
 from atheria_kit._validation import require_choice, require_int
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,29 @@ class RunLog:
         if message is not None:
             self.message = message
         self._write_progress()
+
+    def rewind(self, done: int) -> int:
+        """Forget the units recorded after unit ``done`` (a resume from a checkpoint older than the log).
+
+        Why: a session that died after its last checkpoint logged episodes that the next session redoes; without
+        this the log would hold them twice and describe a history that never produced the weights. The metrics
+        file is rewritten atomically (a reader sees the old or the new file). Returns how many records were dropped.
+        """
+        require_int("done", done, minimum=0)
+        path = self.metrics_path
+        records = read_jsonl(path, decode_nonfinite=False)
+        keep = [r for r in records if not isinstance(r.get("done"), int) or r["done"] <= done]
+        dropped = len(records) - len(keep)
+        if dropped:
+            if self._metrics_fh is not None:
+                self._metrics_fh.close()
+            atomic_write_bytes(path, "".join(_dumps_line(r) for r in keep).encode("utf-8"))
+            self._metrics_fh = open(path, "a", buffering=1, encoding="utf-8")
+            log.info("%s: dropped %d record(s) after unit %d (they are redone from the checkpoint)", path, dropped, done)
+        if self.done != done:
+            self.done = done
+            self._write_progress()
+        return dropped
 
     def log_resources(self, sample: Mapping[str, Any] | None = None) -> None:
         """Append one resource sample (default: this process's RSS and CPU %), stamped with ``time``."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -26,17 +28,47 @@ from typing import Any, TextIO
 import torch
 
 from atheria_kit import __version__
+from atheria_kit import session_messages as msg
+from atheria_kit._io import TMP_PREFIX
 from atheria_kit.budget import TimeBudget
-from atheria_kit.checkpoint import CheckpointManager
+from atheria_kit.checkpoint import CheckpointError, CheckpointManager, CheckpointWriteError, DiskStorage
+from atheria_kit.lease import FileLeaseStore, Lease
 from atheria_kit.live import LiveView
 from atheria_kit.monitor import MIN_INTERVAL, ResourceMonitor
 from atheria_kit.platform import Environment, detect_environment
+from atheria_kit.say import Say, UserError
 from atheria_kit.session_config import SessionConfig
 from atheria_kit.state import capture_rng_state, collect_state, restore_state
 
 log = logging.getLogger(__name__)
 
 END_REASONS = ("done", "budget", "stopped", "nan", "error")
+
+
+class SessionStorageError(UserError):
+    """A run folder cannot be created or written (disk full, read-only, permission denied); nothing was trained."""
+
+
+class RemoteUnavailableError(UserError):
+    """The configured remote could not be read at start-up; the session stopped rather than start from zero."""
+
+
+def _storage_message(path: Path, exc: BaseException, todo: str) -> str:
+    errno_ = getattr(exc, "errno", None)
+    reason = f"[Errno {errno_}] {os.strerror(errno_)}" if errno_ else f"{type(exc).__name__}: {exc}"
+    return f"cannot write {path}: {reason}. {todo}"
+
+
+def _prepare_folder(path: Path) -> None:
+    """Create ``path`` and prove it is writable with a real temporary file (a read-only mount fails here)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + "probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SessionStorageError(_storage_message(
+            path, exc, "Nothing was trained. Free space or choose a writable folder (ROOT=...), then run again")) from None
 
 
 @dataclass
@@ -52,6 +84,11 @@ class SessionPaths:
     def under(cls, root: Path, experiment: str) -> SessionPaths:
         return cls(root, root / "checkpoints" / experiment, root / "logs" / experiment, root / "exports" / experiment)
 
+    @property
+    def lease(self) -> Path:
+        """The run folder's lease (outside the folders that ``start_over`` archives)."""
+        return self.root / "leases" / f"{self.checkpoints.name}.json"
+
 
 @dataclass
 class SessionResult:
@@ -65,6 +102,8 @@ class SessionResult:
     plots: dict[str, Path] = field(default_factory=dict)
     exports: list[dict[str, Any]] = field(default_factory=list)
     summary: Path | None = None
+    #: What the persistent copy holds after the final sync (None without a remote).
+    remote: Any = None
 
     @property
     def finished(self) -> bool:
@@ -100,16 +139,48 @@ class TrainingSession:
         wall_clock: Callable[[], float] = time.time,
         display: Callable[..., Any] | None = None,
         stream: TextIO | None = None,
+        storage: DiskStorage | None = None,
     ) -> None:
         self.config = config or SessionConfig()
         cfg = self.config
+        self.say = Say(stream)
         self.environment = environment or detect_environment()
         self._clock, self._wall_clock = clock, wall_clock
-        root = Path(cfg.root) if cfg.root else default_root(self.environment)
+        root = Path(cfg.root).expanduser() if cfg.root else default_root(self.environment)
         self.paths = SessionPaths.under(root.resolve(), cfg.experiment_name)
-        for p in (self.paths.checkpoints, self.paths.logs, self.paths.exports):
-            p.mkdir(parents=True, exist_ok=True)
         self.device = default_device()
+        self.lease: Lease | None = None
+        self.sync: Any = None
+        self.monitor: ResourceMonitor | None = None
+        self._resume: Any = None  # where the resumed checkpoint came from (sync.ResumeResult), if anywhere
+        self._places: list[str] = [str(self.paths.checkpoints)]
+        try:
+            self._start(remote, storage, notifier, display, stream)
+        except BaseException:
+            self._abort_start()
+            raise
+        log.info("session for %r in %s (%s, device %s, budget %.0f s)", cfg.experiment_name, self.paths.root,
+                 self.environment.kind, self.device, self.budget.limit_seconds)
+
+    def _start(self, remote: Any, storage: DiskStorage | None, notifier: Any, display: Any, stream: Any) -> None:
+        """Everything before training, in the order that loses nothing: folders, lease, archive, remote, resume."""
+        cfg, clock, wall_clock = self.config, self._clock, self._wall_clock
+        for p in (self.paths.checkpoints, self.paths.logs, self.paths.exports, self.paths.lease.parent):
+            _prepare_folder(p)
+        # One session per run folder: a second notebook on it refuses before touching anything.
+        self.lease = Lease(FileLeaseStore(self.paths.lease), owner_label=f"experiment {cfg.experiment_name!r}",
+                           timeout=cfg.lease_timeout_seconds, heartbeat_every=min(30.0, cfg.lease_timeout_seconds / 4),
+                           clock=wall_clock)
+        try:
+            previous = self.lease.acquire(take_over=cfg.take_over_lease)
+        except OSError as exc:
+            raise SessionStorageError(_storage_message(self.paths.lease, exc, "Choose a writable folder")) from None
+        if previous is not None:
+            why = self.lease.why_stale(previous) or "TAKE_OVER_LEASE=True"
+            self.say.warning(f"took over the run folder from {previous.host} (pid {previous.pid}): {why}")
+        self.lease.start_heartbeat()
+        if cfg.start_over:
+            self._archive_local()
 
         # The budget's fixed reserve and first save estimate (60 s each) suit hours-long sessions; a short demo
         # budget scales them down so that it still trains.
@@ -119,18 +190,22 @@ class TrainingSession:
                                  initial_save_seconds=min(60.0, 0.05 * limit))
         self.monitor = ResourceMonitor(interval=max(cfg.monitor_interval, MIN_INTERVAL), budget=self.budget)
         self.sync = _open_sync(cfg, self.environment, remote, self.paths)
-        if cfg.auto_resume:
-            # Before the manager reads its folder: on a fresh VM the newest checkpoint may exist only remotely
-            # (Drive, a bucket) or in an earlier Kaggle version's output attached as an input.
-            from atheria_kit.session_sync import fetch_newest, kaggle_input_sources
-
-            sources = ((self.sync.worker.target,) if self.sync is not None else ()) + \
-                kaggle_input_sources(self.environment, cfg.experiment_name)
-            if sources:
-                fetch_newest(self.paths.checkpoints, sources)
-        self.checkpoints = CheckpointManager(
-            self.paths.checkpoints, monitor=cfg.monitor, mode=cfg.mode, keep_best=cfg.keep_best_n, budget=self.budget
-        )
+        if self.sync is not None:
+            self._places.append(self.sync.worker.target.name)
+            self.budget.final_sync_estimate = self.sync.estimated_final_sync_seconds
+            if cfg.start_over:
+                self._archive_remote()
+        if cfg.auto_resume and not cfg.start_over:
+            self._fetch_newest()
+        try:
+            self.checkpoints = CheckpointManager(
+                self.paths.checkpoints, monitor=cfg.monitor, mode=cfg.mode, keep_best=cfg.keep_best_n,
+                budget=self.budget, allow_pickle=cfg.allow_pickle, storage=storage,
+            )
+        except CheckpointWriteError as exc:
+            raise SessionStorageError(_storage_message(
+                exc.path, exc.__cause__ or exc, "Nothing was trained. Free space or choose a writable folder, "
+                "then run again")) from None
         self._saved: list[dict[str, Any]] = []  # every checkpoint this run wrote (for the timeline plot)
         self.checkpoints.subscribe(self._on_commit)
         if self.sync is not None:
@@ -149,13 +224,21 @@ class TrainingSession:
         self.sessions: list[dict[str, Any]] = []
         self._last_saved_episode: int | None = None
         self._end_reason: str | None = None
+        self._error: str | None = None  # what failed, when the end reason is "error"
+        self._stop: dict[str, float | None] = {}  # the numbers behind a budget stop, for the stop line
         self._nan_skips = 0
+        self._mid_episode = False  # an exception left an episode half done: its parameters are not a saved state
         self._finished = False
         self._last_resource_time: float | None = None
         self._rng_at_episode_end: dict[str, Any] | None = None
         self._live: LiveView | None = None
         self._display, self._stream = display, stream
-        self._runlog = _open_runlog(self.paths.logs, cfg, clock, wall_clock)
+        try:
+            self._runlog = _open_runlog(self.paths.logs, cfg, clock, wall_clock)
+        except OSError as exc:
+            raise SessionStorageError(_storage_message(
+                self.paths.logs, exc, "Nothing was trained. Free space or choose a writable folder, then run again"
+            )) from None
         self._session_started_at = wall_clock()
         self._session_t0 = clock()
         self._alert_lock = threading.Lock()
@@ -163,53 +246,153 @@ class TrainingSession:
         if cfg.handle_signals and threading.current_thread() is threading.main_thread():
             self.budget.install_signal_handlers()
         self.monitor.start()
-        log.info("session for %r in %s (%s, device %s, budget %.0f s)", cfg.experiment_name, self.paths.root,
-                 self.environment.kind, self.device, self.budget.limit_seconds)
+
+    def _abort_start(self) -> None:
+        """Undo a start that failed: nothing was trained, so nothing is synced; the lease is given back."""
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):
+                self.monitor.stop()
+        if self.sync is not None:
+            with contextlib.suppress(Exception):
+                _abandon_sync(self.sync)
+        if self.lease is not None:
+            with contextlib.suppress(Exception):
+                self.lease.release()
+
+    def _archive_local(self) -> None:
+        """``start_over``: move this experiment's folders aside under an archive name (never delete them)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self._wall_clock()))
+        moved = []
+        for folder in (self.paths.checkpoints, self.paths.logs, self.paths.exports):
+            if folder.is_dir() and any(folder.iterdir()):
+                dest = folder.with_name(f"{folder.name}.archived-{stamp}")
+                try:
+                    folder.rename(dest)
+                    folder.mkdir()
+                except OSError as exc:
+                    raise SessionStorageError(_storage_message(dest, exc, "Could not archive the previous run; "
+                                                               "nothing was changed or trained")) from None
+                moved.append(str(dest))
+        if moved:
+            self.say(f"starting over (START_OVER=True): the previous run is kept in {', '.join(moved)}. "
+                     f"Set START_OVER=False now, or the next session starts over again")
+
+    def _archive_remote(self) -> None:
+        try:
+            where = self.sync.archive_remote("start over")
+        except Exception as exc:
+            raise RemoteUnavailableError(
+                f"START_OVER=True, but the previous run on {self.sync.worker.target.name} could not be archived "
+                f"({type(exc).__name__}: {exc}); nothing was trained. Run again when the remote is reachable") from None
+        if where:
+            self.say(f"the previous run's remote copy is kept under {where} on {self.sync.worker.target.name}")
+
+    def _fetch_newest(self) -> None:
+        """Bring the newest verified checkpoint (local, remote, an earlier Kaggle version) into the local folder.
+
+        An unreachable remote is retried for ``remote_retry_seconds``; if it stays unreachable the session stops
+        (``remote_unavailable="stop"``) instead of starting from zero beside a remote history it could not see.
+        """
+        from atheria_kit.session_sync import kaggle_input_sources
+
+        cfg = self.config
+        inputs = kaggle_input_sources(self.environment, cfg.experiment_name)
+        self._places.extend(src.name for src in inputs)
+        sources = ((self.sync.worker.target,) if self.sync is not None else ()) + tuple(inputs)
+        if not sources:
+            return
+        from atheria_kit.sync import RemoteUnavailableError as SyncUnavailable
+        from atheria_kit.sync import resume_from_best_source
+        if self.config.remote_retry_seconds > 0:
+            self.say(f"looking for checkpoints in {', '.join(self._places)}")
+        try:
+            self._resume = resume_from_best_source(
+                self.paths.checkpoints, sources, fetch="all", retry_seconds=cfg.remote_retry_seconds,
+                unavailable="raise" if cfg.remote_unavailable == "stop" else "ignore",
+            )
+        except SyncUnavailable as exc:
+            raise RemoteUnavailableError(
+                f"could not read {', '.join(exc.sources)} for {cfg.remote_retry_seconds:.0f} s ({exc.last_error}). "
+                "Nothing was trained and nothing was changed, here or there. Run again when it is reachable, or set "
+                "REMOTE_UNAVAILABLE='ignore' to continue from what is reachable here (the remote's newer checkpoints, "
+                "if any, would then be ignored)") from None
+        for problem in getattr(self._resume, "problems", ()) or ():
+            if "unavailable" in problem:
+                self.say.warning(f"{problem}; continuing without it (REMOTE_UNAVAILABLE='ignore')")
 
     # ------------------------------------------------------------------------------------------ resume
     def restore(self, **objects: Any) -> int:
         """Register the objects to checkpoint (model, optimizer, scheduler, scaler, generators, anything with
         ``state_dict()``) and, with ``auto_resume``, load them from the newest valid checkpoint.
 
-        Returns the episode training starts from: 0 on a first run (nothing to resume is not an error).
+        Returns the episode training starts from: 0 on a first run (nothing to resume is not an error). Prints where
+        the run stands: resumed from which checkpoint and copy, a new run, or a run that is already complete.
         """
         if not objects:
             raise ValueError("restore() needs the objects to checkpoint, e.g. restore(model=model, optimizer=opt)")
         self._objects = dict(objects)
-        if self.config.auto_resume:
-            loaded = self.checkpoints.load("latest")
-            if loaded is not None:
-                extra = restore_state(self._objects, loaded.state)
-                run = extra.get("run", {})
-                self.episode = int(run.get("episode", 0))
-                self.global_step = int(run.get("global_step", 0))
-                self.history = list(run.get("history", []))
-                self.sessions = list(run.get("sessions", []))
-                self._saved = list(run.get("saved", []))
-                if "budget" in run:
-                    self.budget.load_state_dict(run["budget"])
-                self._last_saved_episode = self.episode
-                log.info("resumed from %s: episode %d of %d", loaded.record.file, self.episode,
-                         self.config.total_episodes)
+        cfg = self.config
+        loaded = self.checkpoints.load("latest") if cfg.auto_resume else None
+        redo = 0
+        if loaded is not None:
+            extra = restore_state(self._objects, loaded.state)
+            run = extra.get("run", {})
+            self.episode = int(run.get("episode", 0))
+            self.global_step = int(run.get("global_step", 0))
+            self.history = list(run.get("history", []))
+            self.sessions = [dict(s) for s in run.get("sessions", [])]
+            for s in self.sessions:  # a session saved while running never finished: its kernel or VM died
+                if s.get("end_reason") in (None, "running"):
+                    s["end_reason"] = "interrupted"
+            self._saved = list(run.get("saved", []))
+            if "budget" in run:
+                self.budget.load_state_dict(run["budget"])
+            self._last_saved_episode = self.episode
+            self._say_skipped(loaded.record)
+        # One history: what the run log recorded after this checkpoint is redone, so it leaves the log.
+        redo = self._guard_storage(lambda: self._runlog.rewind(self.episode), "the run log") or 0
         self.start_episode = self.episode
         self.sessions.append({
             "index": len(self.sessions) + 1, "started_at": self._session_started_at, "duration_seconds": None,
             "first_episode": self.episode, "last_episode": None, "end_reason": None,
             "platform": self.environment.kind, "device": str(self.device),
         })
+        if loaded is not None and self.episode >= cfg.total_episodes:
+            self.say(msg.complete_line(self.episode, cfg.total_episodes))
+        elif loaded is not None:
+            self.say(msg.resume_line(loaded.record.file, self._copy_label(loaded.record.file),
+                                     len(self.sessions), self.episode, cfg.total_episodes, redo))
+        else:
+            self.say(msg.new_run_line(self._places, cfg.total_episodes, self.budget.limit_seconds))
         self._live = LiveView(
-            self.config.total_episodes, initial=self.episode, mode=self.config.live_view,
-            update_every=self.config.plot_every, metric_name=self.config.monitor if self.config.monitor != "loss"
-            else None, title=self.config.experiment_name, display=self._display, stream=self._stream,
+            cfg.total_episodes, initial=self.episode, mode=cfg.live_view,
+            update_every=cfg.plot_every, metric_name=cfg.monitor if cfg.monitor != "loss"
+            else None, title=cfg.experiment_name, display=self._display, stream=self._stream,
         )
         for rec in self.history:  # the live figure starts with what earlier sessions did
-            self._live.points.append(_live_point(rec, self.config.monitor))
+            self._live.points.append(_live_point(rec, cfg.monitor))
         if self.episode:
-            self._notes.message(f"▶ {self.config.experiment_name} resumed at episode {self.episode}/"
-                                f"{self.config.total_episodes} on {self.environment.kind}")
+            self._notes.message(f"▶ {cfg.experiment_name} resumed at episode {self.episode}/"
+                                f"{cfg.total_episodes} on {self.environment.kind}")
         else:
-            self._notes.started(total=self.config.total_episodes, platform=self.environment.kind)
+            self._notes.started(total=cfg.total_episodes, platform=self.environment.kind)
         return self.episode
+
+    def _copy_label(self, file: str) -> str:
+        """Which copy a resumed checkpoint came from: "Drive copy", "local copy", ..."""
+        res = self._resume
+        if res is not None and getattr(res, "downloaded", False) and getattr(res, "file", None) == file:
+            source = str(getattr(res, "source", "remote"))
+            return f"{'Drive' if 'Google Drive' in source else source} copy"
+        return "local copy"
+
+    def _say_skipped(self, used: Any) -> None:
+        """Name every newer checkpoint that was passed over (damaged, unsafe), so a fallback is never silent."""
+        bad = getattr(self.checkpoints, "_bad", {})
+        for rec in self.checkpoints.records():
+            if rec.step > used.step or (rec.step == used.step and rec.file != used.file and rec.file in bad):
+                why = bad.get(rec.file, "not loadable")
+                self.say.warning(f"skipped {rec.file}: {why}; using the previous good checkpoint {used.file}")
 
     # ------------------------------------------------------------------------------------------ loop
     def episodes(self) -> Iterator[int]:
@@ -217,11 +400,16 @@ class TrainingSession:
         if self._live is None:
             raise RuntimeError("call restore(model=..., optimizer=...) before episodes()")
         while self.episode < self.config.total_episodes and self._end_reason is None:
+            if self.lease is not None and self.lease.error is not None:
+                self._fail(f"{self.lease.error}", "Another session now trains this run; stop one of them")
+                break
             if self.budget.stop_requested:
                 self._end_reason = "stopped"
                 break
             if not self.budget.can_start():
                 self._end_reason = "budget"
+                self._stop = {"next": self.budget.unit_forecast, "save": self.budget.save_estimate,
+                              "sync": self.budget.final_sync_seconds, "left": self.budget.remaining}
                 log.info("stopping before episode %d: the next episode and a final save would not fit in the "
                          "%.0f s left", self.episode, self.budget.remaining)
                 break
@@ -243,7 +431,8 @@ class TrainingSession:
         """Record the finished episode's loss and metrics; save, sync and refresh the live view as scheduled.
 
         A NaN or infinite loss stops the run (``nan_policy="stop"``) or rolls back to the last good checkpoint
-        (``"skip"``); either way that episode is not saved.
+        (``"skip"``); either way that episode is not saved. A storage failure (disk full, read-only folder) stops
+        the run with end reason ``error``: the last good checkpoint stays, and the next run resumes from it.
         """
         values = {"loss": _to_float(loss), **{k: _to_float(v) for k, v in metrics.items()}}
         ep = self.episode
@@ -252,48 +441,90 @@ class TrainingSession:
             self._handle_nan(ep, values["loss"])
             return
         self._logged = True
+        if self._end_reason == "error":
+            return
         self.episode = ep + 1
         self.global_step += 1
         self._rng_at_episode_end = capture_rng_state()
         record = {"episode": ep, "session": len(self.sessions), "time": self._wall_clock(), **values}
         self.history.append(record)
-        if self._runlog is not None:
-            self._runlog.log(record, done=self.episode)
-            sample = self.monitor.last()
-            if sample is not None and sample.time != self._last_resource_time:
-                self._last_resource_time = sample.time
-                self._runlog.log_resources({"time": sample.time, **sample.metrics()})
+        self._guard_storage(lambda: self._log_record(record), "the run log")
+        if self._end_reason == "error":
+            return  # the storage failed: no further writes, the last good checkpoint stays as it is
         status = self.status_line()
         if self._live is not None:
             self._live.update(ep, values["loss"], values.get(self.config.monitor) if self.config.monitor != "loss"
                               else None, status=status)
         last = self.episode >= self.config.total_episodes
         if self.episode % self.config.save_every_episodes == 0 or last or self.budget.should_save_now():
-            self._save(blocking=last)
+            self._guard_storage(lambda: self._save(blocking=last), "a checkpoint")
         self._notes.progress(self.episode, self.config.total_episodes,
                              {k: v for k, v in values.items() if isinstance(v, float)})
+
+    def _log_record(self, record: dict[str, Any]) -> None:
+        if self._runlog is None:
+            return
+        self._runlog.log(record, done=self.episode)
+        sample = self.monitor.last()
+        if sample is not None and sample.time != self._last_resource_time:
+            self._last_resource_time = sample.time
+            self._runlog.log_resources({"time": sample.time, **sample.metrics()})
+
+    def _guard_storage(self, action: Callable[[], Any], what: str) -> Any:
+        """Run a write; a storage failure ends the run cleanly (end reason ``error``) instead of escaping."""
+        try:
+            return action()
+        except (OSError, CheckpointError) as exc:
+            cause = exc if isinstance(exc, OSError) else (exc.__cause__ or exc)
+            path = getattr(exc, "path", None) or getattr(cause, "filename", None) or "?"
+            errno_ = getattr(cause, "errno", None)
+            reason = os.strerror(errno_) if errno_ else f"{type(cause).__name__}: {cause}"
+            self._fail(f"could not write {what} ({path}): {reason}",
+                       "Free space (or make the folder writable) and press Run all: the run resumes from that "
+                       "checkpoint")
+            return None
+
+    def _fail(self, what: str, todo: str) -> None:
+        if self._end_reason == "error":
+            return
+        self._end_reason = "error"
+        self._error = what
+        if hasattr(self, "checkpoints"):
+            with contextlib.suppress(Exception):  # a save still in flight may yet land: name the newest that did
+                self.checkpoints.wait(timeout=60.0)
+        kept = self._newest_file()
+        self.say.error(msg.error_stop_line(self.episode, what, kept, todo))
+        if self._live is not None:
+            self._live.alert("error", what)
+
+    def _newest_file(self) -> str | None:
+        recs = self.checkpoints.records() if hasattr(self, "checkpoints") else []
+        return recs[-1].file if recs else None
 
     def _handle_nan(self, ep: int, value: float) -> None:
         if self.config.nan_policy == "stop":
             self._end_reason = "nan"
-            log.error("episode %d: loss is %s; stopping (nan_policy='stop'); the last good checkpoint is kept",
-                      ep, value)
+            self.say.error(f"episode {ep}: loss is {value}; training stopped (nan_policy='stop'). The last good "
+                           f"checkpoint ({self._newest_file() or 'none yet'}) is kept; lower the learning rate or "
+                           f"set NAN_POLICY='skip', then run again")
             if self._live is not None:
                 self._live.alert("nan", f"loss became {value} at episode {ep}; run stopped, last good checkpoint kept")
             return
         self._nan_skips += 1
         if self._nan_skips > self.config.max_nan_skips:
             self._end_reason = "nan"
-            log.error("loss non-finite %d times; stopping", self._nan_skips)
+            self.say.error(f"loss was non-finite {self._nan_skips} times; training stopped. The last good "
+                           f"checkpoint ({self._newest_file() or 'none yet'}) is kept")
             return
         # the last good state may still be on its way to disk (asynchronous save): let it land, or "latest" is an
         # older checkpoint, or none at all, and the poisoned parameters would stay
-        self.checkpoints.wait()
+        if self._guard_storage(self.checkpoints.wait, "a checkpoint") is None:
+            return
         loaded = self.checkpoints.load("latest")
         if loaded is not None:  # parameters may hold NaN now: go back to the last good state, keep this RNG stream
             restore_state(self._objects, loaded.state, rng=False)
-        log.warning("episode %d: loss is %s; skipped and rolled back to the last good checkpoint (%d/%d)",
-                    ep, value, self._nan_skips, self.config.max_nan_skips)
+        self.say.warning(f"episode {ep}: loss is {value}; skipped and rolled back to the last good checkpoint "
+                         f"({self._nan_skips}/{self.config.max_nan_skips})")
         self.episode = ep + 1  # the episode is spent; its results are discarded
 
     # ------------------------------------------------------------------------------------------ saving
@@ -322,7 +553,7 @@ class TrainingSession:
 
     def save_now(self) -> None:
         """An emergency save, written (and synced, when a remote is set) before returning."""
-        self._save(blocking=True)
+        self._guard_storage(lambda: self._save(blocking=True), "a checkpoint")
         if self.sync is not None:
             self.sync.sync_now(timeout=300)
         self._notes.emergency_save(self.episode, reason=self._end_reason or "", metrics=self._final_metrics())
@@ -350,19 +581,25 @@ class TrainingSession:
     def finish(self, model: torch.nn.Module | None = None, example_input: Any = None) -> SessionResult:
         """Final save, sync and flush; plots, report, summary and (when the run is complete) exports.
 
-        Safe to call more than once; the second call returns the same result without redoing work.
+        Safe to call more than once; the second call returns the same result without redoing work. Never raises
+        for a storage or remote failure: each step that fails is reported, the others still run, and the last line
+        printed says where the run stands and what to do next. A kill at any instant leaves the newest complete
+        checkpoint loadable (the final save gets a new file name; nothing committed is rewritten).
         """
         if self._finished:
             return self._result
         reason = self._end_reason or ("done" if self.episode >= self.config.total_episodes else "stopped")
         self._end_reason = reason
-        if reason != "nan" and self._objects:
-            # Always rewrite the newest checkpoint at the end: it carries the sessions table with this one's
-            # end reason, which the next session's report shows.
-            self._save(blocking=True, force=True)
-        self.checkpoints.wait()
+        if reason not in ("nan", "error") and self._objects and not self._mid_episode:
+            # The final save carries the sessions table with this session's end reason, which the next session's
+            # report shows; it is written under a new name when this episode was saved already.
+            self._guard_storage(lambda: self._save(blocking=True, force=True), "the final checkpoint")
+        with contextlib.suppress(Exception):  # a failed background write was reported when it happened
+            self.checkpoints.wait()
+        reason = self._end_reason
         self.sessions = self._sessions_now()
-        self.monitor.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         with contextlib.suppress(Exception):
             self.budget.uninstall_signal_handlers()
 
@@ -370,26 +607,79 @@ class TrainingSession:
 
         exports: list[dict[str, Any]] = []
         if model is not None and example_input is not None and self.episode >= self.config.total_episodes:
-            exports = self._export(model, example_input)
+            try:
+                exports = self._export(model, example_input)
+            except Exception as exc:
+                self.say.warning(f"export failed ({type(exc).__name__}: {exc}); the checkpoints are intact")
         status = "finished" if reason == "done" else ("error" if reason in ("error", "nan") else "stopped")
-        run_summary = self._runlog.finish(status, reason) if self._runlog is not None else {}
-        plots, report, summary = write_outputs(self, exports, run_summary)
+        run_summary = self._guard_end(lambda: self._runlog.finish(status, self._error or reason), "the run log") or {}
+        plots, report, summary = self._guard_end(lambda: write_outputs(self, exports, run_summary),
+                                                 "the report and plots") or ({}, None, None)
         if self._live is not None:
             self._live.close(self.status_line())
+        remote = None
         if self.sync is not None:
-            self.sync.finish(extra_dirs=(self.paths.logs, self.paths.exports))
-        self.checkpoints.close()
+            remote = self.sync.finish(extra_dirs=(self.paths.logs, self.paths.exports),
+                                      timeout=self.config.final_sync_timeout)
+        with contextlib.suppress(Exception):
+            self.checkpoints.close()
+        if self.lease is not None:
+            with contextlib.suppress(Exception):
+                self.lease.release()
+        self._say_end(reason, remote, report)
         ended = "finished" if reason == "done" else f"stopped ({reason}) at episode {self.episode}/" \
             f"{self.config.total_episodes}; run again to resume"
+        if remote is not None and hasattr(remote, "describe"):
+            ended += f"; {remote.describe()}"
         self._notes.finished(self._final_metrics(), status=ended)
         if self._notes is self.notifier:
             self._notes.flush(timeout=30)  # the caller's RunNotifier: theirs to close
         else:
             self._notes.close()
         self._result = SessionResult(reason, self.episode, self.config.total_episodes, self.sessions, report,
-                                     plots, exports, summary)
+                                     plots, exports, summary, remote=remote)
         self._finished = True
         return self._result
+
+    def _guard_end(self, action: Callable[[], Any], what: str) -> Any:
+        """One step of finish(): a failure is said and the remaining steps still run."""
+        try:
+            return action()
+        except Exception as exc:
+            self.say.warning(f"could not write {what}: {type(exc).__name__}: {exc}")
+            return None
+
+    def _say_end(self, reason: str, remote: Any, report: Path | None) -> None:
+        """The session's last line: where the run stands and what to do next."""
+        cfg = self.config
+        newest = self._newest_file()
+        remote_text = remote.describe() if remote is not None and hasattr(remote, "describe") else None
+        if reason == "done":
+            line = f"finished: {self.episode}/{cfg.total_episodes} episodes"
+            if report is not None:
+                line += f"; report: {report}"
+            self.say(line)
+            if remote_text:
+                self.say(remote_text)
+            return
+        if reason in ("error", "nan"):
+            if remote_text:
+                self.say(remote_text)
+            return  # the error line was said when it happened
+        saved = f"saved ({newest})" if newest else "nothing saved yet"
+        if remote_text:
+            saved += f"; {remote_text}"
+        if reason == "budget":
+            per_ep = self._stop.get("next")
+            usable = self.budget.limit_seconds - self.budget.end_reserve
+            more = msg.sessions_left(cfg.total_episodes - self.episode, per_ep, usable)
+            self.say(msg.budget_stop_line(self.episode, per_ep, float(self._stop.get("save") or 0.0),
+                                          float(self._stop.get("sync") or 0.0), float(self._stop.get("left") or 0.0),
+                                          saved, more))
+        else:
+            why = self.budget.stop_reason or "stopped"
+            self.say(f"stopped at episode {self.episode}/{cfg.total_episodes} ({why}); {saved}; "
+                     f"press Run all to continue from there")
 
     def _final_metrics(self) -> dict[str, float]:
         if not self.history:
@@ -420,8 +710,12 @@ class TrainingSession:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and not self._finished:
-            self._end_reason = "stopped" if exc_type is KeyboardInterrupt else "error"
-            log.error("training raised %s; saving what was completed", exc_type.__name__)
+            self._mid_episode = not getattr(self, "_logged", True)
+            if exc_type is KeyboardInterrupt:
+                self._end_reason = "stopped"
+            else:
+                self._fail(f"training raised {exc_type.__name__}: {exc}", "Fix the error and press Run all: the run "
+                           "resumes from that checkpoint")
         if not self._finished:
             self.finish()
 
@@ -467,6 +761,15 @@ def _notifier_from_environment():
     except ImportError:
         return None
     return notifier_from_environment()
+
+
+def _abandon_sync(sync: Any) -> None:
+    """Stop syncing without a final sync (a start that failed has nothing new to copy)."""
+    abandon = getattr(sync, "abandon", None)
+    if callable(abandon):
+        abandon()
+    else:
+        sync.worker.close(5.0, final_sync=False)
 
 
 def _open_sync(cfg: SessionConfig, env: Environment, remote: Any, paths: SessionPaths):

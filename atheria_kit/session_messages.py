@@ -1,0 +1,94 @@
+"""The lines a session prints at its boundaries (start, resume, stop, error): pure functions of what happened.
+
+Why here: the wording is the product's interface at the moments that matter most (a new VM, the last seconds of
+a session), so it is composed in one place, from numbers, and tested as text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = [
+    "budget_stop_line",
+    "complete_line",
+    "error_stop_line",
+    "fmt_duration",
+    "new_run_line",
+    "resume_line",
+    "sessions_left",
+]
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``41 s``, ``12 min``, ``3.5 h``: the precision a person reads at a glance."""
+    if seconds is None or not math.isfinite(seconds):
+        return "unlimited"
+    seconds = max(0.0, float(seconds))
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def resume_line(file: str, source: str, session_index: int, episode: int, total: int, redo: int) -> str:
+    """"resumed from ckpt-0000000210.pt (Drive copy, verified) at episode 210/400, session 3 of this run; ...\""""
+    line = (f"resumed from {file} ({source}, verified) at episode {episode}/{total}, "
+            f"session {session_index} of this run")
+    if redo:
+        line += (f"; {_plural(redo, 'episode')} recorded after that checkpoint "
+                 f"{'was' if redo == 1 else 'were'} not saved and will be redone")
+    return line
+
+
+def new_run_line(places: Sequence[str], total: int, budget_seconds: float) -> str:
+    where = ", ".join(places) if places else "this folder"
+    return (f"no checkpoint found in {where}: starting a new run of {total} episodes "
+            f"(this session's budget: {fmt_duration(budget_seconds)})")
+
+
+def complete_line(done: int, total: int) -> str:
+    return f"this run is already complete ({done}/{total}): nothing to train; outputs below"
+
+
+def sessions_left(episodes_left: int, seconds_per_episode: float | None, usable_seconds: float) -> int | None:
+    """How many more sessions like this one the rest of the run needs at the measured pace (None: unknown)."""
+    if episodes_left <= 0:
+        return 0
+    if not seconds_per_episode or not math.isfinite(usable_seconds) or usable_seconds <= 0:
+        return None
+    per_session = max(1, int(usable_seconds // seconds_per_episode))
+    return math.ceil(episodes_left / per_session)
+
+
+def budget_stop_line(
+    episode: int,
+    next_episode_seconds: float | None,
+    save_seconds: float,
+    sync_seconds: float,
+    left_seconds: float,
+    saved: str,
+    more_sessions: int | None,
+) -> str:
+    """"stopped before episode 93: the next episode (~41 s) and the final save (~6 s) would not fit in the 38 s
+    left; saved ...; about 3 more sessions at this pace; press Run all in the next session to continue\""""
+    parts = [f"the next episode (~{fmt_duration(next_episode_seconds)})" if next_episode_seconds
+             else "the next episode (duration not yet measured)",
+             f"the final save (~{fmt_duration(save_seconds)})"]
+    if sync_seconds > 0:
+        parts.append(f"the final sync (~{fmt_duration(sync_seconds)})")
+    needed = ", ".join(parts[:-1]) + " and " + parts[-1]
+    line = f"stopped before episode {episode}: {needed} would not fit in the {fmt_duration(left_seconds)} left; {saved}"
+    if more_sessions:
+        line += f"; about {_plural(more_sessions, 'more session')} at this pace"
+    return line + "; press Run all in the next session to continue"
+
+
+def error_stop_line(episode: int, what: str, kept: str | None, todo: str) -> str:
+    keep = f"the last good checkpoint ({kept}) is kept" if kept else "no checkpoint had been saved yet"
+    return f"training stopped at episode {episode}: {what}; {keep}. {todo}"
