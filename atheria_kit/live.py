@@ -9,13 +9,14 @@ progress lines and a single final figure, so the saved notebook holds one figure
 
 from __future__ import annotations
 
+import html
 import io
 import logging
 import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from atheria_kit._validation import require_choice, require_int
@@ -45,9 +46,31 @@ def resolve_mode(mode: str, environ: Mapping[str, str] | None = None) -> str:
 
 @dataclass
 class LivePoint:
+    """One finished episode: its loss, the monitored metric (if not the loss) and every other logged number."""
+
     episode: int
     loss: float
     metric: float | None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+#: How a session ended, as the static progress bar shows it: a planned stop is neutral, not red.
+OUTCOMES = {"done": ("#2e7d32", "finished"), "stopped": ("#1565c0", "stopped; resumes in the next session"),
+            "error": ("#c62828", "stopped by an error")}
+
+
+def static_progress_html(done: int, total: int | None, outcome: str, title: str = "", status: str = "") -> str:
+    """A progress bar as plain HTML: what replaces the live widget when the session ends, so a reopened or shared
+    notebook still shows where the run stood (a widget's state is not saved with the notebook)."""
+    colour, label = OUTCOMES[require_choice("outcome", outcome, tuple(OUTCOMES))]
+    pct = 100.0 * done / total if total else 0.0
+    count = f"{done}/{total}" if total else f"{done}"
+    name = html.escape(title or "training")
+    tail = f'<div style="font-size:85%;color:#555">{html.escape(status)}</div>' if status else ""
+    return (f'<div style="font-family:sans-serif;font-size:90%"><b>{name}</b>: episode {count} ({pct:.0f} %), '
+            f"{label}<div style=\"background:#e0e0e0;width:100%;max-width:600px;height:10px;border-radius:3px\">"
+            f'<div style="background:{colour};width:{min(100.0, pct):.1f}%;height:10px;border-radius:3px"></div>'
+            f"</div>{tail}</div>")
 
 
 def smooth(values: Sequence[float], window: int) -> list[float]:
@@ -63,9 +86,21 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+def _loss_series(points: Sequence[LivePoint]) -> list[str]:
+    """Logged names that belong on the loss axis: validation and other losses next to the training loss."""
+    names: list[str] = []
+    for p in points:
+        for k in p.extra:
+            if "loss" in k and k not in names:
+                names.append(k)
+    return names
+
+
 def render_training_figure(points: Sequence[LivePoint], metric_name: str | None, title: str = "") -> bytes:
-    """PNG of the loss (raw and smoothed) and the monitored metric, rendered without pyplot's global state."""
+    """PNG of the loss (raw and smoothed) with every other logged loss (``val_loss``: overfitting shows as the two
+    curves parting) on one axis, and the monitored metric; rendered without pyplot's global state."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(9, 3.2), dpi=90)
     axes = fig.subplots(1, 2 if metric_name else 1, squeeze=False)[0]
@@ -73,7 +108,11 @@ def render_training_figure(points: Sequence[LivePoint], metric_name: str | None,
     losses = [p.loss for p in points]
     axes[0].plot(eps, losses, color="tab:blue", alpha=0.35, lw=1, label="loss")
     if len(points) >= 3:
-        axes[0].plot(eps, smooth(losses, max(3, len(points) // 20)), color="tab:blue", lw=2, label="smoothed")
+        axes[0].plot(eps, smooth(losses, max(3, len(points) // 20)), color="tab:blue", lw=2, label="loss (smoothed)")
+    for colour, name in zip(("tab:orange", "tab:red", "tab:purple", "tab:brown"), _loss_series(points), strict=False):
+        pts = [(p.episode, p.extra[name]) for p in points if name in p.extra]
+        axes[0].plot([e for e, _ in pts], [v for _, v in pts], color=colour, lw=1.5, marker="." if len(pts) < 30
+                     else None, label=name)
     axes[0].set_xlabel("episode")
     axes[0].set_title("loss")
     axes[0].legend(loc="upper right", fontsize=8)
@@ -82,6 +121,8 @@ def render_training_figure(points: Sequence[LivePoint], metric_name: str | None,
         axes[1].plot(eps, vals, color="tab:green", lw=1.5)
         axes[1].set_xlabel("episode")
         axes[1].set_title(metric_name)
+    for ax in axes:  # episodes are whole numbers, also on a short run's axis
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -125,19 +166,23 @@ class LiveView:
         self._figure_handle = None
         self._status_handle = None
         self._bar = None
+        self._bar_handle = None
         self._alerts_shown: set[str] = set()
         self.figures_shown = 0
         if self.mode == "widget":
             self._display = self._display or _ipython_display()
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, desc=title or "training", unit="ep", dynamic_ncols=True)
+            self._bar = _notebook_bar(total, initial, title or "training")
+            if self._bar is not None and self._display is not None:
+                # Displayed through our own handle, so that close() can replace the widget by static HTML.
+                self._bar_handle = self._display(self._bar.container, display_id=True)
 
     # -- progress -----------------------------------------------------------------------------------------
-    def update(self, episode: int, loss: float, metric: float | None = None, status: str = "") -> None:
+    def update(self, episode: int, loss: float, metric: float | None = None, status: str = "",
+               extra: Mapping[str, float] | None = None) -> None:
         """Record one finished episode; refresh what is on screen at the configured rhythm."""
         self.done = episode + 1
-        self.points.append(LivePoint(episode, float(loss), None if metric is None else float(metric)))
+        self.points.append(LivePoint(episode, float(loss), None if metric is None else float(metric),
+                                     {k: float(v) for k, v in (extra or {}).items()}))
         if self.mode == "off":
             return
         if self._bar is not None:
@@ -184,7 +229,7 @@ class LiveView:
         if key in self._alerts_shown:
             return
         self._alerts_shown.add(key)
-        log.warning("%s", message)
+        log.info("alert %s: %s", key, message)  # shown below; a WARNING record would reach stderr a second time
         if self.mode == "off":
             return
         if self.mode == "widget" and self._display is not None:
@@ -193,17 +238,27 @@ class LiveView:
             self._display(HTML(f'<div style="background:#fff3cd;border-left:4px solid #e0a800;padding:4px 8px">'
                                f"<b>⚠ {key}</b>: {message}</div>"))
         else:
-            self._stream.write(f"ALERT [{key}] {message}\n")
+            self._stream.write(f"⚠ {key}: {message}\n")
             self._stream.flush()
 
     def rearm(self, key: str) -> None:
         self._alerts_shown.discard(key)
 
     # -- end ----------------------------------------------------------------------------------------------
-    def close(self, status: str = "") -> bytes | None:
-        """Close the bar and show the final figure once (also in headless mode). Returns its PNG."""
+    def close(self, status: str = "", outcome: str = "done") -> bytes | None:
+        """Close the bar and show the final figure once (also in headless mode). Returns its PNG.
+
+        ``outcome`` ("done", "stopped" for a planned stop, "error") colours the final bar: a stop at the time limit
+        is part of the plan and is not shown in red. In a notebook the live widget is replaced by a static
+        rendering of its final state, which survives saving, reopening and sharing the notebook.
+        """
+        require_choice("outcome", outcome, tuple(OUTCOMES))
         if self._bar is not None:
             self._bar.close()
+            if self._bar_handle is not None:
+                from IPython.display import HTML
+
+                self._bar_handle.update(HTML(static_progress_html(self.done, self.total, outcome, self.title)))
         if self.mode == "off" or not self.points:
             return None
         png = render_training_figure(self.points, self.metric_name, self.title)
@@ -221,6 +276,16 @@ class LiveView:
                 self._stream.write(status + "\n")
                 self._stream.flush()
         return png
+
+
+def _notebook_bar(total: int | None, initial: int, desc: str) -> Any:
+    """tqdm's notebook bar, not yet displayed (None where ipywidgets cannot run)."""
+    try:
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        return notebook_tqdm(total=total, initial=initial, desc=desc, unit="ep", display=False)
+    except ImportError:  # ipywidgets missing: the figure and status line still show progress
+        return None
 
 
 def _ipython_display() -> Callable[..., Any] | None:

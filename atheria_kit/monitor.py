@@ -372,7 +372,9 @@ class ResourceMonitor:
                 self._summaries.setdefault(key, _Summary()).add(float(value))
             alerts = self._crossings(snap)
         for alert in alerts:  # outside the lock: callbacks may read the monitor or take their time
-            logger.warning("resource alert: %s", alert.message)
+            # With a callback someone shows the alert (the session's live view): log it below WARNING, or an
+            # unconfigured logger prints it to stderr a second time.
+            logger.log(logging.INFO if self._alert_callbacks else logging.WARNING, "resource alert: %s", alert.message)
             for callback in list(self._alert_callbacks):
                 try:
                     callback(alert)

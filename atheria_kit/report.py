@@ -51,11 +51,22 @@ def render_report(
     plots: Mapping[str, str],
     exports: Sequence[Mapping[str, Any]],
     monitor: str | None = None,
+    status: str | None = None,
+    exports_pending: str | None = None,
+    remote: str | None = None,
 ) -> str:
-    """Markdown text of the report. ``plots`` maps a caption to a path relative to the report."""
+    """Markdown text of the report. ``plots`` maps a caption to a path relative to the report.
+
+    ``status``: one line on where the run stands; ``exports_pending``: why nothing was exported yet (exports wait
+    for the run to complete); ``remote``: what the persistent copy holds.
+    """
     parts = [f"# {title}", ""]
     total = sum(s.get("duration_seconds") or 0 for s in sessions)
+    if status:
+        parts += [f"**{status}**", ""]
     parts += [f"{len(sessions)} session(s), {_fmt_duration(total)} of training in all.", ""]
+    if remote:
+        parts += [f"Persistent copy: {remote}.", ""]
 
     parts += ["## Sessions", ""]
     parts.append(_table(
@@ -95,6 +106,8 @@ def render_report(
             parts += ["", "Notes:", ""] + [f"- {fmt}: {m}" for fmt, m in failures]
         parts += ["", "Each export was loaded in a fresh Python process and its output compared with the eager "
                       "model's on the same example input; it passes when max|a-b| <= atol + rtol·max|y|."]
+    elif exports_pending:
+        parts.append(exports_pending)
     else:
         parts.append("No export was requested.")
 

@@ -33,7 +33,7 @@ from atheria_kit._io import TMP_PREFIX
 from atheria_kit.budget import TimeBudget
 from atheria_kit.checkpoint import CheckpointError, CheckpointManager, CheckpointWriteError, DiskStorage
 from atheria_kit.lease import FileLeaseStore, Lease
-from atheria_kit.live import LiveView
+from atheria_kit.live import LivePoint, LiveView
 from atheria_kit.monitor import MIN_INTERVAL, ResourceMonitor
 from atheria_kit.platform import Environment, detect_environment
 from atheria_kit.say import Say, UserError
@@ -454,7 +454,8 @@ class TrainingSession:
         status = self.status_line()
         if self._live is not None:
             self._live.update(ep, values["loss"], values.get(self.config.monitor) if self.config.monitor != "loss"
-                              else None, status=status)
+                              else None, status=status,
+                              extra={k: v for k, v in values.items() if k not in ("loss", self.config.monitor)})
         last = self.episode >= self.config.total_episodes
         if self.episode % self.config.save_every_episodes == 0 or last or self.budget.should_save_now():
             self._guard_storage(lambda: self._save(blocking=last), "a checkpoint")
@@ -560,7 +561,21 @@ class TrainingSession:
 
     # ------------------------------------------------------------------------------------------ status
     def status_line(self) -> str:
-        return self.monitor.status_line()
+        """Resources and time (the monitor's line), then where the run stands: episodes, this session's and the
+        whole run's ETA at the measured pace."""
+        line = self.monitor.status_line() if self.monitor is not None else ""
+        total, done = self.config.total_episodes, self.episode
+        per_episode = self.budget.unit_forecast
+        if per_episode and done < total:
+            left = (total - done) * per_episode
+            fits = self.budget.remaining - self.budget.end_reserve
+            this_session = "until the time limit" if left > fits else f"~{msg.fmt_duration(left)}"
+            sessions = msg.sessions_left(total - done, per_episode,
+                                         self.budget.limit_seconds - self.budget.end_reserve)
+            run = f"~{msg.fmt_duration(left)} of training" + (f" (about {sessions} sessions)" if sessions and
+                                                                  sessions > 1 else "")
+            line += f" | episode {done}/{total}; this session: {this_session}; rest of the run: {run}"
+        return line
 
     def _on_monitor_alert(self, alert: Any) -> None:
         if self._live is None:
@@ -616,11 +631,15 @@ class TrainingSession:
         plots, report, summary = self._guard_end(lambda: write_outputs(self, exports, run_summary),
                                                  "the report and plots") or ({}, None, None)
         if self._live is not None:
-            self._live.close(self.status_line())
+            outcome = "done" if reason == "done" else ("error" if reason in ("error", "nan") else "stopped")
+            self._live.close(self.status_line(), outcome=outcome)
         remote = None
         if self.sync is not None:
             remote = self.sync.finish(extra_dirs=(self.paths.logs, self.paths.exports),
                                       timeout=self.config.final_sync_timeout)
+            if report is not None and remote is not None:  # the local report also says what the remote holds now
+                self._guard_end(lambda: write_outputs(self, exports, run_summary, remote=remote.describe(),
+                                                      plots_made=plots), "the report")
         with contextlib.suppress(Exception):
             self.checkpoints.close()
         if self.lease is not None:
@@ -733,10 +752,10 @@ def _to_float(v: Any) -> float:
     return float(v)
 
 
-def _live_point(rec: Mapping[str, Any], monitor: str):
-    from atheria_kit.live import LivePoint
-
-    return LivePoint(int(rec["episode"]), float(rec["loss"]), rec.get(monitor) if monitor != "loss" else None)
+def _live_point(rec: Mapping[str, Any], monitor: str) -> LivePoint:
+    extra = {k: float(v) for k, v in rec.items()
+             if k not in ("episode", "session", "time", "loss", monitor) and isinstance(v, (int, float))}
+    return LivePoint(int(rec["episode"]), float(rec["loss"]), rec.get(monitor) if monitor != "loss" else None, extra)
 
 
 def _open_runlog(logs: Path, cfg: SessionConfig, clock, wall_clock):

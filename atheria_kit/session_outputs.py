@@ -40,13 +40,15 @@ def environment_table(session: TrainingSession) -> dict[str, Any]:
 
 
 def write_outputs(session: TrainingSession, exports: list[dict[str, Any]],
-                  run_summary: dict[str, Any] | None = None) -> tuple[dict[str, Path], Path, Path]:
+                  run_summary: dict[str, Any] | None = None, *, remote: str | None = None,
+                  plots_made: dict[str, Path] | None = None) -> tuple[dict[str, Path], Path, Path]:
     """Write the plots, the report and the summary (the run log's summary plus the session's own fields);
-    a failing plot is logged and left out, never fatal."""
+    a failing plot is logged and left out, never fatal. ``plots_made`` reuses plots already drawn (the report is
+    written again once the final sync says what the remote holds: ``remote``)."""
     logs = session.paths.logs
     history = session.history
     cfg = session.config
-    made: dict[str, Path] = {}
+    made: dict[str, Path] = dict(plots_made or {})
     records = session.checkpoints.records()
     kept = {r.step for r in records}
     jobs = {
@@ -57,7 +59,7 @@ def write_outputs(session: TrainingSession, exports: list[dict[str, Any]],
     }
     if cfg.monitor != "loss":
         jobs["Monitored metric"] = lambda p: plots.plot_metric(history, cfg.monitor, p)
-    for caption, job in jobs.items():
+    for caption, job in ({} if plots_made is not None else jobs).items():
         path = logs / (caption.lower().replace(" ", "_") + ".png")
         try:
             made[caption] = job(path)
@@ -79,6 +81,11 @@ def write_outputs(session: TrainingSession, exports: list[dict[str, Any]],
         plots={c: p.name for c, p in made.items()},
         exports=exports,
         monitor=cfg.monitor,
+        status=_status(session),
+        remote=remote,
+        exports_pending=None if exports or not cfg.export_formats or session.episode >= cfg.total_episodes else
+        f"Exported ({', '.join(cfg.export_formats)}) when training completes: {session.episode} of "
+        f"{cfg.total_episodes} episodes so far.",
     )
     summary = logs / "summary.json"
     atomic_write_json(summary, to_json_safe({
@@ -93,8 +100,23 @@ def write_outputs(session: TrainingSession, exports: list[dict[str, Any]],
         "exports": exports,
         "plots": {c: str(p) for c, p in made.items()},
         "report": str(report),
+        "remote": remote,
     }))
     return made, report, summary
+
+
+def _status(session: TrainingSession) -> str:
+    """Where the run stands, for the top of the report."""
+    cfg, reason = session.config, session._end_reason
+    done = f"{session.episode}/{cfg.total_episodes} episodes"
+    if reason == "done":
+        return f"Finished: {done}."
+    if reason == "budget":
+        return f"Stopped at this session's time limit after {done}; the next session continues from there."
+    if reason in ("error", "nan"):
+        what = session._error or ("the loss became non-finite" if reason == "nan" else "an error")
+        return f"Stopped by an error after {done}: {what}."
+    return f"Stopped after {done}; the next session continues from there."
 
 
 def _resource_rows(session: TrainingSession) -> list[dict[str, Any]]:

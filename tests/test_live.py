@@ -71,15 +71,70 @@ def test_text_mode_prints_about_twenty_lines_and_one_final_figure():
     assert len(disp.outputs) == 1
 
 
-def test_alert_is_shown_once_until_rearmed(caplog):
+def test_alert_is_shown_once_until_rearmed_and_never_twice_through_stderr(caplog, capsys):
+    caplog.set_level("INFO", logger="atheria_kit.live")
     out = io.StringIO()
     view = LiveView(10, mode="text", stream=out)
     for _ in range(3):
         view.alert("time", "90 % of the time budget used")
     view.rearm("time")
     view.alert("time", "90 % of the time budget used")
-    assert out.getvalue().count("ALERT [time]") == 2
-    assert sum("90 %" in r.message for r in caplog.records) == 2
+    assert out.getvalue().count("⚠ time: 90 % of the time budget used") == 2
+    # Logged for log files, below WARNING: unconfigured logging would print a WARNING to stderr again.
+    assert [r.levelname for r in caplog.records if "90 %" in r.getMessage()] == ["INFO", "INFO"]
+    assert capsys.readouterr().err == ""
+
+
+class Bar:
+    """Stands in for tqdm's notebook bar: a container widget, closed once."""
+
+    container = "<the bar widget>"
+
+    def __init__(self) -> None:
+        self.closed = 0
+        self.n = 90
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+    def set_postfix(self, **kw) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize(("outcome", "colour", "words"), [
+    ("stopped", "#1565c0", "stopped; resumes in the next session"),
+    ("done", "#2e7d32", "finished"),
+    ("error", "#c62828", "stopped by an error"),
+])
+def test_at_the_end_the_live_bar_is_replaced_by_a_static_one_coloured_by_outcome(monkeypatch, outcome, colour,
+                                                                                  words):
+    bar = Bar()
+    monkeypatch.setattr("atheria_kit.live._notebook_bar", lambda total, initial, desc: bar)
+    replaced = []
+
+    class Handle:
+        def update(self, new):
+            replaced.append(new)
+
+    shown = []
+
+    def display(obj, display_id=None):
+        shown.append(obj)
+        return Handle() if display_id else None
+
+    view = LiveView(400, initial=90, mode="widget", display=display, stream=io.StringIO(), title="demo")
+    assert shown[0] == "<the bar widget>"  # the live widget, through a handle of ours
+    for ep in range(90, 93):
+        view.update(ep, loss=0.5)
+    view.close("status", outcome=outcome)
+    assert bar.closed == 1
+    static = replaced[0]
+    assert type(static).__name__ == "HTML"
+    assert f"episode 93/400 (23 %), {words}" in static.data and f"background:{colour}" in static.data
+    assert "#c62828" not in static.data or outcome == "error"  # a planned stop is never red
 
 
 def test_smooth_is_a_trailing_average():
