@@ -38,6 +38,7 @@ from atheria_kit.monitor import MIN_INTERVAL, ResourceMonitor
 from atheria_kit.platform import Environment, detect_environment
 from atheria_kit.say import Say, UserError
 from atheria_kit.session_config import SessionConfig
+from atheria_kit.session_outputs import OutputsInput, resource_rows, write_outputs
 from atheria_kit.state import capture_rng_state, collect_state, restore_state
 
 log = logging.getLogger(__name__)
@@ -618,8 +619,6 @@ class TrainingSession:
         with contextlib.suppress(Exception):
             self.budget.uninstall_signal_handlers()
 
-        from atheria_kit.session_outputs import write_outputs
-
         exports: list[dict[str, Any]] = []
         if model is not None and example_input is not None and self.episode >= self.config.total_episodes:
             try:
@@ -628,7 +627,8 @@ class TrainingSession:
                 self.say.warning(f"export failed ({type(exc).__name__}: {exc}); the checkpoints are intact")
         status = "finished" if reason == "done" else ("error" if reason in ("error", "nan") else "stopped")
         run_summary = self._guard_end(lambda: self._runlog.finish(status, self._error or reason), "the run log") or {}
-        plots, report, summary = self._guard_end(lambda: write_outputs(self, exports, run_summary),
+        outputs = self._outputs_input()
+        plots, report, summary = self._guard_end(lambda: write_outputs(outputs, exports, run_summary),
                                                  "the report and plots") or ({}, None, None)
         if self._live is not None:
             outcome = "done" if reason == "done" else ("error" if reason in ("error", "nan") else "stopped")
@@ -638,7 +638,7 @@ class TrainingSession:
             remote = self.sync.finish(extra_dirs=(self.paths.logs, self.paths.exports),
                                       timeout=self.config.final_sync_timeout)
             if report is not None and remote is not None:  # the local report also says what the remote holds now
-                self._guard_end(lambda: write_outputs(self, exports, run_summary, remote=remote.describe(),
+                self._guard_end(lambda: write_outputs(outputs, exports, run_summary, remote=remote.describe(),
                                                       plots_made=plots), "the report")
         with contextlib.suppress(Exception):
             self.checkpoints.close()
@@ -659,6 +659,14 @@ class TrainingSession:
                                      plots, exports, summary, remote=remote)
         self._finished = True
         return self._result
+
+    def _outputs_input(self) -> OutputsInput:
+        return OutputsInput(
+            config=self.config, environment=self.environment, device=str(self.device), root=self.paths.root,
+            logs=self.paths.logs, history=self.history, sessions=self.sessions, records=self.checkpoints.records(),
+            saved=self._saved, episode=self.episode, end_reason=self._end_reason, error=self._error,
+            resource_rows=resource_rows(self.monitor.history) if self.monitor is not None else [],
+        )
 
     def _guard_end(self, action: Callable[[], Any], what: str) -> Any:
         """One step of finish(): a failure is said and the remaining steps still run."""

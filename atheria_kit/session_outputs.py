@@ -1,28 +1,53 @@
-"""What a finished (or stopped) session leaves behind: plots, the Markdown report and a summary JSON."""
+"""What a finished (or stopped) session leaves behind: plots, the Markdown report and a summary JSON.
+
+It reads an :class:`OutputsInput` (plain data the session hands over), not the session itself, so it stands below
+the session in the import graph.
+"""
 
 from __future__ import annotations
 
 import logging
 import platform as _pyplatform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 import torch
 
 from atheria_kit import __version__, plots
 from atheria_kit._io import atomic_write_json
+from atheria_kit.checkpoint import CheckpointRecord
+from atheria_kit.platform import Environment
 from atheria_kit.report import write_report
 from atheria_kit.retention import rank_best
 from atheria_kit.runlog import to_json_safe
-
-if TYPE_CHECKING:
-    from atheria_kit.session import TrainingSession
+from atheria_kit.session_config import SessionConfig
 
 log = logging.getLogger(__name__)
 
 
-def environment_table(session: TrainingSession) -> dict[str, Any]:
+@dataclass
+class OutputsInput:
+    """What the outputs are made of: the run's history, sessions and checkpoints, and where the session stands."""
+
+    config: SessionConfig
+    environment: Environment
+    device: str
+    root: Path
+    logs: Path
+    history: list[dict[str, Any]]
+    sessions: list[dict[str, Any]]
+    records: list[CheckpointRecord]
+    saved: list[dict[str, Any]]
+    episode: int
+    end_reason: str | None
+    error: str | None = None
+    resource_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def environment_table(session: OutputsInput) -> dict[str, Any]:
     env = session.environment
     gpus = ", ".join(f"{g.name} ({g.memory_total_bytes / 2**30:.0f} GiB)" for g in env.gpus) or "none"
     return {
@@ -35,27 +60,27 @@ def environment_table(session: TrainingSession) -> dict[str, Any]:
         "python": _pyplatform.python_version(),
         "torch": torch.__version__,
         "atheria_kit": __version__,
-        "root": str(session.paths.root),
+        "root": str(session.root),
     }
 
 
-def write_outputs(session: TrainingSession, exports: list[dict[str, Any]],
+def write_outputs(session: OutputsInput, exports: list[dict[str, Any]],
                   run_summary: dict[str, Any] | None = None, *, remote: str | None = None,
                   plots_made: dict[str, Path] | None = None) -> tuple[dict[str, Path], Path, Path]:
     """Write the plots, the report and the summary (the run log's summary plus the session's own fields);
     a failing plot is logged and left out, never fatal. ``plots_made`` reuses plots already drawn (the report is
     written again once the final sync says what the remote holds: ``remote``)."""
-    logs = session.paths.logs
+    logs = session.logs
     history = session.history
     cfg = session.config
     made: dict[str, Path] = dict(plots_made or {})
-    records = session.checkpoints.records()
+    records = session.records
     kept = {r.step for r in records}
     jobs = {
         "Loss evolution": lambda p: plots.plot_loss(history, p),
         "Loss distribution": lambda p: plots.plot_loss_distribution(history, p),
-        "Checkpoint timeline": lambda p: plots.plot_checkpoint_timeline(session._saved, kept, p),
-        "Resource use": lambda p: plots.plot_resources(_resource_rows(session), p),
+        "Checkpoint timeline": lambda p: plots.plot_checkpoint_timeline(session.saved, kept, p),
+        "Resource use": lambda p: plots.plot_resources(session.resource_rows, p),
     }
     if cfg.monitor != "loss":
         jobs["Monitored metric"] = lambda p: plots.plot_metric(history, cfg.monitor, p)
@@ -91,7 +116,7 @@ def write_outputs(session: TrainingSession, exports: list[dict[str, Any]],
     atomic_write_json(summary, to_json_safe({
         **(run_summary or {}),
         "experiment": cfg.experiment_name,
-        "end_reason": session._end_reason,
+        "end_reason": session.end_reason,
         "episodes_done": session.episode,
         "total_episodes": cfg.total_episodes,
         "sessions": session.sessions,
@@ -105,24 +130,24 @@ def write_outputs(session: TrainingSession, exports: list[dict[str, Any]],
     return made, report, summary
 
 
-def _status(session: TrainingSession) -> str:
+def _status(session: OutputsInput) -> str:
     """Where the run stands, for the top of the report."""
-    cfg, reason = session.config, session._end_reason
+    cfg, reason = session.config, session.end_reason
     done = f"{session.episode}/{cfg.total_episodes} episodes"
     if reason == "done":
         return f"Finished: {done}."
     if reason == "budget":
         return f"Stopped at this session's time limit after {done}; the next session continues from there."
     if reason in ("error", "nan"):
-        what = session._error or ("the loss became non-finite" if reason == "nan" else "an error")
+        what = session.error or ("the loss became non-finite" if reason == "nan" else "an error")
         return f"Stopped by an error after {done}: {what}."
     return f"Stopped after {done}; the next session continues from there."
 
 
-def _resource_rows(session: TrainingSession) -> list[dict[str, Any]]:
-    """This session's monitor samples, flattened to the keys the resource plot reads."""
+def resource_rows(snapshots: Sequence[Any]) -> list[dict[str, Any]]:
+    """Monitor samples flattened to the keys the resource plot reads."""
     rows = []
-    for snap in list(session.monitor.history):
+    for snap in snapshots:
         m = snap.metrics()
         rows.append({"time": snap.time, "ram_percent": m.get("ram_percent"), "cpu_percent": m.get("cpu_percent"),
                      "gpu_util_percent": m.get("gpu0_utilization_percent"),
