@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stop_after is not None and ep + 1 >= args.stop_after:
             session.budget.request_stop("worker --stop-after")
     emit("FINISH-BEGIN")
+    session.checkpoints.wait()  # saves queued by log() land first: the gates below see finish()'s writes only
     storage.armed = args.gate_finish
     result = session.finish()
     storage.armed = False
