@@ -110,6 +110,27 @@ class SessionResult:
     def finished(self) -> bool:
         return self.episodes_done >= self.total_episodes
 
+    def show(self, display: Callable[..., Any] | None = None) -> list[str]:
+        """Show the end-of-run plots in the notebook (they are saved as PNGs beside the report either way).
+
+        Returns the captions shown; outside a notebook (no IPython) it shows nothing and returns the captions
+        that were saved, so a script can print where they are.
+        """
+        if display is None:
+            try:
+                from IPython.display import display
+            except ImportError:
+                return []
+        from IPython.display import Image, Markdown
+
+        shown = []
+        for caption, path in self.plots.items():
+            if Path(path).is_file():
+                display(Markdown(f"**{caption}**"))
+                display(Image(filename=str(path)))
+                shown.append(caption)
+        return shown
+
 
 def default_root(env: Environment) -> Path:
     """Fast local disk for the run: /content/atheria on Colab, /kaggle/working/atheria on Kaggle, ./runs locally."""

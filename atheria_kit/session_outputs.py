@@ -82,8 +82,11 @@ def write_outputs(session: OutputsInput, exports: list[dict[str, Any]],
         "Checkpoint timeline": lambda p: plots.plot_checkpoint_timeline(session.saved, kept, p),
         "Resource use": lambda p: plots.plot_resources(session.resource_rows, p),
     }
-    if cfg.monitor != "loss":
+    if cfg.monitor != "loss" and "loss" not in cfg.monitor:  # a monitored loss is on the loss plot already
         jobs["Monitored metric"] = lambda p: plots.plot_metric(history, cfg.monitor, p)
+    others = plots.other_metric_keys(history, skip=(cfg.monitor,))
+    if others:
+        jobs["Other metrics"] = lambda p: plots.plot_metrics(history, others, p)
     for caption, job in ({} if plots_made is not None else jobs).items():
         path = logs / (caption.lower().replace(" ", "_") + ".png")
         try:
