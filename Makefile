@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint run bench bench-long clean
+.PHONY: setup test test-ui lint run dist bench bench-long clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,20 @@ test: setup lint
 
 run: setup
 	ATHERIA_HEADLESS=1 $(PY) notebooks/run_demo.py --out runs/demo
+
+# The wheel and the source distribution, in dist/: what Colab, Kaggle and other machines install.
+# --no-isolation: the build backend (setuptools, a dev dependency) comes from the venv, so this works offline.
+dist: setup
+	rm -rf dist
+	$(PY) -m build --no-isolation --outdir dist .
+	@echo "built:"; ls -1 dist
+
+# The browser test: notebook 01 in a real JupyterLab driven by Debian's Chromium; screenshots in runs/ui/.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-ui: setup
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet -e ".[ui]"
+	ATHERIA_UI_TEST=1 $(PY) -m pytest tests/ui -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -c "import lightning" 2>/dev/null || $(PY) -m pip install --quiet lightning

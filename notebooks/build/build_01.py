@@ -1,6 +1,6 @@
 """Builds notebooks/01_progressive_training.ipynb (run: python notebooks/build/build_01.py). Edit here, not the JSON."""
 
-from _notebook import code, md, write
+from _notebook import code, install_cell, md, write
 
 cells = [
     md("""# 01 · Progressive training that survives the session limit
@@ -10,15 +10,11 @@ Press **Run all** and walk away. Before the session's time limit the notebook sa
 that never stopped. Along the way it shows progress, a live figure and GPU/RAM/time; at the end it writes plots, a
 Markdown report, logs, and exports of the model (TorchScript, `torch.export`, ONNX when installed).
 
-Sections: setup · configuration · persistence · data · model · auto-resume and training · results."""),
-    md("## Setup and install (Colab, Kaggle, local)\nOn Colab and Kaggle this installs the kit once per session "
-       "(it keeps the platform's own CUDA torch). Locally, `make run` or `pip install -e .` has done it."),
-    code("""import importlib.util, subprocess, sys
-if importlib.util.find_spec("atheria_kit") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/atheria/atheria_kit"], check=True)"""),
+Sections: configuration · install · persistence · data · model · auto-resume and training · results."""),
     md("## Configuration\nThe parameters cell (tagged `parameters` for papermill). `SMOKE=True` shrinks everything "
        "to a run of about a minute on a CPU."),
-    code("""EXPERIMENT_NAME = "btc_direction_gru"
+    code("""KIT_SOURCE = None                # where to install atheria_kit from when it is missing (see the next cell)
+EXPERIMENT_NAME = "btc_direction_gru"
 MAX_TRAINING_HOURS = 10          # this session's cap; the platform's own limit applies too
 MAX_TRAINING_SECONDS = None      # exact cap in seconds (demos); overrides MAX_TRAINING_HOURS
 TOTAL_EPISODES = 400
@@ -36,6 +32,11 @@ STEPS_PER_EPISODE = 40
 SEED = 0
 LIVE_VIEW = "auto"               # "widget", "text" (headless) or "off"
 SMOKE = False""", metadata={"tags": ["parameters"]}),
+    md("## Install\nInstalls the kit when this runtime does not have it (Colab, Kaggle) and does nothing when it "
+       "does. With `KIT_SOURCE = None` it installs the newest `atheria_kit-*.whl` found in Google Drive "
+       "(`MyDrive/atheria/`), in the datasets attached to a Kaggle notebook, or in the working folder; when there is "
+       "none it says how to get one."),
+    install_cell(),
     code("""import atheria_kit as ak
 
 if SMOKE:
