@@ -49,8 +49,9 @@ class PBOResult:
     (``selected[c]``, a column position), in sample and out of sample. ``degradation_slope`` /
     ``degradation_intercept`` / ``degradation_r2``: the least-squares line ``oos = intercept + slope * is`` over the
     combinations (the paper's performance degradation; a negative slope means higher in-sample scores are followed
-    by lower out-of-sample ones). ``prob_oos_loss``: share of combinations where the selected trial's
-    out-of-sample metric is below 0.
+    by lower out-of-sample ones; the two halves of a combination make up the whole sample, so some of that slope
+    is mechanical even for a real edge: compare the levels, not only the sign). ``prob_oos_loss``: share of
+    combinations where the selected trial's out-of-sample metric is below 0.
     """
 
     pbo: float
