@@ -4,6 +4,11 @@ Why: a session can die at any instant. A file is either the old complete version
 new complete version, never a half-written one. The temporary file lives in the *same
 directory* as the target so that ``os.replace`` is a rename, not a cross-device copy
 (Lightning #20270).
+
+Verification: files are hashed with SHA-256 and BLAKE3 (both 256-bit cryptographic hashes; BLAKE3 is
+several times faster and multithreaded, so it is what a load checks when a record carries it). A
+checkpoint's integrity sidecar (``<name>.integrity.json``, :func:`write_integrity_sidecar`) holds its
+size and hashes, so the file can be verified without the manifest.
 """
 
 from __future__ import annotations
@@ -12,16 +17,35 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+import blake3 as _blake3
+
+from atheria_kit._validation import require_int
 
 #: Prefix of every temporary file the kit writes; leftovers from killed writes are recognised by it.
 TMP_PREFIX = ".tmp-"
 
 #: Block size for streaming reads, writes and hashing of large files.
 CHUNK_BYTES = 4 * 1024 * 1024
+
+#: Block size of the verifying reader: large enough for BLAKE3 to spread one block over all cores.
+HASH_BLOCK_BYTES = 16 * 1024 * 1024
+
+#: A checkpoint's integrity sidecar is ``<checkpoint file name>`` + this suffix (format: :func:`write_integrity_sidecar`).
+SIDECAR_SUFFIX = ".integrity.json"
+SIDECAR_FORMAT = "atheria-integrity"
+
+#: Hash algorithms a record or sidecar can carry, strongest-and-fastest first.
+HASH_ALGORITHMS = ("blake3", "sha256")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+T = TypeVar("T")
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -39,10 +63,14 @@ def fsync_dir(directory: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "wb", *, before_replace: Callable[[], None] | None = None
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success flush, fsync and rename it into place.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    ``before_replace`` runs once the temporary file is complete and durable, just before the rename
+    (a checkpoint writes its integrity sidecar there). On any exception, including one raised by
+    ``before_replace``, the temporary file is removed and ``path`` is left untouched.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open: mode={mode!r} is not supported; expected 'wb' or 'w'")
@@ -54,6 +82,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -110,6 +140,237 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def sha256_bytes(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def new_hasher(algorithm: str) -> Any:
+    """A fresh ``hashlib``-style hasher: ``"blake3"`` (multithreaded on large blocks) or ``"sha256"``."""
+    if algorithm == "blake3":
+        return _blake3.blake3(max_threads=_blake3.blake3.AUTO)
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise ValueError(f"algorithm={algorithm!r} is invalid; expected one of {HASH_ALGORITHMS}")
+
+
+def blake3_bytes(data: bytes | memoryview) -> str:
+    h = new_hasher("blake3")
+    h.update(data)
+    return h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """Hex digest of a file with ``algorithm`` ("blake3" or "sha256"), streamed (constant memory).
+
+    Reads with ``readinto`` into one reused buffer: no allocation per block, and no ``mmap`` (an I/O error
+    on a mapped network file kills the process with SIGBUS instead of raising).
+    """
+    h = new_hasher(algorithm)
+    buf = bytearray(HASH_BLOCK_BYTES)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def check_digest(field: str, value: Any, *, optional: bool = False) -> str | None:
+    """``value`` must be 64 lowercase hex digits (a SHA-256 or BLAKE3 digest), or None when ``optional``."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise ValueError(f"{field}={value!r} is invalid; expected 64 lowercase hex digits")
+    return value
+
+
+class Digests:
+    """SHA-256 and BLAKE3 of one stream, fed block by block (what a checkpoint write computes)."""
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self._blake3 = new_hasher("blake3")
+        self.size = 0
+
+    def update(self, block: bytes | memoryview) -> None:
+        self._sha256.update(block)
+        self._blake3.update(block)
+        self.size += len(block)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    @property
+    def blake3(self) -> str:
+        return self._blake3.hexdigest()
+
+
+class IntegrityError(ValueError):
+    """A file's size or hash differs from its record, or it changed while it was being read."""
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def read_verified(
+    path: str | os.PathLike,
+    size: int,
+    algorithm: str,
+    digest: str,
+    consume: Callable[[IO[bytes]], T],
+    *,
+    overlap: bool = True,
+) -> T:
+    """``consume(fh)`` on the open file ``path``, returned only if the file has ``size`` bytes and ``digest``.
+
+    Why: hashing a checkpoint and then deserializing it doubled the time to resume. With ``overlap`` a
+    second thread hashes the same open file (``pread``, so the two never move each other's file position)
+    while ``consume`` reads it; both read one file that is never rewritten (committed checkpoint names are
+    immutable), and its device, inode, size, mtime and ctime must be unchanged from before the reads to
+    after them, so a file that changes while it is read is refused like a corrupted one. ``consume`` must
+    be safe on damaged input: its result is thrown away unless the hash matches. Without ``overlap`` the
+    hash is checked first and ``consume`` runs only on a verified file (use this for full pickle, which
+    can run code while it reads). Raises :class:`IntegrityError` (size, hash or change), the ``OSError``
+    of an unreadable file, or ``consume``'s own error when the file verifies but ``consume`` fails.
+    """
+    with open(path, "rb") as fh:
+        fd = fh.fileno()
+        before = os.fstat(fd)
+        if before.st_size != size:
+            raise IntegrityError(f"size {before.st_size} bytes, expected {size} (truncated or overwritten)")
+        if not overlap:
+            got = _pread_digest(fd, size, algorithm)
+            if got != digest:
+                raise IntegrityError(f"{algorithm} mismatch (corrupted)")
+            result = consume(fh)
+            _check_unchanged(fd, before)
+            return result
+        hashed: dict[str, Any] = {}
+
+        def hash_it() -> None:
+            try:
+                hashed["digest"] = _pread_digest(fd, size, algorithm)
+            except BaseException as e:  # reported by the reading thread
+                hashed["error"] = e
+
+        hasher = threading.Thread(target=hash_it, name="atheria-verify", daemon=True)
+        hasher.start()
+        try:
+            result = consume(fh)
+        except BaseException as consume_error:
+            hasher.join()
+            # A damaged file explains a parser failure better than the parser's own error does.
+            if "error" in hashed:
+                raise hashed["error"] from consume_error
+            if hashed["digest"] != digest:
+                raise IntegrityError(f"{algorithm} mismatch (corrupted)") from consume_error
+            raise
+        hasher.join()
+        if "error" in hashed:
+            raise hashed["error"]
+        if hashed["digest"] != digest:
+            raise IntegrityError(f"{algorithm} mismatch (corrupted)")
+        _check_unchanged(fd, before)
+        return result
+
+
+def _pread_digest(fd: int, size: int, algorithm: str) -> str:
+    """Digest of the first ``size`` bytes of open file ``fd``, read with ``pread`` into one reused buffer."""
+    h = new_hasher(algorithm)
+    buf = bytearray(min(HASH_BLOCK_BYTES, max(size, 1)))
+    view = memoryview(buf)
+    offset = 0
+    while offset < size:
+        n = os.preadv(fd, [view[: min(len(buf), size - offset)]], offset)
+        if n == 0:
+            raise IntegrityError(f"ended at byte {offset}, expected {size} (truncated while being read)")
+        h.update(view[:n])
+        offset += n
+    return h.hexdigest()
+
+
+def _check_unchanged(fd: int, before: os.stat_result) -> None:
+    if _identity(os.fstat(fd)) != _identity(before):
+        raise IntegrityError("the file changed while it was being read")
+
+
+def sidecar_path(checkpoint: str | os.PathLike) -> Path:
+    """Where the integrity sidecar of checkpoint file ``checkpoint`` lies: beside it, ``<name>.integrity.json``."""
+    p = Path(checkpoint)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def write_integrity_sidecar(
+    path: str | os.PathLike,
+    size: int,
+    sha256: str,
+    blake3: str | None,
+    step: int,
+    revision: int,
+    lineage: str | None,
+    *,
+    episode: int | None = None,
+    metrics: Mapping[str, float] | None = None,
+    time: float | None = None,
+    versions: Mapping[str, str] | None = None,
+) -> Path:
+    """Atomically write the integrity sidecar of checkpoint file ``path``; return the sidecar's path.
+
+    The sidecar proves the checkpoint's content without the manifest: ``{"format", "version", "file",
+    "size", "sha256", "blake3", "step", "revision", "lineage"}`` plus, when given, the record fields
+    ``episode``, ``metrics``, ``time`` and ``versions`` (so the record can be rebuilt without loading the
+    file). The checkpoint manager writes it before renaming the checkpoint into place; the sync layer
+    writes it for a checkpoint it downloaded and verified. ``blake3`` may be None (an old manifest entry):
+    then ``sha256`` is what verifies the file.
+    """
+    p = Path(path)
+    doc: dict[str, Any] = {
+        "format": SIDECAR_FORMAT,
+        "version": 1,
+        "file": p.name,
+        "size": require_int("size", size, minimum=0),
+        "sha256": check_digest("sha256", sha256),
+        "blake3": check_digest("blake3", blake3, optional=True),
+        "step": require_int("step", step, minimum=0),
+        "revision": require_int("revision", revision, minimum=0),
+        "lineage": lineage,
+    }
+    if lineage is not None and (not isinstance(lineage, str) or not lineage):
+        raise ValueError(f"lineage={lineage!r} is invalid; expected a non-empty string or None")
+    if episode is not None:
+        doc["episode"] = require_int("episode", episode, minimum=0)
+    if metrics is not None:
+        doc["metrics"] = {str(k): float(v) for k, v in dict(metrics).items()}
+    if time is not None:
+        doc["time"] = float(time)
+    if versions is not None:
+        doc["versions"] = {str(k): str(v) for k, v in dict(versions).items()}
+    target = sidecar_path(p)
+    atomic_write_bytes(target, json_bytes(doc))
+    return target
+
+
+def read_integrity_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked content of sidecar file ``path``; ``ValueError`` naming the file and the bad field."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"integrity sidecar {p} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != SIDECAR_FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"integrity sidecar {p}: format={got!r} is invalid; expected {SIDECAR_FORMAT!r}")
+    try:
+        for key in ("size", "step", "revision"):
+            value = doc.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{key}={value!r} is invalid; expected an integer >= 0")
+        check_digest("sha256", doc.get("sha256"))
+        check_digest("blake3", doc.get("blake3"), optional=True)
+        if not isinstance(doc.get("file"), str) or doc.get("lineage") is not None and not isinstance(doc["lineage"], str):
+            raise ValueError(f"file={doc.get('file')!r}, lineage={doc.get('lineage')!r}: expected strings")
+    except ValueError as exc:
+        raise ValueError(f"integrity sidecar {p}: {exc}") from None
+    return doc
 
 
 def truncate_and_remove(path: str | os.PathLike) -> None:

@@ -13,6 +13,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import blake3
 import pytest
 import torch
 
@@ -125,11 +126,12 @@ def test_save_then_load_returns_the_same_state(tmp_path: Path, blocking: bool) -
     assert raw["step"] == 3 and torch.equal(raw["state"]["rng"], torch.tensor([3]))
 
 
-def test_manifest_records_step_episode_metrics_size_hash_time_versions(tmp_path: Path) -> None:
-    mgr = CheckpointManager(tmp_path, async_save=False, wall_clock=lambda: 1732000000.5)
+def test_manifest_records_step_episode_metrics_size_hashes_time_versions_lineage(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, async_save=False, wall_clock=lambda: 1732000000.5, lineage="run-a1")
     mgr.save(state_for(10), step=10, episode=4, metrics={"loss": 0.3, "acc": 0.9})
     m = manifest(tmp_path)
-    assert (m["format"], m["version"], m["monitor"], m["mode"]) == ("atheria-checkpoints", 1, "loss", "min")
+    assert (m["format"], m["version"], m["monitor"], m["mode"], m["lineage"]) == (
+        "atheria-checkpoints", 1, "loss", "min", "run-a1")
     (entry,) = m["checkpoints"]
     data = ckpt(tmp_path, 10).read_bytes()
     assert entry == {
@@ -139,8 +141,10 @@ def test_manifest_records_step_episode_metrics_size_hash_time_versions(tmp_path:
         "metrics": {"loss": 0.3, "acc": 0.9},
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
+        "blake3": blake3.blake3(data).hexdigest(),
         "time": 1732000000.5,
         "versions": {"torch": str(torch.__version__), "atheria_kit": "0.1.0"},
+        "lineage": "run-a1",
     }
 
 
@@ -220,7 +224,7 @@ def test_every_file_bad_means_nothing_to_load(tmp_path: Path, caplog: pytest.Log
     _flip_bit(ckpt(tmp_path, 1))
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert mgr.load() is None
-    with pytest.raises(CheckpointLoadError, match="sha256 mismatch"):
+    with pytest.raises(CheckpointLoadError, match=r"blake3 mismatch \(corrupted\)"):
         mgr.load(mgr.records()[0])  # an explicitly named bad checkpoint is an error, not a fallback
 
 
@@ -410,29 +414,48 @@ class _Exploit:
 
 
 def _plant_malicious_checkpoint(directory: Path, marker: Path) -> CheckpointManager:
-    """An attacker replaces the newest checkpoint and rewrites the manifest's size and hash to match."""
+    """An attacker replaces the newest checkpoint and rewrites the manifest's size and hashes to match."""
     mgr = CheckpointManager(directory, async_save=False)
-    mgr.save(state_for(1), step=1)
-    mgr.save(state_for(2), step=2)
+    mgr.save(state_for(1), step=1, metrics={"loss": 0.5})
+    mgr.save(state_for(2), step=2, metrics={"loss": 0.1})
     torch.save({"format": "atheria-checkpoint", "step": 2, "state": {"x": _Exploit(marker)}}, ckpt(directory, 2))
     m = manifest(directory)
     data = ckpt(directory, 2).read_bytes()
-    m["checkpoints"][-1].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    m["checkpoints"][-1].update(size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                blake3=blake3.blake3(data).hexdigest())
     (directory / MANIFEST_NAME).write_text(json.dumps(m))
     return CheckpointManager(directory)
 
 
-@pytest.mark.parametrize("which", ["latest", "record", "path"])
-def test_malicious_pickle_is_refused_by_default_and_runs_nothing(tmp_path: Path, which: str) -> None:
+@pytest.mark.parametrize("which", ["record", "path"])
+def test_malicious_pickle_named_explicitly_is_refused_and_runs_nothing(tmp_path: Path, which: str) -> None:
     marker = tmp_path / "pwned"
     mgr = _plant_malicious_checkpoint(tmp_path / "ckpts", marker)
-    target = {"latest": "latest", "record": mgr.records()[-1], "path": ckpt(tmp_path / "ckpts", 2)}[which]
+    target = {"record": mgr.records()[-1], "path": ckpt(tmp_path / "ckpts", 2)}[which]
     with pytest.raises(CheckpointLoadError, match="allow_pickle=True"):
         mgr.load(target)
     assert not marker.exists()
     with pytest.raises(ValueError, match="weights_only=False"):
         mgr.load(target, weights_only=False)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("which", ["latest", "best"])
+def test_unsafe_checkpoint_is_skipped_with_a_warning_and_the_next_good_one_is_loaded(
+    tmp_path: Path, which: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "pwned"
+    mgr = _plant_malicious_checkpoint(tmp_path / "ckpts", marker)  # step 2 is both the newest and the best
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        loaded = mgr.load(which)
+    assert loaded.record.step == 1 and torch.equal(loaded.state["model"]["w"], state_for(1)["model"]["w"])
+    assert not marker.exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(ckpt(tmp_path / "ckpts", 2).name in w and "allow_pickle=True" in w for w in warnings), warnings
+    # skipped, not condemned: the file is intact, so it keeps its place and is not deleted by retention
+    mgr.save(state_for(3), step=3, metrics={"loss": 0.9})
+    mgr.close()
+    assert ckpt(tmp_path / "ckpts", 2).exists() and [r.step for r in mgr.records()] == [1, 2, 3]
 
 
 def test_allow_pickle_opt_in_loads_arbitrary_pickle_with_a_warning(
