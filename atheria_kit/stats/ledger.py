@@ -104,6 +104,8 @@ def _check_name(name: Any) -> str:
 
 def trial_id(kind: str, name: str, params: Mapping[str, Any] | None = None) -> str:
     """The id a configuration gets in a ledger: 16 hex digits of the SHA-256 of its kind, name and params."""
+    if params is not None and not isinstance(params, Mapping):
+        raise ValueError(f"params={params!r} is invalid; expected a mapping of setting name to value")
     body = {"kind": _check_kind(kind), "name": _check_name(name), "params": _canonical(dict(params or {}), "params")}
     return hashlib.sha256(_canonical_json(body).encode("utf-8")).hexdigest()[:16]
 
@@ -162,16 +164,10 @@ def _index_array(index: Any, n: int) -> tuple[np.ndarray, str, str | None]:
     """Index values as int64 (UTC nanoseconds or positions), its kind and its time zone."""
     if index is None:
         return np.arange(n, dtype=np.int64), "position", None
-    if isinstance(index, pd.Index) and not isinstance(index, pd.DatetimeIndex):
-        if pd.api.types.is_datetime64_any_dtype(index):
-            index = pd.DatetimeIndex(index)
     if not isinstance(index, pd.Index):
-        arr = np.asarray(index)
-        if np.issubdtype(arr.dtype, np.datetime64) or (arr.dtype == object and arr.size
-                                                       and isinstance(arr[0], pd.Timestamp)):
-            index = pd.DatetimeIndex(index)
-        else:
-            index = pd.Index(arr)
+        index = pd.Index(index)  # infers datetime64 from datetimes, Timestamps or datetime64 values
+    if not isinstance(index, pd.DatetimeIndex) and pd.api.types.is_datetime64_any_dtype(index):
+        index = pd.DatetimeIndex(index)
     if len(index) != n:
         raise ValueError(f"index has {len(index)} entries; expected {n}, one per return")
     if isinstance(index, pd.DatetimeIndex):
@@ -235,10 +231,7 @@ class TrialsLedger:
         (timestamps or integer positions), otherwise ``index`` gives it, or periods are numbered from 0.
         ``params``: the configuration (str-keyed, JSON-like values). ``metrics``: other numbers to keep with it.
         """
-        kind = _check_kind(kind)
-        name = _check_name(name)
-        if params is not None and not isinstance(params, Mapping):
-            raise ValueError(f"params={params!r} is invalid; expected a mapping of setting name to value")
+        tid = trial_id(kind, name, params)  # validates kind, name and params
         canon = _canonical(dict(params or {}), "params")
         extra = _canonical(dict(metrics or {}), "metrics") if metrics is not None else {}
         if isinstance(returns, pd.Series) and index is None:
@@ -252,7 +245,6 @@ class TrialsLedger:
         np.save(buf, table, allow_pickle=False)
         data = buf.getvalue()
         digest = sha256_bytes(data)
-        tid = trial_id(kind, name, canon)
         rel = f"{RETURNS_DIR}/{tid}-{digest[:12]}.npy"
         atomic_write_bytes(self.study_dir / rel, data)
 

@@ -104,13 +104,12 @@ class PBOResult:
 def _matrix(trial_returns: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, list[str]]:
     if isinstance(trial_returns, pd.DataFrame):
         names = [str(c) for c in trial_returns.columns]
-        values = trial_returns.to_numpy(dtype=np.float64)
     else:
-        try:
-            values = np.asarray(trial_returns, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"trial_returns is invalid ({exc}); expected a T x N array of numbers") from exc
         names = []
+    try:
+        values = np.asarray(trial_returns, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"trial_returns is invalid ({exc}); expected a T x N array of numbers") from exc
     if values.ndim != 2:
         raise ValueError(
             f"trial_returns has shape {values.shape}; expected a 2-D T x N matrix "

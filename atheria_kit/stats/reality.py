@@ -73,7 +73,10 @@ class SnoopingTestResult:
 
 def _models_frame(models: ArrayLike) -> pd.DataFrame:
     if isinstance(models, pd.DataFrame):
-        frame = models.astype(np.float64)
+        try:
+            frame = models.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"models is invalid ({exc}); expected numeric per-period returns") from exc
     elif isinstance(models, Mapping):
         lengths = {str(k): len(v) for k, v in models.items()}
         if len(set(lengths.values())) > 1:

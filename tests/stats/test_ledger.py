@@ -208,3 +208,13 @@ def test_bad_reading_arguments_are_clear_errors(tmp_path: Path) -> None:
         ledger.returns_matrix(how="left")
     with pytest.raises(KeyError, match=r"trial='nope' is not in"):
         ledger.get("nope")
+
+
+def test_an_index_of_python_datetimes_is_stored_as_timestamps(tmp_path: Path) -> None:
+    from datetime import datetime, timedelta
+
+    stamps = [datetime(2024, 5, 1) + timedelta(minutes=15 * i) for i in range(4)]
+    rec = TrialsLedger(tmp_path).record("ensemble", "a", {}, [0.01, -0.02, 0.005, 0.0], index=stamps)
+    assert (rec.index_kind, rec.tz, rec.start, rec.end) == ("datetime", None, "2024-05-01 00:00:00",
+                                                            "2024-05-01 00:45:00")
+    assert list(TrialsLedger(tmp_path).returns("a").index) == [pd.Timestamp(s) for s in stamps]
