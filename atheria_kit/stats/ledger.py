@@ -39,6 +39,7 @@ import pandas as pd
 
 from atheria_kit._io import atomic_write_bytes, sha256_bytes, truncate_and_remove
 from atheria_kit.runlog import _cut_torn_tail, read_jsonl, to_json_safe
+from atheria_kit.stats.sharpe import has_spread
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def _moments(values: np.ndarray) -> dict[str, float]:
     std = float(values.std(ddof=1))
     d = values - mean
     m2 = float(np.mean(d**2))
-    if std <= 1e-14 * max(1.0, float(np.abs(values).max())):
+    if not has_spread(values):
         # No spread: the Sharpe ratio and the higher moments are undefined (reported as NaN, not 0).
         return {"sharpe": math.nan, "mean": mean, "std": std, "skew": math.nan, "kurtosis": math.nan}
     return {

@@ -53,6 +53,11 @@ def _finite(field: str, value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def has_spread(values: np.ndarray) -> bool:
+    """Whether finite ``values`` vary beyond rounding (constant returns make the Sharpe ratio undefined)."""
+    return bool(values.size >= 2 and float(np.std(values)) > 1e-14 * max(1.0, float(np.abs(values).max())))
+
+
 def as_returns(returns: ReturnsLike, field: str = "returns") -> np.ndarray:
     """``returns`` as a 1-D float64 array of at least 2 finite values with a non-zero spread."""
     if isinstance(returns, (str, bytes)):
@@ -72,7 +77,7 @@ def as_returns(returns: ReturnsLike, field: str = "returns") -> np.ndarray:
             f"{field}[{i}]={float(a[i])!r} is invalid; expected finite per-period returns "
             f"({bad.size} non-finite value(s): drop missing bars before computing the statistic)"
         )
-    if float(np.std(a)) <= 1e-14 * max(1.0, float(np.abs(a).max())):
+    if not has_spread(a):
         raise ValueError(
             f"{field} has zero variance (all {a.size} values equal {a[0]!r}); the Sharpe ratio is undefined"
         )

@@ -22,6 +22,7 @@ from atheria_kit.stats.sharpe import (
     SharpeStats,
     annualised_sharpe,
     expected_maximum_sharpe,
+    has_spread,
     minimum_track_record_length,
     probabilistic_sharpe_ratio,
 )
@@ -196,10 +197,15 @@ def summarize_overfitting(
     trials, matrix, ids = _trials_from(source, kind)
     stats: dict[str, SharpeStats | None] = {}
     for label, series in trials.items():
+        field = f"returns of {label!r}"
         try:
-            stats[label] = SharpeStats.from_returns(series.to_numpy(dtype=np.float64), field=f"returns of {label!r}")
-        except ValueError:
+            values = series.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{field} are invalid ({exc}); expected numeric per-period returns") from exc
+        if values.size >= 2 and np.isfinite(values).all() and not has_spread(values):
             stats[label] = None  # a trial without spread (never traded) counts as a trial but has no Sharpe
+        else:
+            stats[label] = SharpeStats.from_returns(values, field=field)
     defined = {k: s for k, s in stats.items() if s is not None}
     if not defined:
         raise ValueError("no trial has returns with a spread; the Sharpe ratio is undefined for all of them")

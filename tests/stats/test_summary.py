@@ -146,3 +146,11 @@ def test_bad_arguments_are_clear_errors(kwargs: dict, message: str) -> None:
 def test_an_empty_ledger_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"has no trials of kind 'walkforward'"):
         summarize_overfitting(TrialsLedger(tmp_path), kind="walkforward")
+
+
+def test_a_trial_too_short_or_not_numeric_is_an_error_not_a_flat_trial() -> None:
+    m = pd.DataFrame({"a": np.random.default_rng(0).normal(0, 0.01, 30), "b": [0.01] + [np.nan] * 29})
+    with pytest.raises(ValueError, match=r"returns of 'b' has 1 value\(s\); expected at least 2"):
+        summarize_overfitting(m)
+    with pytest.raises(ValueError, match=r"returns of 'c' are invalid .*expected numeric per-period returns"):
+        summarize_overfitting(m.assign(b=m["a"] * 2, c="x"))
