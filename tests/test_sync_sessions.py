@@ -8,28 +8,44 @@ import http.server
 import inspect
 import json
 import logging
+import os
 import shutil
 import tarfile
 import threading
+import time
+import uuid
 from pathlib import Path
 
+import fsspec
 import pytest
+import requests
 import torch
 
 from atheria_kit.checkpoint import CheckpointManager
+from atheria_kit.lease import Lease, LeaseHeldError
+from atheria_kit.platform import detect_environment
+from atheria_kit.session import SessionPaths
+from atheria_kit.session_config import SessionConfig
+from atheria_kit.session_sync import SessionSync
 from atheria_kit.state import collect_state, restore_state
 from atheria_kit.sync import (
     DirectoryTarget,
+    FsspecTarget,
     GoogleDriveLinkSource,
     KaggleAuthError,
     KaggleDatasetTarget,
     KaggleInputSource,
+    RemoteUnavailableError,
+    SourceUnavailableError,
     SyncError,
     SyncSchedule,
     SyncWorker,
+    TargetLeaseStore,
     kaggle_api,
     resume_from_best_source,
 )
+from tests.fakes.clock import ManualClock
+from tests.fakes.faulty_fs import FaultyFileSystem
 from tests.fakes.kaggle_api import FakeKaggleApi
 from tests.helpers import make_checkpoints, no_wait
 
@@ -54,7 +70,7 @@ def _train(local_dir: Path, drive_dir: Path, stop_after: int | None) -> tuple[to
 
     drive = DirectoryTarget(drive_dir)
     start = 0
-    if resume_from_best_source(local_dir, [drive]) is not None:
+    if resume_from_best_source(local_dir, [drive]).found:
         loaded = CheckpointManager(local_dir).load()  # the safe loader (weights_only=True)
         start = restore_state(objects, loaded.state)["episode"] + 1
     mgr = CheckpointManager(local_dir, keep_best=2)
@@ -137,9 +153,9 @@ def test_kaggle_input_folder_of_an_earlier_version(tmp_path):
     assert (tmp_path / "working" / "ckpt-0000000006.pt").read_bytes() == blobs["ckpt-0000000006.pt"]
 
 
-def test_missing_kaggle_input_is_explained(tmp_path, caplog):
-    assert resume_from_best_source(tmp_path / "w", [KaggleInputSource(tmp_path / "absent")]) is None
-    assert "Add Input" in caplog.text
+def test_missing_kaggle_input_is_explained(tmp_path):
+    with pytest.raises(RemoteUnavailableError, match="Add Input"):
+        resume_from_best_source(tmp_path / "w", [KaggleInputSource(tmp_path / "absent")], retry_seconds=0)
 
 
 def test_kaggle_without_credentials_is_a_clear_error_not_an_exit(tmp_path):
@@ -270,3 +286,287 @@ def test_folder_link_through_gdowns_folder_boundary(tmp_path):
         "https://drive.google.com/drive/folders/abc", cache_dir=tmp_path / "c", gdown=FolderCopy)])
     assert res.step == 2
 
+
+
+def test_a_kaggle_status_error_is_never_remembered_as_a_missing_dataset(tmp_path):
+    server = tmp_path / "kaggle-server"
+    first = tmp_path / "first"
+    make_checkpoints(first, [1])
+    w = SyncWorker(first, KaggleDatasetTarget("me/atheria-ckpts", staging_dir=tmp_path / "s1", api=FakeKaggleApi(server)),
+                   wait=no_wait)
+    assert w.sync_now(30) and w.close(30)
+    assert sorted(p.name for p in (server / "me" / "atheria-ckpts").iterdir()) == ["v1"]
+
+    api = FakeKaggleApi(server)
+    api.fail_next("dataset_status", requests.ConnectionError("Read timed out"))  # one transient error, then answers
+    api.fail_next("dataset_status", requests.HTTPError("503 Server Error", response=_response(503)))
+    local = tmp_path / "second"
+    make_checkpoints(local, [1, 2])
+    target = KaggleDatasetTarget("me/atheria-ckpts", staging_dir=tmp_path / "s2", api=api)
+    with pytest.raises(SourceUnavailableError, match="ConnectionError"):
+        target.list()  # unreachable, not "no dataset"
+    delays: list[float] = []
+    with SyncWorker(local, target, wait=delays.append) as w:
+        assert w.sync_now(30)
+    assert len(delays) == 1  # the 503 failed one mirror; the next one went through
+    created = [c for c, _ in api.calls if c.startswith("dataset_create")]
+    assert created == ["dataset_create_version"]  # a new version, never "create" (which says it already exists)
+    assert sorted(p.name for p in (server / "me" / "atheria-ckpts").iterdir()) == ["v1", "v2"]
+    listed = json.loads((server / "me" / "atheria-ckpts" / "v2" / "manifest.json").read_text())["checkpoints"]
+    assert [e["step"] for e in listed] == [1, 2]
+
+
+def test_a_definite_404_means_a_new_kaggle_dataset(tmp_path):
+    api = FakeKaggleApi(tmp_path / "server")
+    local = tmp_path / "local"
+    make_checkpoints(local, [3])
+    with SyncWorker(local, KaggleDatasetTarget("me/fresh-dataset", staging_dir=tmp_path / "s", api=api),
+                    wait=no_wait) as w:
+        assert w.sync_now(30)
+    assert [c for c, _ in api.calls if c.startswith("dataset_create")] == ["dataset_create_new"]
+
+
+def _response(status: int) -> requests.Response:
+    r = requests.Response()
+    r.status_code = status
+    return r
+
+
+def test_kaggle_archive_keeps_the_previous_run_in_the_next_version(tmp_path):
+    server = tmp_path / "server"
+    old = tmp_path / "old"
+    blobs = make_checkpoints(old, [5])
+    target = KaggleDatasetTarget("me/atheria-ckpts", staging_dir=tmp_path / "s1", api=FakeKaggleApi(server))
+    w = SyncWorker(old, target, wait=no_wait, wall_clock=lambda: 1_700_000_000.0)
+    assert w.sync_now(30)
+    key = w.archive_remote("start over")
+    assert w.close(30, final_sync=False)
+    assert key == "archive/unknown-20231114T221320Z"  # a manifest from before lineages: "unknown"
+    fresh = KaggleDatasetTarget("me/atheria-ckpts", staging_dir=tmp_path / "s2", api=FakeKaggleApi(server))
+    assert fresh.read_manifest() is None and fresh.exists(f"{key}/manifest.json")
+    fresh.get(f"{key}/ckpt-0000000005.pt", tmp_path / "back.pt")
+    assert (tmp_path / "back.pt").read_bytes() == blobs["ckpt-0000000005.pt"]
+
+
+# ------------------------------------------------------------------------- the session's remote copy
+
+
+@pytest.fixture
+def local_env(tmp_path):
+    return detect_environment({}, shell=None, kind="local", cwd=tmp_path, nvml=None, torch_module=None)
+
+
+def session_sync(tmp_path: Path, env, remote=None, *, name: str = "vm1", **kwargs) -> tuple[SessionSync, SessionPaths]:
+    """A SessionSync as the session opens it: its own local folders, the shared remote."""
+    root = tmp_path / name
+    cfg = SessionConfig(experiment_name="exp", root=str(root), drive_sync_every=1,
+                        remote=None if remote is not None else str(tmp_path / "remote"))
+    paths = SessionPaths.under(root, "exp")
+    sync = SessionSync.open(cfg, env, remote, paths, **kwargs)
+    assert sync is not None
+    return sync, paths
+
+
+def test_a_second_vm_on_the_same_remote_folder_refuses_until_the_first_finishes(tmp_path, local_env):
+    first, _ = session_sync(tmp_path, local_env, name="vm1")
+    assert (tmp_path / "remote" / "checkpoints" / "exp" / "lease.json").is_file()
+    with pytest.raises(LeaseHeldError) as info:
+        session_sync(tmp_path, local_env, name="vm2")
+    assert f"pid {os.getpid()}" in str(info.value) and "experiment 'exp'" in str(info.value)
+    first.finish(timeout=30)
+    assert not (tmp_path / "remote" / "checkpoints" / "exp" / "lease.json").exists()
+    second, _ = session_sync(tmp_path, local_env, name="vm2")  # the lease is free again
+    second.finish(timeout=30)
+
+
+def test_a_session_whose_remote_lease_was_taken_over_stops_writing_there(tmp_path, local_env):
+    t0 = 1_700_000_000.0
+    first, paths1 = session_sync(tmp_path, local_env, name="vm1", wall_clock=lambda: t0, lease_timeout=60)
+    make_checkpoints(paths1.checkpoints, [1])
+    assert first.sync_now(30).complete
+    # The first VM looks dead (no heartbeat for longer than the timeout): a new VM takes the remote over.
+    second, paths2 = session_sync(tmp_path, local_env, name="vm2", wall_clock=lambda: t0 + 120, lease_timeout=60)
+    remote = tmp_path / "remote" / "checkpoints" / "exp"
+    before = {p.name: p.read_bytes() for p in remote.iterdir()}
+    make_checkpoints(paths1.checkpoints, [1, 2])
+    state = first.sync_now(30)
+    assert not state.complete and "lost the lease" in state.error
+    assert {p.name: p.read_bytes() for p in remote.iterdir()} == before
+    first.finish(timeout=5)
+    assert (remote / "lease.json").is_file()  # the first session did not remove the new holder's lease
+    second.finish(timeout=30)
+
+
+def test_an_unreachable_remote_at_open_gets_its_lease_before_the_first_write(tmp_path, local_env):
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"), disconnected=lambda: True)
+    target = FsspecTarget(f"/lease-{uuid.uuid4().hex}", fs=faulty, name="bucket")
+    sync, paths = session_sync(tmp_path, local_env, remote=target)
+    assert sync.lease is not None and not sync.lease.held
+    faulty.disconnected = lambda: False
+    make_checkpoints(paths.checkpoints, [1])
+    assert sync.sync_now(30).complete
+    assert sync.lease.held and target.exists("lease.json")
+    sync.finish(timeout=30)
+    assert not target.exists("lease.json")
+
+
+def test_a_kaggle_dataset_takes_no_lease(tmp_path, local_env):
+    target = KaggleDatasetTarget("me/atheria-ckpts", staging_dir=tmp_path / "s", api=FakeKaggleApi(tmp_path / "srv"))
+    sync, _ = session_sync(tmp_path, local_env, remote=target)
+    assert sync.lease is None
+    with pytest.raises(ValueError, match="cannot hold a lease"):
+        TargetLeaseStore(target)
+    sync.finish(timeout=30)
+
+
+def test_the_lease_store_reads_unreachable_as_unreachable(tmp_path):
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"), disconnected=lambda: True)
+    lease = Lease(TargetLeaseStore(FsspecTarget("/x", fs=faulty)), owner_label="t")
+    with pytest.raises(SourceUnavailableError):
+        lease.acquire()  # never "nobody holds it"
+
+
+def test_finish_with_every_upload_failing_returns_within_its_bound(tmp_path, local_env):
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    target = FsspecTarget(f"/dead-{uuid.uuid4().hex}", fs=faulty, name="dead bucket")
+    clock, parked = ManualClock(), threading.Event()
+
+    def wait(seconds: float) -> None:  # backoff passes on the manual clock; past the bound, time stands still
+        if clock.t >= 120:
+            parked.wait(30)
+            return
+        clock.t += seconds
+
+    sync, paths = session_sync(tmp_path, local_env, remote=target, lease=False, clock=clock, wait=wait)
+    faulty.fail_next("open_write", TimeoutError("upload timed out"), times=100_000)
+    make_checkpoints(paths.checkpoints, [10, 20])
+    state = sync.finish(timeout=120)
+    parked.set()
+    assert clock.t == 5 + 10 + 20 + 40 + 80  # the default backoff; the wait that crossed 120 s was the last
+    assert (state.complete, state.checkpoints_behind, state.newest_remote_file) == (False, 2, None)
+    assert state.describe() == ("remote copy is 2 checkpoints behind: it holds no checkpoint of this run (local "
+                                "ckpt-0000000020.pt); last error: TimeoutError: upload timed out")
+
+
+def test_finish_against_a_hanging_remote_returns_in_real_time(tmp_path, local_env):
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    target = FsspecTarget(f"/hang-{uuid.uuid4().hex}", fs=faulty, name="hanging bucket")
+    sync, paths = session_sync(tmp_path, local_env, remote=target)
+    make_checkpoints(paths.checkpoints, [1])
+    assert sync.sync_now(30).complete
+    make_checkpoints(paths.checkpoints, [1, 2])
+    release, entered = threading.Event(), threading.Event()
+
+    def hang(path: str) -> None:  # every upload from now on blocks until the test ends
+        entered.set()
+        release.wait(60)
+
+    faulty.before_write = hang
+    t0 = time.monotonic()
+    state = sync.finish(timeout=1.5)
+    elapsed = time.monotonic() - t0
+    release.set()
+    assert entered.is_set() and elapsed < 1.5 + 1.0
+    assert state.checkpoints_behind == 1 and state.newest_remote_file == "ckpt-0000000001.pt"
+    assert state.describe().startswith("remote copy is 1 checkpoint behind: newest remote ckpt-0000000001.pt "
+                                       "(local ckpt-0000000002.pt)")
+
+
+def test_the_final_sync_estimate_comes_from_the_measured_upload_speed(tmp_path, local_env):
+    clock = ManualClock()
+
+    def takes(seconds: float) -> None:  # each file opened for writing "takes" 2 s on the manual clock
+        clock.t += seconds
+
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"), latency=2.0, sleep=takes)
+    target = FsspecTarget(f"/slow-{uuid.uuid4().hex}", fs=faulty, name="slow bucket")
+    sync, paths = session_sync(tmp_path, local_env, remote=target, lease=False, clock=clock)
+    make_checkpoints(paths.checkpoints, [1, 2])  # 1000 bytes each
+    # Nothing measured yet: the 2000 bytes the remote lacks + 1000 for the final save, at the assumed 5 MB/s.
+    assert sync.estimated_final_sync_seconds() == pytest.approx(3000 / 5e6)
+    assert sync.sync_now(30).complete
+    manifest = len(target.fs.cat_file(target._path("manifest.json")))
+    speed = (2000 + manifest) / (3 * 2.0)  # three uploads (two checkpoints and the manifest), 2 s each
+    assert sync.estimated_final_sync_seconds() == pytest.approx(1000 / speed)  # only the final save is left
+    assert sync.final_sync_timeout() == pytest.approx(3 * 1000 / speed + 30)
+    state = sync.finish()
+    assert state.complete and state.describe() == "remote copy is up to date: ckpt-0000000002.pt"
+
+
+def test_the_final_sync_estimate_includes_the_logs_and_exports_it_copies(tmp_path, local_env):
+    sync, paths = session_sync(tmp_path, local_env, lease=False)  # cfg.remote: a folder with logs/ and exports/
+    make_checkpoints(paths.checkpoints, [1, 2])
+    paths.logs.mkdir(parents=True)
+    (paths.logs / "metrics.jsonl").write_bytes(b"x" * 500)
+    paths.exports.mkdir(parents=True)
+    (paths.exports / "model.onnx").write_bytes(b"y" * 300)
+    assert sync.estimated_final_sync_seconds() == pytest.approx((2000 + 1000 + 500 + 300) / 5e6)
+    state = sync.finish(extra_dirs=(paths.logs, paths.exports), timeout=60)
+    assert state.complete
+    assert (tmp_path / "remote" / "logs" / "exp" / "metrics.jsonl").read_bytes() == b"x" * 500
+    assert (tmp_path / "remote" / "exports" / "exp" / "model.onnx").read_bytes() == b"y" * 300
+
+
+def test_session_archive_retries_an_unreachable_remote_then_gives_up(tmp_path, local_env):
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"), disconnected=lambda: True)
+    target = FsspecTarget(f"/a-{uuid.uuid4().hex}", fs=faulty, name="bucket")
+    clock = ManualClock()
+    delays: list[float] = []
+
+    def wait(seconds: float) -> None:
+        delays.append(seconds)
+        clock.t += seconds
+
+    cfg_retry = 7.0
+    sync, _ = session_sync(tmp_path, local_env, remote=target, lease=False, clock=clock, wait=wait)
+    sync.retry_seconds = cfg_retry
+    with pytest.raises(SourceUnavailableError):
+        sync.archive_remote("start over")
+    assert delays == [1.0, 2.0, 4.0] and clock.t == 7.0
+    sync.abandon()
+
+
+# ------------------------------------------------------------- with the real checkpoint manager's lineage
+
+
+def _save_run(local: Path, steps: range) -> str:
+    """Checkpoints written by the real CheckpointManager; returns the lineage it gave the run."""
+    mgr = CheckpointManager(local, keep_best=2, async_save=False)
+    for step in steps:
+        mgr.save({"w": torch.full((256,), float(step))}, step=step, episode=step, metrics={"loss": 1.0 / (1 + step)})
+    mgr.close()
+    return mgr.lineage
+
+
+def test_a_run_started_from_scratch_beside_a_remote_it_could_not_read_never_prunes_it(tmp_path, other_fs_dir):
+    drive = DirectoryTarget(other_fs_dir / "drive")
+    old_lineage = _save_run(tmp_path / "old-vm", range(1, 6))
+    w = SyncWorker(tmp_path / "old-vm", drive, wait=no_wait)
+    assert w.sync_now(30) and w.close(30, close_target=False)
+    history = {p.name: p.read_bytes() for p in (other_fs_dir / "drive").iterdir()}
+    # remote_unavailable='ignore' on a new VM: it trains from zero as a new run, with its own lineage.
+    new_lineage = _save_run(tmp_path / "new-vm", range(1, 4))
+    assert new_lineage != old_lineage
+    w = SyncWorker(tmp_path / "new-vm", drive, wait=no_wait)
+    assert not w.sync_now(30)
+    assert f"holds another run (lineage {old_lineage}, newest step 5)" in w.status()["blocked"]
+    assert w.close(30) is False
+    assert {p.name: p.read_bytes() for p in (other_fs_dir / "drive").iterdir()} == history
+
+
+def test_a_downloaded_checkpoint_is_verifiable_without_the_manifest(tmp_path, other_fs_dir):
+    drive = DirectoryTarget(other_fs_dir / "drive")
+    lineage = _save_run(tmp_path / "old-vm", range(1, 4))
+    w = SyncWorker(tmp_path / "old-vm", drive, wait=no_wait)
+    assert w.sync_now(30) and w.close(30)
+    fresh = tmp_path / "new-vm"
+    res = resume_from_best_source(fresh, [drive])
+    assert res.step == 3 and res.verified and res.lineage == lineage
+    assert (fresh / "ckpt-0000000003.pt.integrity.json").is_file()
+    (fresh / "manifest.json").unlink()  # lost: the sidecar written at download still proves the file
+    again = resume_from_best_source(fresh, [])
+    assert (again.source, again.step, again.verified, again.downloaded) == ("local", 3, True, False)
+    mgr = CheckpointManager(fresh)
+    assert mgr.lineage == lineage and mgr.latest().step == 3
+    assert torch.equal(mgr.load().state["w"], torch.full((256,), 3.0))
+    mgr.close()

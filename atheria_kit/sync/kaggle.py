@@ -6,6 +6,16 @@ nothing; a private dataset survives. Each commit uploads the staging folder as a
 subfolders survive (the CLI's default ``skip`` silently drops them). A version is atomic on Kaggle's
 side, and the manifest inside it is the commit marker as everywhere else.
 
+Unreachable is not empty: only a definite "not found" answer (HTTP 404) to the status call means the
+dataset does not exist yet; any other failure (a timeout, a 5xx, an auth error) raises
+:class:`SourceUnavailableError` and is never remembered, so the next attempt asks again and a later sync
+creates a *version* of the existing dataset instead of failing with "already exists".
+
+The remote lease is not taken on a Kaggle dataset (``supports_lease = False``): a lease file would only
+become visible with the next version, minutes later, so it cannot lock anything. Two sessions writing one
+dataset each add versions; older versions stay on Kaggle (unless ``delete_old_versions=True``), and the
+lineage check of the sync worker still refuses to list one run's checkpoints over another's.
+
 Credentials: ``KAGGLE_API_TOKEN``, ``KAGGLE_USERNAME``/``KAGGLE_KEY``, ``~/.kaggle/kaggle.json``
 (or ``$KAGGLE_CONFIG_DIR``), or Kaggle's secrets client. They are never logged or written anywhere.
 """
@@ -13,6 +23,7 @@ Credentials: ``KAGGLE_API_TOKEN``, ``KAGGLE_USERNAME``/``KAGGLE_KEY``, ``~/.kagg
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -24,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from atheria_kit._io import CHUNK_BYTES, atomic_open, atomic_write_json
-from atheria_kit.sync.targets import LocalFileChangedError, SyncError, SyncTarget, _check_key
+from atheria_kit.sync.targets import (
+    LocalFileChangedError,
+    SourceUnavailableError,
+    SyncError,
+    SyncTarget,
+    _check_key,
+)
 
 __all__ = ["KaggleAuthError", "KaggleDatasetTarget", "kaggle_api", "kaggle_credentials_source"]
 
@@ -119,6 +136,18 @@ def kaggle_api(
     return api
 
 
+def _is_not_found(exc: BaseException) -> bool:
+    """A definite "no such dataset" answer: HTTP 404 from Kaggle (kagglesdk raises ``requests.HTTPError``)."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status is None:
+        status = getattr(exc, "status", None)  # older swagger clients: ApiException.status
+    if isinstance(status, int):
+        return status == 404
+    # raise_for_status()'s message starts with the code when no response object came with the error
+    return type(exc).__name__ == "HTTPError" and str(exc).startswith("404 ")
+
+
 class KaggleDatasetTarget(SyncTarget):
     """Versions of the private dataset ``owner/slug``, built from a local staging folder.
 
@@ -126,6 +155,8 @@ class KaggleDatasetTarget(SyncTarget):
     the staging folder is filled from the dataset's latest version (when it exists). ``api`` defaults to
     :func:`kaggle_api`; tests pass a fake with the same methods.
     """
+
+    supports_lease = False
 
     def __init__(
         self,
@@ -160,15 +191,24 @@ class KaggleDatasetTarget(SyncTarget):
             self._api = kaggle_api()
         return self._api
 
+    def _unavailable(self, what: str, exc: BaseException) -> SourceUnavailableError:
+        return SourceUnavailableError(
+            f"{self.name} cannot be read ({what}: {type(exc).__name__}: {exc}); Kaggle may be down or the network "
+            "unreachable", source=self.name,
+        )
+
     def _dataset_exists(self) -> bool:
+        """Whether the dataset exists; only a definite 404 answer is remembered as "no"."""
         if self._exists is None:
+            api = self.api  # KaggleAuthError (no credentials) is raised as it is
             try:
-                self.api.dataset_status(self.dataset)
-                self._exists = True
-            except KaggleAuthError:
-                raise
-            except Exception:
+                api.dataset_status(self.dataset)
+            except Exception as exc:
+                if not _is_not_found(exc):
+                    raise self._unavailable("dataset status", exc) from exc
                 self._exists = False
+            else:
+                self._exists = True
         return self._exists
 
     def _staging(self) -> Path:
@@ -177,7 +217,11 @@ class KaggleDatasetTarget(SyncTarget):
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             if self._dataset_exists():
-                self.api.dataset_download_files(self.dataset, path=str(tmp), force=True, quiet=True, unzip=True)
+                try:
+                    self.api.dataset_download_files(self.dataset, path=str(tmp), force=True, quiet=True,
+                                                    unzip=True)
+                except Exception as exc:  # it exists (status said so): failing to fetch it is not "empty"
+                    raise self._unavailable("download of the latest version", exc) from exc
                 # dir_mode="zip" uploads subfolder <d> as <d>.zip; unpack those that came back packed.
                 for z in list(tmp.rglob("*.zip")):
                     target = z.with_suffix("")
@@ -204,8 +248,6 @@ class KaggleDatasetTarget(SyncTarget):
     def put(self, src: str | os.PathLike, key: str, *, sha256: str | None = None) -> int:
         if self._closed:
             raise SyncError(f"{self.name} is closed")
-        import hashlib
-
         dest = self._staging() / _check_key(key)
         h = hashlib.sha256()
         with open(src, "rb") as fin, atomic_open(dest, "wb") as fout:
@@ -218,11 +260,24 @@ class KaggleDatasetTarget(SyncTarget):
         self._dirty = True
         return dest.stat().st_size
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, truncate: bool | None = None) -> None:
+        """Drop ``key`` from the next version (earlier versions keep it; ``truncate`` has no meaning here)."""
+        if self._closed:
+            raise SyncError(f"{self.name} is closed")
         p = self._staging() / _check_key(key)
         if p.is_file():
             p.unlink()
             self._dirty = True
+
+    def move(self, src_key: str, dst_key: str) -> None:
+        """Rename inside the next version (the bytes are uploaded again with it; earlier versions are kept)."""
+        if self._closed:
+            raise SyncError(f"{self.name} is closed")
+        staging = self._staging()
+        src, dst = staging / _check_key(src_key), staging / _check_key(dst_key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        self._dirty = True
 
     def commit(self, message: str) -> None:
         """Upload the staging folder as a new dataset version (the first commit creates the dataset)."""

@@ -1,7 +1,9 @@
 """Read-only places to resume or initialise from: a shared Google Drive link, a Kaggle input folder.
 
 Both materialise a local folder holding ``manifest.json`` and the checkpoints it lists, and then read it
-like a directory; resume verifies every byte against the manifest, so nothing here is trusted.
+like a directory; resume verifies every byte against the manifest, so nothing here is trusted. A folder
+that is missing or cannot be read, and a download that fails, raise :class:`SourceUnavailableError`
+(unreachable, not empty); a folder that was read and holds no manifest is empty.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from atheria_kit._manifest import MANIFEST_NAME, parse_manifest
-from atheria_kit.sync.targets import DirectoryTarget, SyncError, SyncSource
+from atheria_kit.sync.targets import DirectoryTarget, SourceUnavailableError, SyncError, SyncSource
 
 __all__ = ["GoogleDriveLinkSource", "KaggleInputSource", "find_checkpoint_root"]
 
@@ -34,11 +36,18 @@ def _max_step(manifest: Path) -> int:
     return max((e["step"] for e in doc["checkpoints"]), default=-1)
 
 
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 def find_checkpoint_root(folder: str | os.PathLike, *, max_depth: int = 4) -> Path | None:
-    """The folder below ``folder`` whose ``manifest.json`` lists the newest checkpoint (None if none)."""
+    """The folder below ``folder`` whose ``manifest.json`` lists the newest checkpoint (None if none).
+
+    A folder that cannot be listed raises its ``OSError`` (``os.walk`` would skip it silently).
+    """
     base = Path(folder)
     best: tuple[int, Path] | None = None
-    for dirpath, dirnames, filenames in os.walk(base):
+    for dirpath, dirnames, filenames in os.walk(base, onerror=_raise):
         depth = len(Path(dirpath).relative_to(base).parts)
         if depth >= max_depth:
             dirnames[:] = []
@@ -73,7 +82,13 @@ class _FolderSource(SyncSource):
     def _view(self) -> DirectoryTarget:
         view = getattr(self, "_view_cache", None)
         if view is None:
-            view = DirectoryTarget(self._root(), name=self.name)
+            try:
+                root = self._root()
+            except SourceUnavailableError:
+                raise
+            except (SyncError, OSError, zipfile.BadZipFile, tarfile.TarError) as exc:
+                raise SourceUnavailableError(f"{self.name} cannot be read: {exc}", source=self.name) from exc
+            view = DirectoryTarget(root, name=self.name)
             view.close()  # read-only: no writes through this view
             self._view_cache = view
         return view
@@ -105,9 +120,10 @@ class KaggleInputSource(_FolderSource):
         if self._found is not None:
             return self._found
         if not self.path.is_dir():
-            raise SyncError(
-                f"{self.path} does not exist: add the earlier version's output as input "
-                "(Notebook > Input > Add Input > Your Work) and check its name under /kaggle/input"
+            raise SourceUnavailableError(
+                f"{self.name} cannot be read: {self.path} does not exist. Add the earlier version's output as "
+                "input (Notebook > Input > Add Input > Your Work) and check its name under /kaggle/input",
+                source=self.name,
             )
         root = find_checkpoint_root(self.path)
         if root is None:
@@ -160,7 +176,7 @@ class GoogleDriveLinkSource(_FolderSource):
             self._gdown = gdown
         return self._gdown
 
-    def _explain(self, exc: Exception) -> SyncError:
+    def _explain(self, exc: Exception) -> SourceUnavailableError:
         text = str(exc)
         low = text.lower()
         if "too many users" in low or "many accesses" in low or "quota" in low:
@@ -175,7 +191,8 @@ class GoogleDriveLinkSource(_FolderSource):
             why = "the link is not shared publicly: in Drive, Share > General access > 'Anyone with the link'."
         else:
             why = "check the link and your connection."
-        return SyncError(f"could not download {self.url}: {why} (gdown said: {text.splitlines()[0] if text else ''})")
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return SourceUnavailableError(f"could not download {self.url}: {why} (gdown said: {first})", source=self.name)
 
     def _root(self) -> Path:
         if self._found is not None:
@@ -195,9 +212,10 @@ class GoogleDriveLinkSource(_FolderSource):
                                         retries=self.retries))
                 head = path.read_bytes()[:512].lstrip().lower()
                 if head.startswith((b"<!doctype html", b"<html")):
-                    raise SyncError(
+                    raise SourceUnavailableError(
                         f"could not download {self.url}: Google Drive returned a web page instead of the file; the "
-                        "link is not shared publicly (Share > 'Anyone with the link') or needs a sign-in."
+                        "link is not shared publicly (Share > 'Anyone with the link') or needs a sign-in.",
+                        source=self.name,
                     )
                 extracted = cache / "extracted"
                 shutil.rmtree(extracted, ignore_errors=True)
@@ -208,9 +226,9 @@ class GoogleDriveLinkSource(_FolderSource):
         except Exception as exc:  # gdown's DownloadError / FileURLRetrievalError / requests errors
             raise self._explain(exc) from exc
         if root is None:
-            raise SyncError(
-                f"{self.url} holds no {MANIFEST_NAME}: share the whole checkpoint folder (or an archive of it), "
-                "not a single checkpoint file"
-            )
+            # Read, and empty: resume reports "no checkpoint found" here, with this hint in the log.
+            logger.warning("%s holds no %s: share the whole checkpoint folder (or an archive of it), not a single "
+                           "checkpoint file", self.url, MANIFEST_NAME)
+            root = cache
         self._found = root
         return root

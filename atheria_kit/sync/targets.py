@@ -1,9 +1,13 @@
 """Where checkpoints persist beyond the VM: one small interface, fsspec underneath.
 
-``SyncSource`` is what resume needs (list, get, exists); ``SyncTarget`` adds what the sync worker needs
-(put, delete, free_space, commit, close). Every remote write goes to a temporary name beside the final
-one, is verified (size and sha256 of the bytes read back), and only then renamed, so a half-uploaded
-file never carries a checkpoint's name.
+``SyncSource`` is what resume needs (list, get, exists, read_manifest); ``SyncTarget`` adds what the sync
+worker needs (put, delete, move, free_space, commit, close). Every remote write goes to a temporary name
+beside the final one, is verified (size and sha256 of the bytes read back), and only then renamed, so a
+half-uploaded file never carries a checkpoint's name.
+
+Unreachable is not empty: a read that fails for any reason other than "this key does not exist" raises
+:class:`SourceUnavailableError`, so a dropped mount, a timeout or a refused request is never mistaken for a
+remote that holds nothing (which would make a new session start from zero and prune the remote history).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import posixpath
 import shutil
+import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -24,7 +29,9 @@ from typing import Any, TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from atheria_kit._io import CHUNK_BYTES, TMP_PREFIX, atomic_open
+from atheria_kit._io import CHUNK_BYTES, TMP_PREFIX, atomic_open, sha256_file
+from atheria_kit._manifest import MANIFEST_NAME
+from atheria_kit._manifest import read_manifest as _read_manifest
 
 __all__ = [
     "DirectoryTarget",
@@ -32,6 +39,7 @@ __all__ = [
     "FsspecTarget",
     "InsufficientSpaceError",
     "LocalFileChangedError",
+    "SourceUnavailableError",
     "SyncError",
     "SyncSource",
     "SyncTarget",
@@ -58,8 +66,19 @@ class InsufficientSpaceError(SyncError):
     """The target reports too little free space for the file."""
 
 
-class DriveDisconnectedError(SyncError):
-    """The Drive mount dropped (Errno 107) and could not be remounted."""
+class SourceUnavailableError(SyncError):
+    """The source or target could not be read (timeout, dropped mount, refused request): unreachable, not empty.
+
+    ``source`` names the place. Callers must not treat it as "holds nothing".
+    """
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class DriveDisconnectedError(SourceUnavailableError):
+    """The Drive mount dropped (Errno 107, or ``MyDrive`` vanished) and could not be remounted."""
 
 
 def _check_key(key: str) -> str:
@@ -72,13 +91,17 @@ def _check_key(key: str) -> str:
 
 
 class SyncSource(ABC):
-    """A read-only place holding checkpoints (and their manifest) under relative keys."""
+    """A read-only place holding checkpoints (and their manifest) under relative keys.
+
+    Every read raises :class:`SourceUnavailableError` when the place cannot be read; ``get`` of a key that
+    is not there raises ``FileNotFoundError`` and ``exists`` returns False (the place was read).
+    """
 
     name: str = "source"
 
     @abstractmethod
     def list(self) -> list[str]:
-        """All keys (relative paths, '/'-separated) below the root."""
+        """All keys (relative paths, '/'-separated) below the root; ``[]`` when the root is not there yet."""
 
     @abstractmethod
     def get(self, key: str, dest: str | os.PathLike) -> int:
@@ -88,12 +111,32 @@ class SyncSource(ABC):
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists."""
 
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The parsed ``manifest.json``; None only when the place was read and holds no manifest.
+
+        Raises :class:`SourceUnavailableError` when it cannot be read, ``ValueError`` naming the source when
+        the manifest is there but damaged.
+        """
+        try:
+            return _read_manifest(self)
+        except FileNotFoundError:  # removed between exists() and get(): it was read, and it is gone
+            return None
+        except (SourceUnavailableError, ValueError):
+            raise
+        except Exception as exc:
+            raise SourceUnavailableError(
+                f"{self.name}/{MANIFEST_NAME} cannot be read: {type(exc).__name__}: {exc}", source=self.name
+            ) from exc
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
 
 class SyncTarget(SyncSource):
     """A writable place: the sync worker mirrors a checkpoint directory into it."""
+
+    #: Whether a lease file in this target is a real lock (see :class:`~atheria_kit.sync.TargetLeaseStore`).
+    supports_lease: bool = True
 
     @abstractmethod
     def put(self, src: str | os.PathLike, key: str, *, sha256: str | None = None) -> int:
@@ -104,8 +147,24 @@ class SyncTarget(SyncSource):
         """
 
     @abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove ``key`` (no error if it is absent)."""
+    def delete(self, key: str, *, truncate: bool | None = None) -> None:
+        """Remove ``key`` (no error if it is absent).
+
+        ``truncate``: empty the file before removing it (Drive: the Trash copy then costs nothing); None
+        means the target's default. Callers pass True only for files whose content is worthless.
+        """
+
+    def move(self, src_key: str, dst_key: str) -> None:
+        """Move ``src_key`` to ``dst_key``: copy, verify (size and sha256), then delete the original.
+
+        Targets whose storage can rename override this; the original is never truncated.
+        """
+        with tempfile.TemporaryDirectory(prefix="atheria-move-") as tmp:
+            local = Path(tmp) / "blob"
+            self.get(src_key, local)
+            digest = sha256_file(local)
+            self.put(local, dst_key, sha256=digest)
+        self.delete(src_key, truncate=False)
 
     def free_space(self) -> int | None:
         """Free bytes on the target, or ``None`` when the target cannot tell."""
@@ -167,6 +226,24 @@ class FsspecTarget(SyncTarget):
             self.on_disconnect()  # raises DriveDisconnectedError when it cannot remount
             return fn(*args)
 
+    def _read(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """A read: "not there" stays ``FileNotFoundError``; any other failure means unreachable."""
+        try:
+            return self._call(fn, *args)
+        except (FileNotFoundError, SourceUnavailableError):
+            raise
+        except Exception as exc:
+            raise SourceUnavailableError(
+                f"{self.name} cannot be read ({what}: {type(exc).__name__}: {exc})", source=self.name
+            ) from exc
+
+    def _info(self, path: str) -> dict[str, Any] | None:
+        """``fs.info`` or None when absent. Not ``fs.exists``: fsspec's swallows every error as "absent"."""
+        try:
+            return self.fs.info(path)
+        except FileNotFoundError:
+            return None
+
     def _check_open(self) -> None:
         if self._closed:
             raise SyncError(f"sync target {self.name} is closed (after flush_and_unmount no writes are allowed)")
@@ -174,8 +251,8 @@ class FsspecTarget(SyncTarget):
     # -- SyncSource ------------------------------------------------------------------------------
     def list(self) -> list[str]:
         def _find() -> list[str]:
-            if not self.fs.exists(self.root):
-                return []
+            if self._info(self.root) is None:
+                return []  # reachable, and the folder is not there yet (a first run)
             found = self.fs.find(self.root, withdirs=False)
             root = self.fs._strip_protocol(self.root).rstrip("/")
             out = []
@@ -185,23 +262,29 @@ class FsspecTarget(SyncTarget):
                 out.append(rel)
             return sorted(out)
 
-        return self._call(_find)
+        return self._read("list", _find)
 
     def exists(self, key: str) -> bool:
-        return bool(self._call(self.fs.exists, self._path(key)))
+        path = self._path(key)
+        return self._read(f"look up {key}", self._info, path) is not None
 
     def get(self, key: str, dest: str | os.PathLike) -> int:
         path = self._path(key)
-
-        def _get() -> int:
+        src = self._read(f"open {key}", self.fs.open, path, "rb")
+        try:
             n = 0
-            with self.fs.open(path, "rb") as src, atomic_open(dest, "wb") as out:
-                for block in iter(lambda: src.read(CHUNK_BYTES), b""):
+            # Remote read errors mean unreachable; local write errors (disk full) are raised as they are.
+            with atomic_open(dest, "wb") as out:
+                while True:
+                    block = self._read(f"read {key}", src.read, CHUNK_BYTES)
+                    if not block:
+                        break
                     out.write(block)
                     n += len(block)
             return n
-
-        return self._call(_get)
+        finally:
+            with contextlib.suppress(Exception):
+                src.close()
 
     # -- SyncTarget ------------------------------------------------------------------------------
     def put(self, src: str | os.PathLike, key: str, *, sha256: str | None = None) -> int:
@@ -221,7 +304,7 @@ class FsspecTarget(SyncTarget):
             self._call(self.fs.mv, tmp, final)
         except BaseException:
             with contextlib.suppress(Exception):
-                if self.fs.exists(tmp):
+                if self._info(tmp) is not None:
                     self.fs.rm(tmp)
             raise
         return size
@@ -259,20 +342,39 @@ class FsspecTarget(SyncTarget):
             if rh.hexdigest() != digest:
                 raise SyncError(f"upload of {key} to {self.name} is corrupt (sha256 differs on read-back); will retry")
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, truncate: bool | None = None) -> None:
         self._check_open()
         path = self._path(key)
+        empty_first = self.truncate_before_delete if truncate is None else truncate
 
         def _delete() -> None:
-            if not self.fs.exists(path):
+            if self._info(path) is None:
                 return
-            if self.truncate_before_delete:
+            if empty_first:
                 # Drive moves deleted files to the Trash, where they keep counting against the quota.
                 with self.fs.open(path, "wb"):
                     pass
             self.fs.rm(path)
 
         self._call(_delete)
+
+    def move(self, src_key: str, dst_key: str) -> None:
+        """Rename on the storage (a rename on a mounted folder, a server-side copy on object stores), verified."""
+        self._check_open()
+        src, dst = self._path(src_key), self._path(dst_key)
+
+        def _move() -> None:
+            before = self.fs.info(src)
+            with contextlib.suppress(FileExistsError):
+                self.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+            self.fs.mv(src, dst)
+            after = self._info(dst)
+            if after is None or after["size"] != before["size"]:
+                got = None if after is None else after["size"]
+                raise SyncError(f"moving {src_key} to {dst_key} on {self.name} failed: {got} of "
+                                f"{before['size']} bytes arrived; the original is kept")
+
+        self._call(_move)
 
     def close(self) -> None:
         self._closed = True
@@ -281,8 +383,13 @@ class FsspecTarget(SyncTarget):
 class DirectoryTarget(FsspecTarget):
     """A directory: Drive's ``MyDrive/...`` when mounted, or any local or mounted path.
 
-    Deleting truncates first (Drive's Trash counts against the quota); free space comes from the
-    filesystem. ``on_close`` runs at :meth:`close` (for Colab: ``drive.flush_and_unmount``).
+    Deleting truncates first by default (Drive's Trash counts against the quota); the sync worker deletes
+    only its own superseded checkpoints. Free space comes from the filesystem. ``on_close`` runs at
+    :meth:`close` (for Colab: ``drive.flush_and_unmount``).
+
+    ``mount_root``: a directory that exists only while the storage is mounted (Drive's ``MyDrive``). When it
+    is missing the target is unreachable, not empty: reads raise :class:`SourceUnavailableError` and writes
+    are refused, so that nothing is written to the VM's own disk under the mount point.
     """
 
     def __init__(
@@ -293,6 +400,7 @@ class DirectoryTarget(FsspecTarget):
         verify: str = "read",
         on_disconnect: Callable[[], None] | None = None,
         on_close: Callable[[], None] | None = None,
+        mount_root: str | os.PathLike | None = None,
         name: str | None = None,
     ) -> None:
         root = Path(path).expanduser().absolute()
@@ -306,6 +414,25 @@ class DirectoryTarget(FsspecTarget):
         )
         self.path = root
         self.on_close = on_close
+        self.mount_root = Path(mount_root).expanduser().absolute() if mount_root is not None else None
+        if self.mount_root is not None and self.mount_root not in (root, *root.parents):
+            raise ValueError(f"mount_root={str(self.mount_root)!r} is invalid; expected {root} or a folder above it")
+
+    def _mounted(self) -> bool:
+        return self.mount_root is None or self.fs.isdir(str(self.mount_root))
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._mounted():
+            if self.on_disconnect is not None:
+                logger.warning("sync target %s: %s is missing (mount dropped); trying to remount",
+                               self.name, self.mount_root)
+                self.on_disconnect()
+            if not self._mounted():
+                raise SourceUnavailableError(
+                    f"{self.name} is unreachable: {self.mount_root} is not there (the storage is not mounted)",
+                    source=self.name,
+                )
+        return super()._call(fn, *args)
 
     def free_space(self) -> int | None:
         probe = self.path
@@ -362,8 +489,9 @@ def colab_drive_target(
 ) -> DirectoryTarget:
     """Mount Drive (Colab's own mount) and return a target in ``MyDrive/<subdir>``.
 
-    It remounts on Errno 107 and, at :meth:`~DirectoryTarget.close`, calls ``drive.flush_and_unmount()``:
-    writes through the mount land on the VM's disk first and only that call forces them to Drive.
+    It remounts on Errno 107 (or when ``MyDrive`` vanished) and, at :meth:`~DirectoryTarget.close`, calls
+    ``drive.flush_and_unmount()``: writes through the mount land on the VM's disk first and only that call
+    forces them to Drive. While Drive cannot be remounted the target is unreachable, never empty.
     """
     drive = _colab_drive()
     mydrive = Path(mountpoint) / "MyDrive"
@@ -379,5 +507,6 @@ def colab_drive_target(
         fs=fs,
         on_disconnect=colab_remounter(mountpoint),
         on_close=flush_and_unmount if unmount_on_close else None,
+        mount_root=mydrive,
         name=f"Google Drive: MyDrive/{subdir}",
     )
