@@ -105,6 +105,16 @@ _EXPORTS: dict[str, str] = {
     # walk-forward
     "WalkForwardConfig": "atheria_kit.walkforward.config",
     "run_walkforward": "atheria_kit.walkforward.runner",
+    # overfitting statistics
+    "probabilistic_sharpe_ratio": "atheria_kit.stats",
+    "deflated_sharpe_ratio": "atheria_kit.stats",
+    "minimum_track_record_length": "atheria_kit.stats",
+    "probability_of_backtest_overfitting": "atheria_kit.stats",
+    "reality_check": "atheria_kit.stats",
+    "spa_test": "atheria_kit.stats",
+    "TrialsLedger": "atheria_kit.stats",
+    "summarize_overfitting": "atheria_kit.stats",
+    "OverfittingSummary": "atheria_kit.stats",
     # market data
     "OHLCVError": "atheria_kit.ohlcv",
     "resample_ohlcv": "atheria_kit.ohlcv",
