@@ -7,12 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from atheria_kit.ensemble.dynamic import DynamicEnsemble
 from atheria_kit.ensemble.performance import PerformanceTracker
+from atheria_kit.ensemble.regime import REGIMES
+from atheria_kit.ensemble.strategies import SignalFrame
+from atheria_kit.ensemble.turnover import TurnoverControl
 from atheria_kit.replay.account import AccountConfig, PaperAccount
 from atheria_kit.replay.config import ReplayConfig
 from atheria_kit.replay.engine import ReplayEngine, penalty_decision
@@ -333,6 +340,86 @@ def test_update_regimes_match_the_whole_series_detection(tmp_path):
     expected = full.loc[updates.index].astype(str).tolist()
     assert updates["regime_BTCUSDT"].tolist() == expected
     assert "volatile" in expected
+
+
+# ------------------------------------------------------------------------- win/loss convention and turnover
+
+
+@dataclass(frozen=True)
+class VolumeSays:
+    """A test strategy that wants the position written in each bar's volume column (1 or 0), at full confidence."""
+
+    name: ClassVar[str] = "volume_says"
+
+    def compute(self, bars: pd.DataFrame) -> SignalFrame:
+        sig = bars["volume"].to_numpy(float)
+        return SignalFrame.from_arrays(bars.index, sig, np.ones(len(bars)), self.name)
+
+
+def _scripted_bars() -> pd.DataFrame:
+    """150 bars: flat at 100 to bar 60, up 1 a bar to 140 at bar 100, then down 1 a bar; open = previous close.
+
+    The volume column scripts the wanted position at each decision (bars 29, 39, ..., 149): long at 29 and 39,
+    flat at 49, long at 59-79, flat at 89, long at 99-129, flat at 139 and 149.
+    """
+    t = np.arange(150)
+    close = np.where(t <= 60, 100.0, np.where(t <= 100, 100.0 + (t - 60), 140.0 - (t - 100)))
+    open_ = np.r_[100.0, close[:-1]]
+    want = np.select([t < 40, t < 59, t < 89, t < 99, t < 139], [1.0, 0.0, 1.0, 0.0, 1.0], 0.0)
+    return pd.DataFrame({"open": open_, "high": np.maximum(open_, close), "low": np.minimum(open_, close),
+                         "close": close, "volume": want},
+                        index=pd.date_range("2024-01-01", periods=150, freq="1h", tz="UTC"))
+
+
+def _scripted_replay(out: Path, **settings) -> tuple[dict, ReplayEngine]:
+    cfg = ReplayConfig(symbols=("A",), data={"A": "scripted.csv"}, cycle_size_bars=50, update_every_bars=10,
+                       lookback_bars=30, fee_pct=0.0, slippage_pct=0.0, per_trade_pct=10.0, **settings)
+    equal = {r: {"volume_says": 1.0} for r in REGIMES}
+    engine = ReplayEngine(cfg, feed=HistoricalFeed({"A": _scripted_bars()}), out_dir=out,
+                          ensemble_factory=lambda: DynamicEnsemble([VolumeSays()], regime_weights=equal))
+    return engine.run(resume=False), engine
+
+
+def test_a_zero_pnl_trade_is_neither_a_win_nor_a_loss_in_the_replay_and_its_report(tmp_path):
+    from atheria_kit.replay import report
+
+    summary, _ = _scripted_replay(tmp_path, min_hold_bars=0, deadband=0.0, cost_multiple=0.0)
+    trades = report.load_trades(tmp_path)
+    # long 30 -> 50 at 100 both ways (no costs): PnL exactly 0; long 60 -> 90: 100 -> 129; long 100 -> 140: 139 -> 101
+    assert trades["entry_price"].tolist() == [100.0, 100.0, 139.0]
+    assert trades["exit_price"].tolist() == [100.0, 129.0, 101.0]
+    assert trades["pnl"].iloc[0] == 0.0 and trades["pnl"].iloc[1] > 0 > trades["pnl"].iloc[2]
+    assert (summary["winners"], summary["losers"], summary["breakeven"]) == (1, 1, 1)
+    assert summary["win_rate"] == pytest.approx(0.5)  # the zero trade counts for neither side
+    row = report.symbol_table(tmp_path).loc["A"]
+    assert (row["winners"], row["losers"], row["breakeven"], row["win_rate"]) == (1, 1, 1, 0.5)
+    # the ensemble's tracker reads trade returns with the same convention
+    assert PerformanceTracker(None).stats().win_rate == 0.0
+    tracker = PerformanceTracker(None)
+    tracker.record_trades(trades["return"])
+    assert tracker.stats().win_rate == pytest.approx(0.5)
+
+
+def test_the_replay_holds_positions_the_configured_minimum_number_of_bars(tmp_path):
+    from atheria_kit.replay import report
+
+    summary, engine = _scripted_replay(tmp_path, min_hold_bars=40, deadband=0.0, cost_multiple=0.0)
+    assert engine.ensembles["A"].turnover == TurnoverControl(min_hold_bars=40, deadband=0.0, cost_multiple=0.0)
+    trades = report.load_trades(tmp_path)
+    # entered at bar 29's decision: flat at 49 is 20 bars too early, so the long runs to the flat at 89;
+    # entered again at 99, the flat at 139 comes after exactly 40 bars
+    assert trades["entry_time"].dt.hour.tolist() == [6, 4] and trades["exit_time"].dt.hour.tolist() == [18, 20]
+    assert trades["entry_price"].tolist() == [100.0, 139.0] and trades["exit_price"].tolist() == [129.0, 101.0]
+    assert (summary["winners"], summary["losers"], summary["breakeven"]) == (1, 1, 0)
+
+
+def test_turnover_section_of_the_config(tmp_path):
+    cfg = ReplayConfig.from_yaml(_write_config(tmp_path / "c.yaml", turnover={"min_hold_bars": 8, "deadband": 0.1,
+                                                                                "cost_multiple": 0}))
+    assert cfg.turnover() == TurnoverControl(min_hold_bars=8, deadband=0.1, cost_multiple=0.0)
+    assert ReplayConfig().turnover() == TurnoverControl()  # the defaults chosen on training data
+    with pytest.raises(ValueError, match="deadband=2"):
+        ReplayConfig.from_yaml(_write_config(tmp_path / "d.yaml", turnover={"deadband": 2}))
 
 
 @pytest.mark.notebook

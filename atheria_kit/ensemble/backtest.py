@@ -51,7 +51,8 @@ class BacktestConfig:
 
 @dataclass
 class BacktestResult:
-    """Per-bar ``position``, ``returns``, ``equity`` and ``costs`` (fraction of equity), and the ``trades`` table."""
+    """Per-bar ``position``, ``returns``, ``equity`` and ``costs`` (fraction of equity), the ``trades`` table, and
+    ``gross_returns``: the same positions' returns before costs."""
 
     position: pd.Series
     returns: pd.Series
@@ -59,6 +60,7 @@ class BacktestResult:
     costs: pd.Series
     trades: pd.DataFrame
     config: BacktestConfig = field(default_factory=BacktestConfig)
+    gross_returns: pd.Series | None = None
 
 
 TRADE_COLUMNS = ("direction", "entry_bar", "exit_bar", "entry_time", "exit_time", "entry_price", "exit_price",
@@ -112,6 +114,7 @@ def backtest(bars: pd.DataFrame, signal: pd.Series | np.ndarray, config: Backtes
         costs=pd.Series(costs, index=idx, name="costs"),
         trades=trades,
         config=cfg,
+        gross_returns=pd.Series(gap * intra - 1.0, index=idx, name="gross_returns"),
     )
 
 
@@ -152,20 +155,53 @@ def _trades(index: pd.Index, o: np.ndarray, c: np.ndarray, p: np.ndarray, gap: n
     })
 
 
+#: The metrics of :func:`summarize`, in order.
+SUMMARY_COLUMNS = ("total_return", "gross_return", "sharpe", "sortino", "max_drawdown", "n_trades", "trades_per_year",
+                   "avg_hold_bars", "avg_hold_hours", "turnover_per_year", "win_rate", "profit_factor", "exposure",
+                   "cost_paid", "cost_per_year")
+
+
 def summarize(result: BacktestResult, periods_per_year: float) -> dict[str, float]:
-    """Overall metrics of a backtest: bar-return Sharpe and drawdown, trade statistics, exposure and costs."""
+    """Overall metrics of a backtest: returns after and before costs, bar-return Sharpe, Sortino and drawdown,
+    trade statistics, and what the trading costs: trades and turnover per year, holding time, costs.
+
+    ``n_trades``, ``win_rate`` and ``profit_factor`` count closed trades; ``trades_per_year`` and the holding time
+    count every trade entered (one still open is held to the last bar). ``turnover_per_year`` is the position
+    change traded per year in units of equity (a flip counts 2); ``cost_paid`` the sum of per-bar costs as a
+    fraction of equity and ``cost_per_year`` the same per year (the cost drag). Sharpe and Sortino are NaN when
+    undefined (see :func:`~atheria_kit.ensemble.performance.undefined_ratio_reason`).
+    """
+    require_positive("periods_per_year", periods_per_year)
     r = result.returns.to_numpy()
-    closed = result.trades.loc[result.trades["closed"].astype(bool), "return"].to_numpy(np.float64)
+    trades = result.trades
+    closed = trades.loc[trades["closed"].astype(bool), "return"].to_numpy(np.float64)
     stats = perf.trade_stats(closed)
+    n = len(r)
+    years = n / periods_per_year
+    pos = result.position.to_numpy()
+    if len(trades):
+        held = np.where(trades["closed"].astype(bool), trades["exit_bar"], n) - trades["entry_bar"]
+        hold = float(np.mean(held.to_numpy(np.float64)))
+    else:
+        hold = 0.0
+    gross = result.gross_returns.to_numpy() if result.gross_returns is not None else r
+    cost_paid = float(result.costs.sum())
     return {
         "total_return": perf.total_return(r),
+        "gross_return": perf.total_return(gross),
         "sharpe": perf.sharpe_ratio(r, periods_per_year),
+        "sortino": perf.sortino_ratio(r, periods_per_year),
         "max_drawdown": perf.max_drawdown(r),
         "n_trades": len(closed),
+        "trades_per_year": len(trades) / years if n else 0.0,
+        "avg_hold_bars": hold,
+        "avg_hold_hours": hold * perf.MINUTES_PER_YEAR_24_7 / periods_per_year / 60,
+        "turnover_per_year": float(np.abs(np.diff(pos, prepend=0.0)).sum()) / years if n else 0.0,
         "win_rate": stats.win_rate,
         "profit_factor": stats.profit_factor,
-        "exposure": float(np.mean(result.position.to_numpy() != 0)) if len(r) else 0.0,
-        "cost_paid": float(result.costs.sum()),
+        "exposure": float(np.mean(pos != 0)) if n else 0.0,
+        "cost_paid": cost_paid,
+        "cost_per_year": cost_paid / years if n else 0.0,
     }
 
 
@@ -192,6 +228,7 @@ def metrics_by_regime(result: BacktestResult, regimes: pd.Series, periods_per_ye
         rows[name] = {
             "total_return": perf.total_return(rr),
             "sharpe": perf.sharpe_ratio(rr, periods_per_year),
+            "sortino": perf.sortino_ratio(rr, periods_per_year),
             "bar_share": float(mask.mean()) if len(r) else 0.0,
             "exposure": float(np.mean(pos[mask] != 0)) if mask.any() else 0.0,
         }

@@ -3,8 +3,10 @@
 At the close of bar ``t`` the ensemble (1) reads the regime at ``t``, (2) takes that regime's base weights,
 (3) multiplies each by a performance factor from the strategy's own closed trades so far (its standalone
 backtest, after costs; see :func:`performance_factor`), (4) renormalizes to sum to one, and (5) combines the
-strategies' signals into ``score = sum_i w_i * signal_i * confidence_i``; the ensemble's signal is ``sign(score)``
-when ``|score| > signal_threshold``, else 0, with confidence ``|score|`` (0 when flat).
+strategies' signals into ``score = sum_i w_i * signal_i * confidence_i``; (6) turns the score into a position with
+turnover control (:mod:`atheria_kit.ensemble.turnover`: the raw rule ``sign(score)`` when
+``|score| > signal_threshold``, plus a minimum holding period, a deadband and a cost-aware entry), with confidence
+``max(0, signal * score)`` (0 when flat).
 
 Two equivalent paths: the per-step API (:meth:`DynamicEnsemble.update_weights` then
 :meth:`DynamicEnsemble.get_weighted_signal`, bar by bar, e.g. live) and :meth:`DynamicEnsemble.run`, which does
@@ -27,6 +29,13 @@ from atheria_kit.ensemble import strategies as strat
 from atheria_kit.ensemble.backtest import BacktestConfig, BacktestResult, backtest
 from atheria_kit.ensemble.performance import PerformanceTracker, TradeStats, rolling_trade_stats
 from atheria_kit.ensemble.regime import REGIMES, RegimeDetector
+from atheria_kit.ensemble.turnover import (
+    TurnoverControl,
+    TurnoverController,
+    control_turnover,
+    holding_confidence,
+    volatility,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +97,8 @@ def normalize_weights(raw: np.ndarray, base: np.ndarray) -> np.ndarray:
 
 @dataclass
 class EnsembleRun:
-    """Whole-series output of :meth:`DynamicEnsemble.run`, all indexed like the bars."""
+    """Whole-series output of :meth:`DynamicEnsemble.run`, all indexed like the bars: the decided ``signal`` and
+    its ``confidence``, the raw combined ``score`` and the ``volatility`` the cost-aware entry used."""
 
     signal: pd.Series
     confidence: pd.Series
@@ -97,25 +107,39 @@ class EnsembleRun:
     signals: pd.DataFrame
     confidences: pd.DataFrame
     strategy_backtests: dict[str, BacktestResult] = field(default_factory=dict)
+    score: pd.Series | None = None
+    volatility: pd.Series | None = None
+
+
+#: Keys a performance entry given as a mapping must have (what :func:`performance_factor` reads).
+PERFORMANCE_KEYS = ("n_trades", "win_rate", "profit_factor", "max_drawdown", "current_losing_streak")
 
 
 class DynamicEnsemble:
     """Combine strategies with regime-specific weights adjusted by their recent performance.
 
-    ``regime_weights`` maps each regime in :data:`REGIMES` to {strategy name: base weight}; the defaults are the
-    seed's for the three default strategies, and equal weights for any other set of strategies.
+    ``strategies``: strategy objects or registered names (``"atr_breakout"``, ``"rsi_reversion"`` or its seed name
+    ``"rsi_mean_reversion"``, ``"macd_momentum"``, or any :func:`~atheria_kit.ensemble.strategies.register_strategy`
+    name); default the three seed strategies. ``regime_weights`` maps each regime in :data:`REGIMES` to
+    {strategy name: base weight}; the defaults are the seed's for the three default strategies, and equal weights
+    for any other set. ``turnover``: a :class:`~atheria_kit.ensemble.turnover.TurnoverControl` (or a mapping of its
+    fields; ``TurnoverControl.off()`` for the raw rule); ``costs``: the fee and slippage the cost-aware entry and
+    :meth:`run`'s shadow backtests use. Mappings passed in (signals, performance, multipliers, regime weights) may
+    use a strategy's alias for its name.
     """
 
     def __init__(
         self,
-        strategies: Sequence[strat.Strategy] | None = None,
+        strategies: Sequence[strat.Strategy | str] | None = None,
         regime_detector: RegimeDetector | None = None,
         *,
         regime_weights: Mapping[str, Mapping[str, float]] | None = None,
         adjustment: AdjustmentConfig | None = None,
         signal_threshold: float = 0.1,
+        turnover: TurnoverControl | Mapping[str, Any] | None = None,
+        costs: BacktestConfig | None = None,
     ) -> None:
-        self.strategies = list(strategies) if strategies is not None else strat.default_strategies()
+        self.strategies = strat.resolve_strategies(strategies) if strategies is not None else strat.default_strategies()
         self.names = [s.name for s in self.strategies]
         if not self.names or len(set(self.names)) != len(self.names):
             raise ValueError(f"strategies={self.names!r} is invalid; expected at least one, with unique names")
@@ -124,6 +148,12 @@ class DynamicEnsemble:
         if not (0 <= signal_threshold < 1):
             raise ValueError(f"signal_threshold={signal_threshold!r} is invalid; expected a number in [0, 1)")
         self.signal_threshold = float(signal_threshold)
+        self.costs = BacktestConfig()
+        self.turnover = TurnoverControl.from_mapping(turnover)
+        self.set_trading(costs=costs)
+        # Of the bars last given to update_weights (the cost-aware entry's sigma): NaN in their warm-up, None
+        # when the regime was given by name (unknown).
+        self.volatility: float | None = None
         if regime_weights is None:
             if set(self.names) == set(DEFAULT_REGIME_WEIGHTS["trending"]):
                 regime_weights = DEFAULT_REGIME_WEIGHTS
@@ -134,13 +164,34 @@ class DynamicEnsemble:
         self.regime = "ranging"
         self.weights: dict[str, float] = dict(zip(self.names, self.base[REGIMES.index(self.regime)].tolist(), strict=True))
 
+    def set_trading(self, turnover: TurnoverControl | Mapping[str, Any] | None = None,
+                    costs: BacktestConfig | None = None) -> None:
+        """Replace the turnover control and/or the costs (absent: kept); the controller starts flat again."""
+        if costs is not None:
+            if not isinstance(costs, BacktestConfig):
+                raise ValueError(f"costs={costs!r} is invalid; expected a BacktestConfig (fee, slippage)")
+            self.costs = costs
+        if turnover is not None:
+            self.turnover = TurnoverControl.from_mapping(turnover)
+        self.controller = TurnoverController(self.turnover, threshold=self.signal_threshold, cost=self.costs.cost)
+
+    def _canonical(self, mapping: Mapping[str, Any], field_name: str) -> dict[str, Any]:
+        """``mapping`` with aliases replaced by the strategies' names (an alias next to its name is an error)."""
+        out: dict[str, Any] = {}
+        for key, value in mapping.items():
+            name = strat.canonical_name(key) if isinstance(key, str) else key
+            if name in out:
+                raise ValueError(f"{field_name} has entries for both {name!r} and its alias {key!r}; expected one")
+            out[name] = value
+        return out
+
     def _check_regime_weights(self, table: Mapping[str, Mapping[str, float]]) -> np.ndarray:
         missing = [r for r in REGIMES if r not in table]
         if missing:
             raise ValueError(f"regime_weights is missing regimes {missing}; expected all of {list(REGIMES)}")
         base = np.zeros((len(REGIMES), len(self.names)))
         for i, r in enumerate(REGIMES):
-            row = table[r]
+            row = self._canonical(table[r], f"regime_weights[{r!r}]")
             absent = [n for n in self.names if n not in row]
             if absent:
                 raise ValueError(f"regime_weights[{r!r}] is missing strategies {absent}; expected weights for {self.names}")
@@ -158,33 +209,54 @@ class DynamicEnsemble:
 
     def update_weights(
         self,
-        market_data: pd.DataFrame | str,
-        performance: Mapping[str, PerformanceTracker | TradeStats | Mapping[str, float]] | None = None,
+        market_data: pd.DataFrame | Mapping[str, Any] | str,
+        performance_metrics: Mapping[str, PerformanceTracker | TradeStats | Mapping[str, float]] | None = None,
         multipliers: Mapping[str, float] | None = None,
     ) -> dict[str, float]:
         """Set the weights for the current bar from the regime and each strategy's performance; return them.
 
-        ``market_data`` is the bars up to now (the regime of the last bar is used) or a regime name.
-        ``performance`` maps strategy names to a tracker, its stats, or a dict with the same keys; strategies
-        without an entry keep their base weight. ``multipliers`` (e.g. the replay's penalties) scale the
-        resulting weights per strategy (absent: 1), which are then renormalized to sum to one.
+        ``market_data`` is the bars up to now (a DataFrame, or a mapping of columns; the regime of the last bar is
+        used, and their closes give the volatility of the cost-aware entry) or a regime name.
+        ``performance_metrics`` maps strategy names to a tracker, its stats, or a dict with the keys of
+        :data:`PERFORMANCE_KEYS`; strategies without an entry keep their base weight. ``multipliers`` (e.g. the
+        replay's penalties) scale the resulting weights per strategy (absent: 1), which are then renormalized to
+        sum to one.
         """
         m = self._check_multipliers(multipliers) if multipliers is not None else None
         if isinstance(market_data, str):
             if market_data not in REGIMES:
                 raise ValueError(f"market_data={market_data!r} is invalid; expected bars or one of {list(REGIMES)}")
             regime = market_data
+            sigma = None
         else:
+            if isinstance(market_data, Mapping):
+                market_data = pd.DataFrame(market_data)
+            if not isinstance(market_data, pd.DataFrame) or market_data.empty:
+                raise ValueError(f"market_data={type(market_data).__name__} is invalid; expected bars (a non-empty "
+                                 f"DataFrame with open, high, low, close) or one of {list(REGIMES)}")
             regime = self.regime_detector.current(market_data)
+            w = self.turnover.vol_window
+            sigma = float(volatility(market_data["close"].to_numpy(np.float64)[-(w + 1):], w)[-1])
         base = self.base[REGIMES.index(regime)]
         factors = np.ones(len(self.names))
+        performance = self._canonical(performance_metrics or {}, "performance_metrics")
         for j, name in enumerate(self.names):
-            entry = (performance or {}).get(name)
+            entry = performance.get(name)
             if entry is None:
                 continue
             if isinstance(entry, PerformanceTracker):
                 entry = entry.stats()
-            st = entry.as_dict() if isinstance(entry, TradeStats) else dict(entry)
+            if isinstance(entry, TradeStats):
+                st = entry.as_dict()
+            elif isinstance(entry, Mapping):
+                st = dict(entry)
+                missing = [k for k in PERFORMANCE_KEYS if k not in st]
+                if missing:
+                    raise ValueError(f"performance_metrics[{name!r}] lacks {missing}; expected a PerformanceTracker, "
+                                     f"its TradeStats, or a mapping with keys {list(PERFORMANCE_KEYS)}")
+            else:
+                raise ValueError(f"performance_metrics[{name!r}]={entry!r} is invalid; expected a PerformanceTracker, "
+                                 f"its TradeStats, or a mapping with keys {list(PERFORMANCE_KEYS)}")
             factors[j] = performance_factor(st["n_trades"], st["win_rate"], st["profit_factor"], st["max_drawdown"],
                                             st["current_losing_streak"], self.adjustment)
         w = normalize_weights(base * factors, base)
@@ -193,10 +265,12 @@ class DynamicEnsemble:
             # the replay's weights from before multipliers moved here (its artifacts are compared byte for byte).
             w = normalize_weights(w * m, w)
         self.regime = regime
+        self.volatility = sigma
         self.weights = dict(zip(self.names, w.tolist(), strict=True))
         return dict(self.weights)
 
     def _check_multipliers(self, multipliers: Mapping[str, float]) -> np.ndarray:
+        multipliers = self._canonical(multipliers, "multipliers")
         unknown = [n for n in multipliers if n not in self.names]
         if unknown:
             raise ValueError(f"multipliers name unknown strategies {unknown}; expected names among {self.names}")
@@ -208,14 +282,31 @@ class DynamicEnsemble:
             out[j] = v
         return out
 
-    def get_weighted_signal(self, signals: Mapping[str, float], confidences: Mapping[str, float]) -> tuple[int, float]:
-        """Combine this bar's signals and confidences with the current weights into (signal, confidence)."""
+    def get_weighted_signal(self, signals: Mapping[str, float], confidences: Mapping[str, float], *,
+                            volatility: float | None = None, bar: int | None = None) -> tuple[int, float]:
+        """Combine this bar's signals and confidences with the current weights into (signal, confidence).
+
+        The signal goes through the ensemble's turnover control, whose state (the position decided last, how long
+        it has been held) this call advances: call it once per bar, or pass ``bar`` (the bar's index) when
+        deciding every few bars. ``volatility`` overrides the one measured on the bars given to
+        :meth:`update_weights` (needed by a cost-aware entry when the regime was given by name).
+        """
+        signals = self._canonical(signals, "signals")
+        confidences = self._canonical(confidences, "confidences")
         score = 0.0
         for name in self.names:
             if name not in signals or name not in confidences:
                 raise ValueError(f"signals/confidences lack strategy {name!r}; expected entries for {self.names}")
             score += self.weights[name] * float(signals[name]) * float(confidences[name])
-        return _decide(score, self.signal_threshold)
+        sigma = self.volatility if volatility is None else float(volatility)
+        if sigma is None:
+            if self.turnover.cost_multiple > 0:
+                raise ValueError("the cost-aware entry needs the market's volatility, unknown when update_weights got "
+                                 "a regime name: pass the bars as market_data, or volatility=..., or turnover with "
+                                 "cost_multiple=0")
+            sigma = math.nan
+        signal = self.controller.step(score, sigma, bar)
+        return signal, float(holding_confidence(signal, score))
 
     # --------------------------------------------------------------------------------------- vectorized path
 
@@ -223,10 +314,12 @@ class DynamicEnsemble:
             regimes: pd.Series | None = None) -> EnsembleRun:
         """The per-step rules applied to a whole series at once (each bar sees only bars and trades up to it).
 
-        Each strategy's performance is that of its standalone backtest under ``config``: a trade closed at the
-        open of bar ``b`` is known from the close of bar ``b``.
+        Each strategy's performance is that of its standalone backtest under ``config`` (default: the ensemble's
+        ``costs``), whose costs the cost-aware entry also uses: a trade closed at the open of bar ``b`` is known from
+        the close of bar ``b``. The turnover control starts flat at bar 0 (this call does not use or move the
+        per-step state).
         """
-        cfg = config or BacktestConfig()
+        cfg = config or self.costs
         sig, conf = strat.compute_signals(bars, self.strategies)
         if regimes is None:
             regimes = self.regime_detector.detect(bars)
@@ -254,8 +347,9 @@ class DynamicEnsemble:
         score = np.zeros(n)
         for j, name in enumerate(self.names):
             score += w[:, j] * sig[name].to_numpy(np.float64) * conf[name].to_numpy(np.float64)
-        signal = np.where(score > self.signal_threshold, 1, np.where(score < -self.signal_threshold, -1, 0))
-        confidence = np.where(signal != 0, np.abs(score), 0.0)
+        vol = volatility(bars["close"].to_numpy(np.float64), self.turnover.vol_window)
+        signal = control_turnover(score, vol, config=self.turnover, threshold=self.signal_threshold, cost=cfg.cost)
+        confidence = holding_confidence(signal, score)
         if n:
             self.regime = REGIMES[codes[-1]]
             self.weights = dict(zip(self.names, w[-1].tolist(), strict=True))
@@ -268,6 +362,8 @@ class DynamicEnsemble:
             signals=sig,
             confidences=conf,
             strategy_backtests=shadow,
+            score=pd.Series(score, index=bars.index, name="score"),
+            volatility=pd.Series(vol, index=bars.index, name="volatility"),
         )
 
     # --------------------------------------------------------------------------------------------- state
@@ -280,6 +376,9 @@ class DynamicEnsemble:
             "signal_threshold": self.signal_threshold,
             "regime": self.regime,
             "weights": dict(self.weights),
+            "costs": asdict(self.costs),
+            "volatility": self.volatility,
+            "controller": self.controller.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -290,11 +389,7 @@ class DynamicEnsemble:
         self.signal_threshold = float(state["signal_threshold"])
         self.regime = str(state["regime"])
         self.weights = {k: float(v) for k, v in state["weights"].items()}
-
-
-def _decide(score: float, threshold: float) -> tuple[int, float]:
-    if score > threshold:
-        return 1, abs(score)
-    if score < -threshold:
-        return -1, abs(score)
-    return 0, 0.0
+        self.costs = BacktestConfig(**state["costs"])
+        self.volatility = None if state["volatility"] is None else float(state["volatility"])
+        self.controller.load_state_dict(state["controller"])
+        self.turnover = self.controller.config

@@ -4,15 +4,22 @@ Definitions (``docs/ensemble.md`` has the full text; they follow empyrical / qua
 
 - returns are simple (non-log) fractional returns per bar or per trade;
 - ``sharpe_ratio = mean(r - rf) / std(r - rf, ddof=1) * sqrt(periods_per_year)``, risk-free rate ``rf`` per period,
-  default 0 (empyrical ``sharpe_ratio``); for 24/7 markets ``periods_per_year = 365*24*60 / bar_minutes``;
-  0.0 (not NaN) with fewer than two returns or zero standard deviation;
+  default 0 (empyrical ``sharpe_ratio``); ``periods_per_year`` from the bar timeframe: :func:`bars_per_year`
+  (``365*24*60 / bar_minutes`` for 24/7 markets);
+- ``sortino_ratio = mean(r - t) / sqrt(mean(min(r - t, 0)^2)) * sqrt(periods_per_year)`` with target ``t`` per
+  period (empyrical ``sortino_ratio``: the downside deviation is taken over all returns); ``inf`` when no return
+  falls below the target;
+- both ratios are undefined (NaN, not 0.0) with fewer than two returns or zero spread;
+  :func:`undefined_ratio_reason` says why;
 - ``max_drawdown`` is <= 0: the worst ``equity / running peak - 1`` of the equity curve that starts at the initial
   capital (empyrical ``max_drawdown``, whose curve is anchored at 100 before the first return); 0.0 when empty;
 - ``total_return = prod(1 + r) - 1`` (empyrical ``cum_returns_final``); 0.0 when empty;
-- ``win_rate = #(r > 0) / #(r != 0)``: zero returns are neither wins nor losses (quantstats ``win_rate``); 0.0 when
-  there are no non-zero returns;
+- one win/loss convention for every count in the kit (:func:`outcome`): a trade with a return (or PnL) > 0 is a
+  win, < 0 a loss, and exactly 0 neither; ``win_rate = wins / (wins + losses)`` (quantstats ``win_rate``); 0.0
+  when there are neither;
 - ``profit_factor = sum(r > 0) / |sum(r < 0)|``; ``inf`` with gains and no losses; 1.0 (break-even) with neither;
-- losing streaks count consecutive ``r < 0``; a zero return neither extends nor ends a streak (it is skipped);
+- losing streaks count consecutive losses; anything that is not a loss (a win or a zero) ends a streak, so
+  ``[-1 %, 0, -1 %]`` has a longest streak of 1;
 - ``avg_win`` / ``avg_loss``: mean of the positive / negative returns (``avg_loss`` <= 0); 0.0 when there are none.
 """
 
@@ -28,14 +35,22 @@ import numpy as np
 import pandas as pd
 
 from atheria_kit._validation import require_int, require_positive
+from atheria_kit.ohlcv import timeframe_to_timedelta
 
 MINUTES_PER_YEAR_24_7 = 365 * 24 * 60
 
 
-def bars_per_year(bar_minutes: float) -> float:
-    """Bars per year of a market that trades around the clock (crypto): ``365 * 24 * 60 / bar_minutes``."""
-    require_positive("bar_minutes", bar_minutes)
-    return MINUTES_PER_YEAR_24_7 / bar_minutes
+def bars_per_year(bar: float | str | pd.Timedelta) -> float:
+    """Bars per year of a market that trades around the clock (crypto): ``365 * 24 * 60 / bar_minutes``.
+
+    ``bar`` is the bar length in minutes, a timeframe (``"15m"``, ``"1h"``) or a ``Timedelta``.
+    """
+    if isinstance(bar, str):
+        bar = timeframe_to_timedelta(bar)
+    if isinstance(bar, pd.Timedelta):
+        bar = bar / pd.Timedelta(minutes=1)
+    require_positive("bar_minutes", bar)
+    return MINUTES_PER_YEAR_24_7 / bar
 
 
 def _arr(returns: Iterable[float] | np.ndarray | pd.Series) -> np.ndarray:
@@ -46,18 +61,48 @@ def _arr(returns: Iterable[float] | np.ndarray | pd.Series) -> np.ndarray:
     return a
 
 
+def _no_spread(r: np.ndarray) -> bool:
+    # Relative threshold: constant returns can give a rounding-level std that is not a real spread.
+    return float(np.std(r, ddof=1)) <= 1e-14 * max(1.0, float(np.abs(r).max()))
+
+
+def undefined_ratio_reason(returns: Sequence[float] | np.ndarray | pd.Series) -> str | None:
+    """Why the Sharpe and Sortino ratios of ``returns`` are undefined (NaN), or ``None`` when they are defined."""
+    r = _arr(returns)
+    if len(r) < 2:
+        return f"{len(r)} return{'s' if len(r) != 1 else ''}: a ratio needs at least 2"
+    if _no_spread(r):
+        if np.all(r == 0):
+            return f"zero variance: all {len(r)} returns are 0 (no position was held)"
+        return f"zero variance: all {len(r)} returns equal {r[0]:.6g}"
+    return None
+
+
 def sharpe_ratio(returns: Sequence[float] | np.ndarray | pd.Series, periods_per_year: float = 1.0,
                  risk_free: float = 0.0) -> float:
-    """Annualized Sharpe ratio (ddof 1); ``risk_free`` is per period. 0.0 if fewer than 2 returns or zero spread."""
+    """Annualized Sharpe ratio (ddof 1); ``risk_free`` is per period. NaN with fewer than 2 returns or zero
+    spread (see :func:`undefined_ratio_reason`)."""
     require_positive("periods_per_year", periods_per_year)
     r = _arr(returns) - risk_free
-    if len(r) < 2:
-        return 0.0
-    sd = float(np.std(r, ddof=1))
-    # Relative threshold: constant returns can give a rounding-level std that is not a real spread.
-    if sd <= 1e-14 * max(1.0, float(np.abs(r).max())):
-        return 0.0
-    return float(np.mean(r) / sd * math.sqrt(periods_per_year))
+    if len(r) < 2 or _no_spread(r):
+        return math.nan
+    return float(np.mean(r) / np.std(r, ddof=1) * math.sqrt(periods_per_year))
+
+
+def sortino_ratio(returns: Sequence[float] | np.ndarray | pd.Series, periods_per_year: float = 1.0,
+                  target: float = 0.0) -> float:
+    """Annualized Sortino ratio against ``target`` per period (empyrical ``sortino_ratio``): the mean excess
+    return over the downside deviation ``sqrt(mean(min(r - target, 0)^2))`` of all returns, times
+    ``sqrt(periods_per_year)``. NaN with fewer than 2 returns or zero spread; ``inf`` with no return below target."""
+    require_positive("periods_per_year", periods_per_year)
+    r = _arr(returns) - target
+    if len(r) < 2 or _no_spread(r):
+        return math.nan
+    downside = math.sqrt(float(np.mean(np.minimum(r, 0.0) ** 2)))
+    mean = float(np.mean(r))
+    if downside == 0.0:
+        return math.inf if mean > 0 else math.nan
+    return mean / downside * math.sqrt(periods_per_year)
 
 
 def max_drawdown(returns: Sequence[float] | np.ndarray | pd.Series) -> float:
@@ -76,11 +121,34 @@ def total_return(returns: Sequence[float] | np.ndarray | pd.Series) -> float:
     return float(np.prod(1.0 + r) - 1.0) if len(r) else 0.0
 
 
+def outcome(value: float) -> int:
+    """The kit's one win/loss convention: 1 for a win (> 0), -1 for a loss (< 0), 0 for neither (exactly 0).
+
+    Applied to a trade's return or its PnL after costs (they have the same sign).
+    """
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"trade value={value!r} is invalid; expected a finite number")
+    return 1 if v > 0 else (-1 if v < 0 else 0)
+
+
+def count_outcomes(values: Sequence[float] | np.ndarray | pd.Series) -> tuple[int, int, int]:
+    """(wins, losses, neither) of trade returns or PnLs, by :func:`outcome`'s convention."""
+    r = _arr(values)
+    wins, losses = int(np.count_nonzero(r > 0)), int(np.count_nonzero(r < 0))
+    return wins, losses, len(r) - wins - losses
+
+
+def win_rate_of(wins: int, losses: int) -> float:
+    """``wins / (wins + losses)``: trades that are neither do not count; 0.0 when there are none."""
+    decided = wins + losses
+    return wins / decided if decided else 0.0
+
+
 def win_rate(returns: Sequence[float] | np.ndarray | pd.Series) -> float:
-    """Share of winning returns among non-zero returns; 0.0 when none is non-zero."""
-    r = _arr(returns)
-    decided = int(np.count_nonzero(r))
-    return float(np.count_nonzero(r > 0) / decided) if decided else 0.0
+    """Share of wins among wins and losses (:func:`count_outcomes`); 0.0 when there are none."""
+    wins, losses, _ = count_outcomes(returns)
+    return win_rate_of(wins, losses)
 
 
 def profit_factor(returns: Sequence[float] | np.ndarray | pd.Series) -> float:
@@ -94,9 +162,8 @@ def profit_factor(returns: Sequence[float] | np.ndarray | pd.Series) -> float:
 
 
 def losing_streaks(returns: Sequence[float] | np.ndarray | pd.Series) -> tuple[int, int]:
-    """(current, longest) run of consecutive losses; zero returns are skipped (they neither extend nor end a run)."""
+    """(current, longest) run of consecutive losses; anything that is not a loss (a win or a zero) ends a run."""
     r = _arr(returns)
-    r = r[r != 0]
     current = longest = 0
     for x in r:
         current = current + 1 if x < 0 else 0
@@ -119,6 +186,7 @@ class TradeStats:
     win_rate: float
     profit_factor: float
     sharpe: float
+    sortino: float
     max_drawdown: float
     current_losing_streak: int
     longest_losing_streak: int
@@ -132,7 +200,8 @@ class TradeStats:
 
 def trade_stats(returns: Sequence[float] | np.ndarray, periods_per_year: float = 1.0,
                 risk_free: float = 0.0) -> TradeStats:
-    """All :class:`TradeStats` of a sequence of trade returns (defined values for 0, 1 or constant trades)."""
+    """All :class:`TradeStats` of a sequence of trade returns (the ratios are NaN for fewer than 2 or constant
+    trades; everything else has a defined value)."""
     r = _arr(returns)
     cur, longest = losing_streaks(r)
     aw, al = avg_win_loss(r)
@@ -141,6 +210,7 @@ def trade_stats(returns: Sequence[float] | np.ndarray, periods_per_year: float =
         win_rate=win_rate(r),
         profit_factor=profit_factor(r),
         sharpe=sharpe_ratio(r, periods_per_year, risk_free),
+        sortino=sortino_ratio(r, periods_per_year, risk_free),
         max_drawdown=max_drawdown(r),
         current_losing_streak=cur,
         longest_losing_streak=longest,
@@ -235,8 +305,8 @@ def rolling_trade_stats(returns: Sequence[float] | np.ndarray, window: int | Non
     eq = np.cumprod(1.0 + win_view, axis=1)
     peak = np.maximum(1.0, np.maximum.accumulate(eq, axis=1))
     mdd = np.minimum(0.0, (eq / peak - 1.0).min(axis=1))
-    # Current streak: losses after the last win inside the window (zeros skipped).
-    last_win = np.maximum.accumulate(np.where(r > 0, idx, -1))
+    # Current streak: losses after the last trade that was not a loss (a win or a zero), inside the window.
+    last_win = np.maximum.accumulate(np.where(r >= 0, idx, -1))
     streak_start = np.maximum(start, last_win + 1)
     streak = losses[idx + 1] - losses[np.minimum(streak_start, idx + 1)]
     return pd.DataFrame({

@@ -70,11 +70,41 @@ def register_strategy(cls: type) -> type:
     return cls
 
 
+#: Other names a registered strategy answers to: the seed system's names for the kit's strategies.
+ALIASES: dict[str, str] = {"rsi_mean_reversion": "rsi_reversion"}
+
+
+def canonical_name(name: str) -> str:
+    """The registered name for ``name`` (itself, or the strategy an alias stands for)."""
+    return ALIASES.get(name, name)
+
+
 def make_strategy(name: str, **params: Any) -> Strategy:
-    """Build a registered strategy by name with keyword parameters (unknown names raise ``ValueError``)."""
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy={name!r} is invalid; expected one of {', '.join(map(repr, STRATEGIES))}")
-    return STRATEGIES[name](**params)
+    """Build a registered strategy by name (or alias, see :data:`ALIASES`) with keyword parameters.
+
+    Unknown names raise ``ValueError`` listing the valid ones.
+    """
+    if not isinstance(name, str) or canonical_name(name) not in STRATEGIES:
+        valid = ", ".join(map(repr, [*STRATEGIES, *ALIASES]))
+        raise ValueError(f"strategy={name!r} is invalid; expected one of {valid} or a strategy object")
+    return STRATEGIES[canonical_name(name)](**params)
+
+
+def resolve_strategies(strategies: Sequence[Strategy | str]) -> list[Strategy]:
+    """Strategy objects from a list that mixes objects and registered names (names built with defaults)."""
+    if isinstance(strategies, (str, bytes)) or not isinstance(strategies, Sequence):
+        raise ValueError(f"strategies={strategies!r} is invalid; expected a list of strategy names or objects")
+    out = []
+    for i, s in enumerate(strategies):
+        if isinstance(s, str):
+            out.append(make_strategy(s))
+        elif isinstance(getattr(s, "name", None), str) and callable(getattr(s, "compute", None)):
+            out.append(s)
+        else:
+            raise ValueError(f"strategies[{i}]={s!r} is invalid; expected a registered name (one of "
+                             f"{', '.join(map(repr, [*STRATEGIES, *ALIASES]))}) or an object with .name and "
+                             ".compute(bars)")
+    return out
 
 
 @register_strategy

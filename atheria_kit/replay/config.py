@@ -13,6 +13,7 @@ YAML shape (every key optional; nested sections are flattened into the dataclass
       risk: {initial_balance: 1000, per_trade_pct: 0.5, max_exposure_pct: 20}
       costs: {fee_pct: 0.1, slippage_pct: 0.05}
       penalties: {max_drawdown_pct: 20, max_losing_streak: 5, weight_cut: 0.5, reset_below: 0.1}
+      turnover: {min_hold_bars: 64, deadband: 0.2, cost_multiple: 2, vol_window: 96}   # 0, 0, 0: the raw rule
       out_dir: runs/replay
 """
 
@@ -25,10 +26,13 @@ from typing import Any
 
 from atheria_kit._io import read_yaml_mapping
 from atheria_kit._validation import require_fraction, require_int, require_positive
+from atheria_kit.ensemble.backtest import BacktestConfig
+from atheria_kit.ensemble.turnover import TurnoverControl
 from atheria_kit.ohlcv import sample_path, timeframe_to_timedelta
 from atheria_kit.replay.account import AccountConfig
 
-SECTIONS = ("risk", "costs", "penalties")
+SECTIONS = ("risk", "costs", "penalties", "turnover")
+_TURNOVER = TurnoverControl()
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class ReplayConfig:
     max_losing_streak: int = 5
     weight_cut: float = 0.5
     reset_below: float = 0.1
+    min_hold_bars: int = _TURNOVER.min_hold_bars
+    deadband: float = _TURNOVER.deadband
+    cost_multiple: float = _TURNOVER.cost_multiple
+    vol_window: int = _TURNOVER.vol_window
     out_dir: str = "runs/replay"
 
     def __post_init__(self) -> None:
@@ -69,11 +77,20 @@ class ReplayConfig:
         if not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir):
             raise ValueError(f"out_dir={self.out_dir!r} is invalid; expected a directory path")
         self.account_config()  # validates the risk and cost fields
+        self.turnover()
         self.data_paths()
 
     def account_config(self) -> AccountConfig:
         return AccountConfig(self.initial_balance, self.per_trade_pct, self.max_exposure_pct, self.fee_pct,
                              self.slippage_pct)
+
+    def turnover(self) -> TurnoverControl:
+        """The ensembles' turnover control (``turnover:`` section), counted in bars of ``timeframe``."""
+        return TurnoverControl(self.min_hold_bars, self.deadband, self.cost_multiple, self.vol_window)
+
+    def costs(self) -> BacktestConfig:
+        """The costs as the ensemble's cost-aware entry and shadow backtests read them (fractions per side)."""
+        return BacktestConfig(fee=self.fee_pct / 100, slippage=self.slippage_pct / 100)
 
     def data_paths(self) -> dict[str, Path]:
         """Each symbol's data file: the shipped sample, an explicit mapping, or a ``{symbol}`` pattern."""

@@ -3,7 +3,9 @@
 Every ``update_every_bars`` timeline bars the engine, per symbol, computes the strategies' signals on the last
 ``lookback_bars`` bars, updates each strategy's shadow trades (its standalone position, marked at the update's
 close), penalizes strategies past the drawdown or losing-streak limits, sets the ensemble's weights and submits
-its decision to the paper account (filled at the next bar's open). Every ``cycle_size_bars`` it writes the
+its decision, after the configured turnover control (minimum holding period counted in the symbol's bars,
+deadband, cost-aware entry), to the paper account (filled at the next bar's open). Trades are wins, losses or
+neither by the kit's one convention (:func:`~atheria_kit.ensemble.performance.outcome`). Every ``cycle_size_bars`` it writes the
 cycle's artifacts and a checkpoint of the whole engine state, with the byte length of every JSONL file it
 covers; a restart truncates those files back and continues, so the artifacts end byte-identical to a run that
 never stopped. Wall-clock quantities (latency, CPU, memory, times) live only in ``live_status.json`` and the
@@ -32,7 +34,7 @@ from atheria_kit._validation import require_int, require_positive
 from atheria_kit.checkpoint import CheckpointManager
 from atheria_kit.ensemble import strategies as strat
 from atheria_kit.ensemble.dynamic import DynamicEnsemble
-from atheria_kit.ensemble.performance import PerformanceTracker, TradeStats
+from atheria_kit.ensemble.performance import PerformanceTracker, TradeStats, outcome, win_rate_of
 from atheria_kit.notify import RunNotifier
 from atheria_kit.ohlcv import infer_interval, load_ohlcv, resample_ohlcv, timeframe_to_timedelta
 from atheria_kit.replay.account import PaperAccount
@@ -138,6 +140,8 @@ class ReplayEngine:
         self._cpu_at = clock()
         self.account = PaperAccount(self.symbols, config.account_config())
         self.ensembles = {s: ensemble_factory() for s in self.symbols}
+        for ens in self.ensembles.values():  # the replay's settings are the source of truth for what it trades
+            ens.set_trading(config.turnover(), config.costs())
         self.names = self.ensembles[self.symbols[0]].names
         det = self.ensembles[self.symbols[0]].regime_detector
         needed = det.vol_lookback + det.vol_window
@@ -152,7 +156,8 @@ class ReplayEngine:
         self.shadow = {s: {n: [0, 0.0] for n in self.names} for s in self.symbols}  # direction, entry price
         self.total_bars = len(self.feed) if hasattr(self.feed, "__len__") else None
         self.kpi: dict[str, Any] = {
-            "bars_done": 0, "cycle": 0, "trades": 0, "winners": 0, "losers": 0, "peak_equity": config.initial_balance,
+            "bars_done": 0, "cycle": 0, "trades": 0, "winners": 0, "losers": 0, "breakeven": 0,
+            "peak_equity": config.initial_balance,
             "max_drawdown": 0.0, "cycle_start_equity": config.initial_balance, "cycle_trades": 0,
             "symbol_trades": dict.fromkeys(self.symbols, 0), "penalties": 0, "resets": 0, "updates": 0,
         }
@@ -316,7 +321,7 @@ class ReplayEngine:
                 self.kpi["trades"] += 1
                 self.kpi["cycle_trades"] += 1
                 self.kpi["symbol_trades"][sym] += 1
-                self.kpi["winners" if trade["pnl"] > 0 else "losers"] += 1
+                self.kpi[{1: "winners", -1: "losers", 0: "breakeven"}[outcome(trade["pnl"])]] += 1
         k = self.kpi
         k["bars_done"] += 1
         equity = self.account.equity()
@@ -326,7 +331,7 @@ class ReplayEngine:
             started = self._clock()
             for sym, bar in step.bars.items():
                 if bar is not None:
-                    self._decide(sym, ts)
+                    self._decide(sym, ts, bar.index)
             k["updates"] += 1
             self._files[UPDATES].write(self._update_record(ts, equity))
             now = self._clock()
@@ -335,7 +340,8 @@ class ReplayEngine:
                 self._last_live = now
                 self._write_live("running", self._kpis())
 
-    def _decide(self, sym: str, ts: str) -> None:
+    def _decide(self, sym: str, ts: str, bar: int) -> None:
+        """The ensemble's decision for ``sym`` at its bar number ``bar`` (the holding period counts these)."""
         window = self.feed.history(sym, self.config.lookback_bars)
         if len(window) < MIN_HISTORY:
             return
@@ -354,7 +360,7 @@ class ReplayEngine:
                 self._penalize(sym, name, ts)
             self.shadow[sym][name] = [signals[name], price if signals[name] != 0 else 0.0]
         ens.update_weights(window, self.trackers[sym], multipliers=self.multipliers[sym])
-        direction, _ = ens.get_weighted_signal(signals, confidences)
+        direction, _ = ens.get_weighted_signal(signals, confidences, bar=bar)
         self.account.submit(sym, int(direction))
 
     def _penalize(self, sym: str, name: str, ts: str) -> None:
@@ -381,9 +387,8 @@ class ReplayEngine:
         """Per-symbol equity, win rate and current drawdown at ``equity`` (shared by updates and cycle KPIs)."""
         k = self.kpi
         share = self.config.initial_balance / len(self.symbols)
-        closed = k["winners"] + k["losers"]
         symbol_equity = {s: share + self.account.symbol_pnl(s) for s in self.symbols}
-        return symbol_equity, k["winners"] / closed if closed else 0.0, 1 - equity / k["peak_equity"]
+        return symbol_equity, win_rate_of(k["winners"], k["losers"]), 1 - equity / k["peak_equity"]
 
     def _update_record(self, ts: str, equity: float) -> dict[str, Any]:
         """The deterministic KPIs of one update (one line of ``updates.jsonl``)."""
@@ -407,7 +412,7 @@ class ReplayEngine:
             "symbol_equity": symbol_equity,
             "symbol_pnl": {s: acc.symbol_pnl(s) for s in self.symbols},
             "trades": k["trades"], "cycle_trades": k["cycle_trades"], "winners": k["winners"], "losers": k["losers"],
-            "win_rate": win_rate,
+            "breakeven": k["breakeven"], "win_rate": win_rate,
             "max_drawdown": k["max_drawdown"], "current_drawdown": drawdown,
             "open_positions": {s: p["direction"] for s, p in sorted(acc.positions.items())},
             "rejected_orders": acc.rejected, "penalties": k["penalties"], "resets": k["resets"],

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from atheria_kit.ensemble.experiment import REGIME_COLORS
+from atheria_kit.ensemble.performance import MINUTES_PER_YEAR_24_7, count_outcomes, win_rate_of
 from atheria_kit.replay.engine import LIVE_STATUS, UPDATES
 from atheria_kit.runlog import read_jsonl
 
@@ -91,38 +92,52 @@ def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def symbol_table(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """Per symbol: equity share, PnL, trades, winners, losers, win rate, profit factor, fees, penalties, resets.
+    """Per symbol: equity share, PnL, trades (and per year), winners, losers, breakeven trades, win rate, profit
+    factor, average holding time, fees (and as a share of the symbol's starting equity), penalties, resets.
 
-    PnL here is realized (closed trades, net of fees); an open position's mark is in ``open_pnl``.
+    PnL here is realized (closed trades, net of fees); an open position's mark is in ``open_pnl``. Winners,
+    losers and the win rate follow the kit's one convention (a trade with a PnL of exactly 0 is neither).
+    Trades per year count over the span the updates cover.
     """
     path = _run_dir(run_dir)
     status = read_status(path)
-    trades, penalties = load_trades(path), load_penalties(path)
+    trades, penalties, updates = load_trades(path), load_penalties(path), load_updates(path)
+    symbols = symbols_of(path)
+    years = ((updates.index[-1] - updates.index[0]) / pd.Timedelta(minutes=1) / MINUTES_PER_YEAR_24_7
+             if len(updates) >= 2 else np.nan)
+    start_equity = (status["equity"] - status["cumulative_pnl"]) / len(symbols) if status else np.nan
     rows = {}
-    for s in symbols_of(path):
+    for s in symbols:
         t = trades[trades["symbol"] == s] if len(trades) else trades
         p = penalties[penalties["symbol"] == s] if len(penalties) else penalties
-        wins, losses = t["pnl"][t["pnl"] > 0], t["pnl"][t["pnl"] <= 0]
-        realized = float(t["pnl"].sum())
+        pnl = t["pnl"].to_numpy(np.float64)
+        wins, losses, flat = count_outcomes(pnl)
+        realized = float(pnl.sum())
+        fees = float(t["fees"].sum()) if len(t) else 0.0
+        hold = (t["exit_time"] - t["entry_time"]).mean() / pd.Timedelta(hours=1) if len(t) else np.nan
         rows[s] = {
             "equity": status.get("symbol_equity", {}).get(s, np.nan),
             "realized_pnl": realized,
             "open_pnl": status.get("symbol_pnl", {}).get(s, np.nan) - realized if status else np.nan,
-            "trades": len(t), "winners": len(wins), "losers": len(losses),
-            "win_rate": len(wins) / len(t) if len(t) else np.nan,
-            "profit_factor": wins.sum() / -losses.sum() if len(losses) and losses.sum() < 0 else np.nan,
-            "fees": float(t["fees"].sum()) if len(t) else 0.0,
+            "trades": len(t), "trades_per_year": len(t) / years if years else np.nan,
+            "winners": wins, "losers": losses, "breakeven": flat,
+            "win_rate": win_rate_of(wins, losses) if wins + losses else np.nan,
+            "profit_factor": pnl[pnl > 0].sum() / -pnl[pnl < 0].sum() if losses else np.nan,
+            "avg_hold_hours": hold,
+            "fees": fees,
+            "fees_pct_of_start": 100 * fees / start_equity if start_equity else np.nan,
             "penalties": int((p["action"] == "cut").sum()) if len(p) else 0,
             "resets": int((p["action"] == "reset").sum()) if len(p) else 0,
         }
-    return pd.DataFrame(rows).T
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def kpi_summary(run_dir: str | os.PathLike) -> pd.Series:
     """The run's headline KPIs from ``live_status.json`` (progress, equity, PnL, trades, drawdowns, latency ...)."""
     status = read_status(run_dir)
     keys = ("status", "cycle", "bars_done", "total_bars", "progress", "equity", "cumulative_pnl", "cycle_pnl",
-            "trades", "winners", "losers", "win_rate", "max_drawdown", "current_drawdown", "penalties", "resets",
+            "trades", "winners", "losers", "breakeven", "win_rate", "max_drawdown", "current_drawdown", "penalties",
+            "resets",
             "rejected_orders", "latency_ms", "cpu_percent", "memory_rss_bytes")
     return pd.Series({k: status.get(k) for k in keys}, name="value", dtype=object)
 
@@ -158,8 +173,9 @@ def plot_replay(run_dir: str | os.PathLike, max_points: int = 4000):
     for s in symbols:
         t = trades[trades["symbol"] == s] if len(trades) else trades
         if len(t):
+            wins, losses, _ = count_outcomes(t["pnl"])
             axes[2].step(t["exit_time"], t["pnl"].cumsum(), where="post",
-                         label=f"{s}: {len(t)} trades, win rate {(t['pnl'] > 0).mean():.0%}")
+                         label=f"{s}: {len(t)} trades, win rate {win_rate_of(wins, losses):.0%}")
     axes[2].axhline(0, color="grey", lw=0.8)
     axes[2].legend(loc="upper left", fontsize=8)
     axes[2].set_title("cumulative realized PnL per symbol (after fees)")

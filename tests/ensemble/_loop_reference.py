@@ -7,6 +7,7 @@ both agree, and ``bench/bench_ensemble.py`` times the vectorized path against th
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 
 import numpy as np
@@ -209,9 +210,23 @@ def signals_and_regimes_loop(bars: pd.DataFrame, det: RegimeDetector):
 # ----------------------------------------------------------------------------------------------- ensemble
 
 
+def volatility_loop(close, window: int) -> list[float]:
+    """Per bar, ``statistics.stdev`` of the last ``window`` log close-to-close returns (NaN before)."""
+    logs = [math.log(x) for x in close]
+    out = []
+    for t in range(len(logs)):
+        if t < window:
+            out.append(math.nan)
+        else:
+            out.append(statistics.stdev([logs[i] - logs[i - 1] for i in range(t - window + 1, t + 1)]))
+    return out
+
+
 def ensemble_loop(ens: DynamicEnsemble, bars: pd.DataFrame, sigs, confs, regimes, fee, slippage, initial_capital):
-    """The per-step ensemble API bar by bar, fed by each strategy's loop-backtest trades as they close."""
+    """The per-step ensemble API bar by bar, fed by each strategy's loop-backtest trades as they close, with the
+    volatility of the cost-aware entry computed by :func:`volatility_loop`."""
     names = ens.names
+    vol = volatility_loop(bars["close"].to_numpy(float).tolist(), ens.turnover.vol_window)
     trades = {}
     for name in names:
         _, tr = backtest_loop(bars, sigs[name], fee, slippage, initial_capital)
@@ -226,7 +241,8 @@ def ensemble_loop(ens: DynamicEnsemble, bars: pd.DataFrame, sigs, confs, regimes
                 trackers[name].record_trade(tr[cursor[name]]["return"])
                 cursor[name] += 1
         w = ens.update_weights(str(regimes[t]), trackers)
-        s, cf = ens.get_weighted_signal({k: sigs[k][t] for k in names}, {k: confs[k][t] for k in names})
+        s, cf = ens.get_weighted_signal({k: sigs[k][t] for k in names}, {k: confs[k][t] for k in names},
+                                        volatility=vol[t])
         signal.append(s)
         confidence.append(cf)
         weights.append([w[k] for k in names])

@@ -3,6 +3,8 @@ with real strategy signals and with random signals; timing and cost rules on han
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,7 +88,8 @@ def test_no_signal_means_flat_equity_and_no_trades(btc_short):
     res = backtest(btc_short, np.zeros(len(btc_short)))
     assert (res.equity == CFG.initial_capital).all() and res.trades.empty
     s = summarize(res, 8760)
-    assert s["total_return"] == 0 and s["sharpe"] == 0 and s["n_trades"] == 0
+    assert s["total_return"] == 0 and s["n_trades"] == 0 and s["trades_per_year"] == 0 and s["cost_paid"] == 0
+    assert math.isnan(s["sharpe"]) and math.isnan(s["sortino"])  # flat equity: no ratio, not a ratio of 0
 
 
 def test_metrics_by_regime_attribute_each_bar_to_the_regime_of_its_decision(btc_1h):

@@ -13,6 +13,7 @@ from atheria_kit.ensemble.backtest import BacktestConfig
 from atheria_kit.ensemble.dynamic import AdjustmentConfig, DynamicEnsemble
 from atheria_kit.ensemble.performance import PerformanceTracker
 from atheria_kit.ensemble.regime import RegimeDetector
+from atheria_kit.ensemble.turnover import TurnoverControl
 from tests.ensemble._loop_reference import ensemble_loop
 
 SEED_WEIGHTS = {  # from the issue, by regime: breakout, RSI, MACD
@@ -125,7 +126,7 @@ def test_weights_are_non_negative_and_sum_to_one(regime, perf, gain, floor):
     ],
 )
 def test_weighted_signal_in_ranging_regime(signals, confidences, expected):
-    ens = DynamicEnsemble()
+    ens = DynamicEnsemble(turnover=TurnoverControl.off())  # the raw rule: sign of the score beyond the threshold
     ens.update_weights("ranging")
     sig, conf = ens.get_weighted_signal(dict(zip(NAMES, signals, strict=True)), dict(zip(NAMES, confidences, strict=True)))
     assert sig == expected[0] and conf == pytest.approx(expected[1])
@@ -146,13 +147,16 @@ def test_vectorized_run_equals_the_per_step_api_bar_by_bar(btc_1h):
     run = ens.run(bars, config=cfg)
     sigs = {k: run.signals[k].tolist() for k in ens.names}
     confs = {k: run.confidences[k].tolist() for k in ens.names}
-    step = DynamicEnsemble(regime_detector=ens.regime_detector, adjustment=ens.adjustment)
+    step = DynamicEnsemble(regime_detector=ens.regime_detector, adjustment=ens.adjustment, costs=cfg)
     signal, confidence, weights = ensemble_loop(step, bars, sigs, confs, run.regimes.astype(str).tolist(),
                                                 cfg.fee, cfg.slippage, cfg.initial_capital)
     np.testing.assert_allclose(run.weights.to_numpy(), np.array(weights), rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(run.signal.to_numpy(), signal)
     np.testing.assert_allclose(run.confidence.to_numpy(), confidence, rtol=1e-12)
     assert run.weights.std().min() > 0.01  # the adjustments actually moved the weights
+    raw = np.where(run.score > 0.1, 1, np.where(run.score < -0.1, -1, 0))
+    changes = np.count_nonzero(np.diff(run.signal.to_numpy()))
+    assert 0 < changes < np.count_nonzero(np.diff(raw)) / 5  # the default turnover control held positions longer
     assert step.regime == ens.regime and step.weights == pytest.approx(ens.weights)  # both end in the same state
 
 
@@ -164,7 +168,10 @@ def test_state_round_trips_through_torch_weights_only(tmp_path):
     other.load_state_dict(torch.load(tmp_path / "e.pt", weights_only=True))
     assert other.state_dict() == ens.state_dict()
     signals, confs = dict(zip(NAMES, (1, 1, -1), strict=True)), dict(zip(NAMES, (0.5, 0.5, 0.9), strict=True))
-    assert other.get_weighted_signal(signals, confs) == ens.get_weighted_signal(signals, confs)
+    for _ in range(3):
+        assert (other.get_weighted_signal(signals, confs, volatility=0.02)
+                == ens.get_weighted_signal(signals, confs, volatility=0.02))
+        assert other.state_dict() == ens.state_dict()  # the turnover controller's position and clock too
 
 
 @pytest.mark.parametrize(
