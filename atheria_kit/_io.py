@@ -142,10 +142,11 @@ def sha256_bytes(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def new_hasher(algorithm: str) -> Any:
-    """A fresh ``hashlib``-style hasher: ``"blake3"`` (multithreaded on large blocks) or ``"sha256"``."""
+def new_hasher(algorithm: str, *, threads: int | None = None) -> Any:
+    """A fresh ``hashlib``-style hasher: ``"blake3"`` (on ``threads`` threads per large block, default: all
+    cores) or ``"sha256"`` (one thread)."""
     if algorithm == "blake3":
-        return _blake3.blake3(max_threads=_blake3.blake3.AUTO)
+        return _blake3.blake3(max_threads=_blake3.blake3.AUTO if threads is None else max(1, threads))
     if algorithm == "sha256":
         return hashlib.sha256()
     raise ValueError(f"algorithm={algorithm!r} is invalid; expected one of {HASH_ALGORITHMS}")
@@ -248,7 +249,8 @@ def read_verified(
 
         def hash_it() -> None:
             try:
-                hashed["digest"] = _pread_digest(fd, size, algorithm)
+                # one core stays with the reader: on a 2-core notebook VM, hashing on both made the pair slower
+                hashed["digest"] = _pread_digest(fd, size, algorithm, threads=max(1, _usable_cpus() - 1))
             except BaseException as e:  # reported by the reading thread
                 hashed["error"] = e
 
@@ -273,9 +275,16 @@ def read_verified(
         return result
 
 
-def _pread_digest(fd: int, size: int, algorithm: str) -> str:
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 2
+
+
+def _pread_digest(fd: int, size: int, algorithm: str, threads: int | None = None) -> str:
     """Digest of the first ``size`` bytes of open file ``fd``, read with ``pread`` into one reused buffer."""
-    h = new_hasher(algorithm)
+    h = new_hasher(algorithm, threads=threads)
     buf = bytearray(min(HASH_BLOCK_BYTES, max(size, 1)))
     view = memoryview(buf)
     offset = 0

@@ -665,7 +665,7 @@ class CheckpointManager:
                 logger.info("removing %s: its checkpoint %s is gone", self.storage.path(n), owner)
                 with contextlib.suppress(OSError):
                     self.storage.remove(n)
-        if adopted or remove or (records and MANIFEST_NAME not in names):
+        if adopted or remove:
             with self._commit_lock:
                 self._apply_retention(remove)
 
