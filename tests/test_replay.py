@@ -244,7 +244,11 @@ def test_resume_after_sigkill_ends_with_identical_artifacts(tmp_path, reference_
     assert not (out / "replay_summary.json").exists()
     resumed = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.splitlines()[0].startswith("cycle 3 done")  # continued after the last checkpoint
+    lines = resumed.stdout.splitlines()
+    # one data-quality line per file first, printed (not logged to stderr)
+    assert lines[0] == "BTCUSDT_1h.csv.gz: 400 bars 2022-07-01 .. 2022-07-17; no missing bars"
+    assert lines[2].startswith("cycle 3 done")  # continued after the last checkpoint
+    assert "missing" not in resumed.stderr
     assert _artifacts(out) == _artifacts(reference_run)
 
 
@@ -300,6 +304,20 @@ def test_report_tables_agree_with_the_artifacts(reference_run):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_kpis_and_symbol_table_read_as_counts_percentages_and_mib():
+    from atheria_kit.replay import report
+
+    kpis = pd.Series({"status": "running", "trades": 532.0, "progress": 0.25, "max_drawdown": 0.008,
+                      "equity": 995.3456, "memory_rss_bytes": 389468160, "latency_ms": 12.345, "cpu_percent": None})
+    assert report.format_kpis(kpis).to_dict() == {
+        "status": "running", "trades": "532", "progress": "25.00%", "max_drawdown": "0.80%", "equity": "995.35",
+        "memory_rss_bytes": "371 MiB", "latency_ms": "12.3 ms", "cpu_percent": "n/a"}
+    assert report.format_kpis(pd.Series({"memory_rss_bytes": 3 * 2**30}))["memory_rss_bytes"] == "3.00 GiB"
+    table = pd.DataFrame({"trades": [56.0], "win_rate": [0.5], "fees": [0.5612], "fees_pct_of_start": [0.17]},
+                         index=["BNBUSDT"])
+    assert report.format_symbol_table(table).loc["BNBUSDT"].tolist() == ["56", "50.0%", "0.56", "0.2%"]
 
 
 def test_cli_notifies_start_progress_and_end_without_leaking_the_token(tmp_path):

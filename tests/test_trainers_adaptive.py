@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -96,6 +97,25 @@ def test_reaches_the_closed_form_least_squares_loss():
     assert best_possible - 1e-6 <= final <= best_possible * 1.02
     assert metrics["val_loss"] == pytest.approx(trainer.evaluate(Xv, yv))
     assert set(metrics) >= {"loss", "val_loss", "learning_rate", "grad_norm"}
+
+
+def test_epoch_metrics_read_as_attributes_and_as_the_dict_they_were(tmp_path):
+    X, y = _regression(64, seed=3)
+    cfg = TrainingConfig(batch_size=16, learning_rate_initial=0.05)
+    trainer = AdaptiveTrainer(cfg)
+    m = trainer.train_epoch(X, y, X, y)
+    assert (m.loss, m.val_loss, m.learning_rate, m.epoch, m.batches) == (
+        m["loss"], m["val_loss"], m["learning_rate"], m["epoch"], m["batches"])
+    assert m.learning_rate == 0.05 and m.batches == 4 and m.epoch == 0  # the rate used; 64 samples / 16
+    assert isinstance(m, dict) and "loss" in m and m.get("missing", 7) == 7
+    plain = dict(m)
+    assert type(plain) is dict and plain == m and json.loads(json.dumps(m)) == plain
+    with pytest.raises(AttributeError):
+        m.no_such_metric  # noqa: B018
+    # the history stays plain dicts, so the trainer's state still loads with weights_only=True
+    torch.save(trainer.state_dict(), tmp_path / "t.pt")
+    state = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert type(state["history"][0]) is dict and state["history"][0] == plain
 
 
 def test_recency_weights_fit_the_weighted_least_squares_solution():

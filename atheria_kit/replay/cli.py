@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-cycles={args.max_cycles!r} is invalid; expected an integer >= 1")
     engine = ReplayEngine(config, out_dir=args.out, notifier=notifier_from_environment(),
                           notify_every=args.notify_every)
+    for note in engine.data_notes:
+        print(note, flush=True)
 
     def report(record: dict[str, Any]) -> None:
         print(f"cycle {record['cycle']} done: bars {record['bars_done']}/{record['total_bars']} "

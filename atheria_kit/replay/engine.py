@@ -33,10 +33,11 @@ from atheria_kit._io import atomic_write_json
 from atheria_kit._validation import require_int, require_positive
 from atheria_kit.checkpoint import CheckpointManager
 from atheria_kit.ensemble import strategies as strat
+from atheria_kit.ensemble.bars import data_note, load_bars
 from atheria_kit.ensemble.dynamic import DynamicEnsemble
 from atheria_kit.ensemble.performance import PerformanceTracker, TradeStats, outcome, win_rate_of
 from atheria_kit.notify import RunNotifier
-from atheria_kit.ohlcv import infer_interval, load_ohlcv, resample_ohlcv, timeframe_to_timedelta
+from atheria_kit.ohlcv import infer_interval, resample_ohlcv, timeframe_to_timedelta
 from atheria_kit.replay.account import PaperAccount
 from atheria_kit.replay.config import ReplayConfig
 from atheria_kit.replay.feed import BarFeed, HistoricalFeed
@@ -74,16 +75,21 @@ def penalty_decision(stats: TradeStats, multiplier: float, config: ReplayConfig)
 
 
 def load_frames(config: ReplayConfig) -> dict[str, pd.DataFrame]:
-    """Each symbol's bars from the configured files, resampled to ``timeframe`` where the file is finer."""
+    """Each symbol's bars from the configured files, resampled to ``timeframe`` where the file is finer.
+
+    Each frame's one-line data-quality note (file, bars, span, missing bars) is in ``attrs["data_note"]``, in place
+    of the loader's logged warning.
+    """
     frames = {}
     for sym, path in config.data_paths().items():
         if not Path(path).is_file():
             raise ValueError(f"data[{sym!r}]={str(path)!r} is invalid; no such file")
-        df = load_ohlcv(path)
+        df, _ = load_bars(path)
         if len(df) >= 2 and infer_interval(df) < timeframe_to_timedelta(config.timeframe):
             df = resample_ohlcv(df, config.timeframe)
         if config.max_bars:
             df = df.iloc[: config.max_bars]
+        df.attrs["data_note"] = data_note(df, Path(path).name)
         frames[sym] = df
     return frames
 
@@ -127,7 +133,10 @@ class ReplayEngine:
         # live_status.json is rewritten (fsync'd) at most this often between cycles: fsync costs ~10-30 ms.
         self.live_interval_s = float(live_interval_s)
         self._last_live = -math.inf
-        self.feed = feed if feed is not None else HistoricalFeed(load_frames(config))
+        frames = load_frames(config) if feed is None else {}
+        #: One line per data file: its bars, span and missing bars (empty for a feed given by the caller).
+        self.data_notes = [str(f.attrs["data_note"]) for f in frames.values()]
+        self.feed = feed if feed is not None else HistoricalFeed(frames)
         self.symbols = list(self.feed.symbols)
         self.out_dir = Path(out_dir if out_dir is not None else config.out_dir)
         self.notifier = notifier

@@ -132,19 +132,74 @@ def symbol_table(run_dir: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+KPI_KEYS = ("status", "cycle", "bars_done", "total_bars", "progress", "equity", "cumulative_pnl", "cycle_pnl",
+            "trades", "winners", "losers", "breakeven", "win_rate", "max_drawdown", "current_drawdown", "penalties",
+            "resets", "rejected_orders", "latency_ms", "cpu_percent", "memory_rss_bytes")
+_KPI_PERCENT = frozenset({"progress", "win_rate", "max_drawdown", "current_drawdown"})
+_KPI_COUNT = frozenset({"cycle", "bars_done", "total_bars", "trades", "winners", "losers", "breakeven", "penalties",
+                        "resets", "rejected_orders"})
+
+
 def kpi_summary(run_dir: str | os.PathLike) -> pd.Series:
     """The run's headline KPIs from ``live_status.json`` (progress, equity, PnL, trades, drawdowns, latency ...)."""
     status = read_status(run_dir)
-    keys = ("status", "cycle", "bars_done", "total_bars", "progress", "equity", "cumulative_pnl", "cycle_pnl",
-            "trades", "winners", "losers", "breakeven", "win_rate", "max_drawdown", "current_drawdown", "penalties",
-            "resets",
-            "rejected_orders", "latency_ms", "cpu_percent", "memory_rss_bytes")
-    return pd.Series({k: status.get(k) for k in keys}, name="value", dtype=object)
+    return pd.Series({k: status.get(k) for k in KPI_KEYS}, name="value", dtype=object)
 
 
-def plot_replay(run_dir: str | os.PathLike, max_points: int = 4000):
+def _mib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def format_kpis(kpis: pd.Series) -> pd.Series:
+    """:func:`kpi_summary` for reading: counts as integers, shares and drawdowns as percentages, money with 2
+    decimals, latency in ms, memory in MiB/GiB (missing values as ``n/a``)."""
+    def show(key: str, v: Any) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return "n/a"
+        if key in _KPI_PERCENT:
+            return f"{100 * v:.2f}%"
+        if key in _KPI_COUNT:
+            return f"{int(v):,d}"
+        if key == "memory_rss_bytes":
+            return _mib(v)
+        if key == "latency_ms":
+            return f"{v:.1f} ms"
+        if key == "cpu_percent":
+            return f"{v:.0f}%"
+        return f"{v:,.2f}" if isinstance(v, float) else str(v)
+
+    return pd.Series({k: show(str(k), v) for k, v in kpis.items()}, name=kpis.name, dtype=object)
+
+
+def format_symbol_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`symbol_table` for reading: counts as integers, win rate and fees share as percentages, money and
+    hours with 2 decimals."""
+    percent = {"win_rate": 1.0, "fees_pct_of_start": 0.01}
+    counts = {"trades", "trades_per_year", "winners", "losers", "breakeven", "penalties", "resets"}
+
+    def show(col: str, v: Any) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return "n/a"
+        if col in percent:
+            return f"{100 * percent[col] * v:.1f}%"
+        if col in counts:
+            return f"{round(v):,d}"
+        return f"{v:,.2f}"
+
+    return pd.DataFrame({c: [show(c, v) for v in table[c]] for c in table.columns}, index=table.index)
+
+
+def regime_period(index: pd.DatetimeIndex, max_periods: int = 200) -> str:
+    """The shortest of 1 h, 4 h, 1 day, 1 week that cuts ``index``'s span into at most ``max_periods`` periods."""
+    span = index[-1] - index[0] if len(index) else pd.Timedelta(0)
+    return next((rule for rule in ("1h", "4h", "1D") if span / pd.Timedelta(rule) <= max_periods), "1W")
+
+
+def plot_replay(run_dir: str | os.PathLike, max_points: int = 4000, max_periods: int = 200):
     """Four panels: total and per-symbol equity, drawdown, cumulative realized PnL per symbol (trades), and each
-    symbol's regime at the updates with its penalty events marked."""
+    symbol's regime, as the most frequent one per period (1 h to a week, at most ``max_periods`` periods, so 18
+    months stay readable), with its penalty events marked."""
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     path = _run_dir(run_dir)
@@ -179,13 +234,14 @@ def plot_replay(run_dir: str | os.PathLike, max_points: int = 4000):
     axes[2].axhline(0, color="grey", lw=0.8)
     axes[2].legend(loc="upper left", fontsize=8)
     axes[2].set_title("cumulative realized PnL per symbol (after fees)")
-    codes = {name: i for i, name in enumerate(REGIME_COLORS)}
+    every = regime_period(u.index, max_periods)
     for i, s in enumerate(symbols):
-        col = u[f"regime_{s}"].map(codes).to_numpy()
+        periods = u[f"regime_{s}"].resample(every).agg(lambda x: x.mode().iloc[0] if len(x) else None).dropna()
+        width = pd.Timedelta(every)
         for name, color in REGIME_COLORS.items():
-            hit = col == codes[name]
-            axes[3].scatter(u.index[hit], np.full(hit.sum(), i), color=color, s=40, marker="|",
-                            label=name if i == 0 else None)
+            starts = periods.index[periods.to_numpy() == name]
+            axes[3].broken_barh([(mdates.date2num(t), width / pd.Timedelta(days=1)) for t in starts],
+                                (i - 0.35, 0.5), color=color, lw=0, label=name if i == 0 else None)
         p = penalties[penalties["symbol"] == s] if len(penalties) else penalties
         if len(p):
             axes[3].scatter(p["timestamp"], np.full(len(p), i + 0.3), color="black", s=10, marker="v",
@@ -193,6 +249,6 @@ def plot_replay(run_dir: str | os.PathLike, max_points: int = 4000):
     axes[3].set_yticks(range(len(symbols)), symbols)
     axes[3].set_ylim(-0.5, len(symbols) + 0.3)  # room for the legend above the top row
     axes[3].legend(loc="upper left", fontsize=8, ncol=5, markerscale=2)
-    axes[3].set_title("regime at each update, and penalty events")
+    axes[3].set_title(f"regime (most frequent per {every}), and penalty events")
     fig.tight_layout()
     return fig

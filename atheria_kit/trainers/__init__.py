@@ -11,6 +11,7 @@ from typing import Any
 
 _EXPORTS = {
     "AdaptiveTrainer": "atheria_kit.trainers.adaptive",
+    "EpochMetrics": "atheria_kit.trainers.adaptive",
     "recency_weights": "atheria_kit.trainers.adaptive",
     "TrainingConfig": "atheria_kit.trainers.config",
     "EarlyStopping": "atheria_kit.trainers.early_stopping",

@@ -30,6 +30,36 @@ STATE_FORMAT = "atheria-adaptive-trainer"
 STATE_VERSION = 1
 
 
+def _field(name: str, doc: str) -> property:
+    def get(self: dict[str, Any]) -> Any:
+        return self[name]
+
+    return property(get, doc=doc)
+
+
+class EpochMetrics(dict):
+    """One epoch's metrics, readable both ways: as attributes (``m.loss``, ``m.learning_rate``) and as the dict
+    earlier versions returned (``m["loss"]``, ``dict(m)``, ``"loss" in m``, ``m.get("loss")``, JSON)."""
+
+    __slots__ = ()
+
+    epoch = _field("epoch", "Index of the epoch (0-based).")
+    loss = _field("loss", "Training loss, recency-weighted.")
+    val_loss = _field("val_loss", "Validation loss, plain mean.")
+    learning_rate = _field("learning_rate", "The rate used in this epoch.")
+    grad_norm = _field("grad_norm", "Mean gradient norm over the batches, before clipping.")
+    grad_norm_max = _field("grad_norm_max", "Largest gradient norm of a batch, before clipping.")
+    clipped_batches = _field("clipped_batches", "Batches whose gradient was clipped.")
+    batches = _field("batches", "Mini-batches in the epoch.")
+    improved = _field("improved", "Whether the validation loss beat the best by more than the threshold.")
+    best_val_loss = _field("best_val_loss", "Best validation loss so far.")
+    bad_epochs = _field("bad_epochs", "Epochs since the last improvement.")
+    seconds = _field("seconds", "Wall time of the epoch.")
+
+    def __repr__(self) -> str:
+        return f"EpochMetrics({', '.join(f'{k}={v!r}' for k, v in self.items())})"
+
+
 def recency_weights(n: int, oldest: float) -> torch.Tensor:
     """Linear ramp from ``oldest`` (first, oldest sample) to 1 (last, newest), scaled to mean 1."""
     if n <= 0:
@@ -148,12 +178,14 @@ class AdaptiveTrainer:
         return per.reshape(per.shape[0], -1).mean(dim=1)
 
     # ------------------------------------------------------------------ training
-    def train_epoch(self, X_train: Any, y_train: Any, X_val: Any, y_val: Any, epoch: int | None = None) -> dict[str, Any]:
+    def train_epoch(self, X_train: Any, y_train: Any, X_val: Any, y_val: Any,
+                    epoch: int | None = None) -> EpochMetrics:
         """One pass over the training data in shuffled mini-batches, then validation and the schedule's step.
 
-        Returns the epoch's metrics: ``loss`` (recency-weighted training loss), ``val_loss`` (plain mean),
-        ``learning_rate`` (the rate used in this epoch), ``grad_norm`` / ``grad_norm_max`` (before clipping),
-        ``clipped_batches``, ``improved``, ``best_val_loss``, ``bad_epochs``, ``seconds``.
+        Returns the epoch's :class:`EpochMetrics` (attributes, or keys of the dict it also is): ``loss``
+        (recency-weighted training loss), ``val_loss`` (plain mean), ``learning_rate`` (the rate used in this
+        epoch), ``grad_norm`` / ``grad_norm_max`` (before clipping), ``clipped_batches``, ``batches``, ``improved``,
+        ``best_val_loss``, ``bad_epochs``, ``seconds``, ``epoch``.
         """
         X_train, y_train = self._check_xy("X_train", X_train, "y_train", y_train)
         X_val, y_val = self._check_xy("X_val", X_val, "y_val", y_val)
@@ -229,9 +261,9 @@ class AdaptiveTrainer:
             "bad_epochs": self.early_stopping.bad_epochs,
             "seconds": self._clock() - started,
         }
-        self.history.append(metrics)
+        self.history.append(metrics)  # plain dicts: the state loads with torch.load(weights_only=True)
         logger.debug("epoch %d: loss=%.6g val_loss=%.6g lr=%.3g", epoch, train_loss, val_loss, lr_used)
-        return dict(metrics)
+        return EpochMetrics(metrics)
 
     @torch.no_grad()
     def evaluate(self, X: Any, y: Any) -> float:

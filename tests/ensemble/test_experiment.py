@@ -4,21 +4,34 @@ computed from the numbers; and notebook 03's own metadata (tests/test_notebooks.
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pytest
 
+from atheria_kit.ensemble.backtest import BacktestConfig, backtest
+from atheria_kit.ensemble.bars import data_note, load_bars
 from atheria_kit.ensemble.experiment import (
     BUY_AND_HOLD,
     ENSEMBLE,
+    ENSEMBLE_RAW,
+    TURNOVER_COLUMNS,
+    data_notes,
+    formatted,
+    load_sample,
     metrics_table,
     plot_overview,
     reading,
     regime_table,
     run_experiments,
+    run_symbol,
+    turnover_table,
 )
+from atheria_kit.ohlcv import sample_path
 
 matplotlib.use("Agg")
 
@@ -30,7 +43,7 @@ def results(btc_1h, eth_1h):
 
 def test_tables_compare_ensemble_strategies_and_buy_and_hold(results, btc_1h):
     table = metrics_table(results)
-    assert set(table.index.get_level_values("strategy")) == {ENSEMBLE, BUY_AND_HOLD, "atr_breakout",
+    assert set(table.index.get_level_values("strategy")) == {ENSEMBLE, ENSEMBLE_RAW, BUY_AND_HOLD, "atr_breakout",
                                                              "rsi_reversion", "macd_momentum"}
     bars = btc_1h.iloc[-2500:]
     bh = table.loc[("BTCUSDT", BUY_AND_HOLD)]
@@ -42,10 +55,58 @@ def test_tables_compare_ensemble_strategies_and_buy_and_hold(results, btc_1h):
     np.testing.assert_allclose(reg["all"].to_numpy(), table["total_return"].to_numpy())
 
 
+def test_the_same_score_with_and_without_turnover_control(results, btc_1h):
+    r = results["BTCUSDT"]
+    raw = (r.run.score > 0.1).astype(int) - (r.run.score < -0.1).astype(int)  # the raw rule, by hand
+    expected = backtest(r.bars, raw.to_numpy(), BacktestConfig())
+    pd.testing.assert_series_equal(r.backtests[ENSEMBLE_RAW].equity, expected.equity)
+    table = turnover_table(results)
+    assert list(table.columns) == list(TURNOVER_COLUMNS)
+    assert table.index.tolist() == [(s, v) for s in ("BTCUSDT", "ETHUSDT") for v in (ENSEMBLE_RAW, ENSEMBLE, BUY_AND_HOLD)]
+    for sym in ("BTCUSDT", "ETHUSDT"):
+        assert table.loc[(sym, ENSEMBLE), "trades_per_year"] < table.loc[(sym, ENSEMBLE_RAW), "trades_per_year"]
+        assert table.loc[(sym, ENSEMBLE), "avg_hold_hours"] >= 64 * 0.5  # a 64-bar minimum hold, some trades still open
+
+
+def test_formatted_tables_show_percentages_and_integers():
+    table = pd.DataFrame({"total_return": [0.1234, -1.0], "n_trades": [12.0, 3.0], "sharpe": [1.234, math.nan],
+                          "max_drawdown": [-0.05, 0.0], "profit_factor": [math.inf, 0.5]})
+    shown = formatted(table)
+    assert shown["total_return"].tolist() == ["+12.3%", "-100.0%"]
+    assert shown["n_trades"].tolist() == ["12", "3"] and shown["sharpe"].tolist() == ["1.23", "n/a"]
+    assert shown["max_drawdown"].tolist() == ["-5.0%", "0.0%"] and shown["profit_factor"].tolist() == ["inf", "0.50"]
+
+
 def test_reading_states_the_computed_comparison(results):
     text = reading(results)
-    ens = results["ETHUSDT"].summary.loc[ENSEMBLE, "total_return"]
-    assert f"ensemble {ens:+.1%}" in text and "beat buy-and-hold on" in text and "of 2 symbols" in text
+    ens = results["ETHUSDT"].summary.loc[ENSEMBLE]
+    raw = results["ETHUSDT"].summary.loc[ENSEMBLE_RAW]
+    assert f"the ensemble returned {ens['total_return']:+.1%} after costs" in text
+    assert f"without it {raw['total_return']:+.1%}" in text and f"{raw['trades_per_year']:,.0f} trades a year" in text
+    assert "beat the same ensemble without it on" in text and "buy-and-hold on" in text and "of 2 symbols" in text
+
+
+def test_an_undefined_ratio_is_reported_with_its_reason(btc_1h):
+    flat = btc_1h.iloc[:300].copy()
+    flat[["open", "high", "low", "close"]] = 100.0  # no move: no strategy signals, no returns at all
+    r = run_symbol(flat, "FLAT")
+    assert math.isnan(r.summary.loc[ENSEMBLE, "sharpe"]) and math.isnan(r.summary.loc[ENSEMBLE, "sortino"])
+    assert "all 300 returns are 0" in r.notes[ENSEMBLE]
+    assert "FLAT ensemble: Sharpe and Sortino undefined: zero variance" in reading({"FLAT": r})
+    assert "Sharpe undefined" in reading({"FLAT": r})
+
+
+def test_data_quality_is_one_printed_line_per_file_not_a_logged_warning(caplog):
+    with caplog.at_level(logging.DEBUG):
+        bars, note = load_bars(sample_path("ETHUSDT"))
+        data = load_sample(("BTCUSDT",), max_bars=500)
+    assert not [r for r in caplog.records if r.name == "atheria_kit.ohlcv"]
+    # the shipped sample's one gap: the 2023-03-24 13:00 bar (Binance spot halt)
+    assert note == "ETHUSDT_1h.csv.gz: 13,147 bars 2022-07-01 .. 2023-12-30; 1 missing bar (2023-03-24 13:00 UTC), not filled"
+    assert data_notes(data) == "BTCUSDT_1h.csv.gz: 500 bars 2023-12-09 .. 2023-12-30; no missing bars"
+    two_gaps = bars.drop(index=bars.index[[5, 6, 9]])
+    assert data_note(two_gaps, "x.csv").endswith("; 4 missing bars (in 3 gaps, the first at 2022-07-01 05:00 UTC), "
+                                                 "not filled")
 
 
 def test_overview_figure_has_the_three_panels(results):
