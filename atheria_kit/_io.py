@@ -208,8 +208,13 @@ class IntegrityError(ValueError):
     """A file's size or hash differs from its record, or it changed while it was being read."""
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+class FileChangedError(IntegrityError):
+    """The file's identity (device, inode, size, mtime) changed while it was being read."""
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    # not ctime: it also moves for metadata-only changes (a hard link, chmod) that leave the bytes alone
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def read_verified(
@@ -220,19 +225,33 @@ def read_verified(
     consume: Callable[[IO[bytes]], T],
     *,
     overlap: bool = True,
+    attempts: int = 2,
 ) -> T:
     """``consume(fh)`` on the open file ``path``, returned only if the file has ``size`` bytes and ``digest``.
 
     Why: hashing a checkpoint and then deserializing it doubled the time to resume. With ``overlap`` a
     second thread hashes the same open file (``pread``, so the two never move each other's file position)
-    while ``consume`` reads it; both read one file that is never rewritten (committed checkpoint names are
-    immutable), and its device, inode, size, mtime and ctime must be unchanged from before the reads to
-    after them, so a file that changes while it is read is refused like a corrupted one. ``consume`` must
-    be safe on damaged input: its result is thrown away unless the hash matches. Without ``overlap`` the
-    hash is checked first and ``consume`` runs only on a verified file (use this for full pickle, which
-    can run code while it reads). Raises :class:`IntegrityError` (size, hash or change), the ``OSError``
-    of an unreadable file, or ``consume``'s own error when the file verifies but ``consume`` fails.
+    while ``consume`` reads it. Both read one file that is never rewritten (committed checkpoint names are
+    immutable), and its device, inode, size and mtime must be the same after the reads as before them: a
+    file that changes while it is read is refused like a corrupted one (after ``attempts`` tries: a
+    network filesystem may refresh a file's mtime once, e.g. after an upload). ``consume`` must be safe on
+    damaged input: its result is thrown away unless the hash matches. Without ``overlap`` the hash is
+    checked first and ``consume`` runs only on a verified file (use this for full pickle, which can run
+    code while it reads). Raises :class:`IntegrityError` (size, hash or change), the ``OSError`` of an
+    unreadable file, or ``consume``'s own error when the file verifies but ``consume`` fails.
     """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _read_verified_once(path, size, algorithm, digest, consume, overlap)
+        except FileChangedError:
+            if attempt >= attempts:
+                raise
+    raise ValueError(f"attempts={attempts!r} is invalid; expected an integer >= 1")
+
+
+def _read_verified_once(
+    path: str | os.PathLike, size: int, algorithm: str, digest: str, consume: Callable[[IO[bytes]], T], overlap: bool
+) -> T:
     with open(path, "rb") as fh:
         fd = fh.fileno()
         before = os.fstat(fd)
@@ -299,7 +318,7 @@ def _pread_digest(fd: int, size: int, algorithm: str, threads: int | None = None
 
 def _check_unchanged(fd: int, before: os.stat_result) -> None:
     if _identity(os.fstat(fd)) != _identity(before):
-        raise IntegrityError("the file changed while it was being read")
+        raise FileChangedError("the file changed while it was being read")
 
 
 def sidecar_path(checkpoint: str | os.PathLike) -> Path:
