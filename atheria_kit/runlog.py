@@ -43,7 +43,7 @@ METRICS_FILE = "metrics.jsonl"
 RESOURCES_FILE = "resources.jsonl"
 SUMMARY_FILE = "summary.json"
 UNITS = ("episode", "fold", "cycle")
-STATUSES = ("running", "finished", "stopped", "error")
+STATUSES = ("running", "finished", "stopped", "error", "stopped_early")
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
