@@ -328,6 +328,13 @@ def fit_signal_model(
     return SignalModelResult(history, table, summary, trainer, split, list(train.X.columns), resumed, finished)
 
 
+def formatted_table(result: SignalModelResult) -> pd.DataFrame:
+    """The out-of-sample table for reading: AUCs with 4 decimals, accuracies as percentages."""
+    t = result.table
+    return pd.DataFrame({c: [f"{v:.2%}" if c.endswith("accuracy") else f"{v:.4f}" for v in t[c]] for c in t.columns},
+                        index=t.index)
+
+
 def reading(result: SignalModelResult) -> str:
     """A short reading of the out-of-sample table, computed from the numbers."""
     t = result.table
