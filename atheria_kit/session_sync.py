@@ -24,7 +24,6 @@ from atheria_kit.sync import (
     FsspecTarget,
     KaggleInputSource,
     RemoteState,
-    ResumeResult,
     SourceUnavailableError,
     SyncSchedule,
     SyncSource,
@@ -32,7 +31,6 @@ from atheria_kit.sync import (
     SyncWorker,
     TargetLeaseStore,
     colab_drive_target,
-    resume_from_best_source,
 )
 from atheria_kit.sync.resume import RETRY_SECONDS
 from atheria_kit.sync.worker import run_bounded
@@ -49,7 +47,6 @@ __all__ = [
     "FINAL_SYNC_FACTOR",
     "FINAL_SYNC_MARGIN_S",
     "SessionSync",
-    "fetch_newest",
     "kaggle_input_sources",
 ]
 
@@ -78,27 +75,6 @@ def kaggle_input_sources(env: Environment, experiment: str) -> tuple[SyncSource,
     for p in found:
         log.info("resume candidate from a Kaggle input: %s", p)
     return tuple(KaggleInputSource(p) for p in found)
-
-
-def fetch_newest(
-    local_dir: Path,
-    sources: tuple[SyncSource, ...],
-    *,
-    unavailable: str = "raise",
-    retry_seconds: float = RETRY_SECONDS,
-    wait: Callable[[float], Any] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> ResumeResult:
-    """Bring the newest verified checkpoint among ``local_dir`` and ``sources`` into ``local_dir`` (all of the
-    chosen source's listed checkpoints, so that the local best-N ranking is complete).
-
-    Raises :class:`~atheria_kit.sync.RemoteUnavailableError` when a source stays unreachable, unless
-    ``unavailable="ignore"``.
-    """
-    result = resume_from_best_source(local_dir, sources, fetch="all", unavailable=unavailable,
-                                     retry_seconds=retry_seconds, wait=wait, clock=clock)
-    log.info("resume: %s", result.describe())
-    return result
 
 
 def _mount_root_for(path: Path) -> Path | None:

@@ -1,9 +1,12 @@
-"""Sync benchmarks (issue 4): training throughput with a slow remote, and time to first step on resume.
+"""Sync benchmarks: training throughput with a slow remote, time to first step on resume, the end of a session.
 
 1. Steps/s of a real small torch loop with no sync vs. with a SyncWorker mirroring every checkpoint to a
    remote that takes LATENCY seconds per upload (injected): the ratio should stay >= 0.98.
 2. Time from start to the first training step when the checkpoint is only on the remote (download +
    verify + safe load), by checkpoint size, next to a plain local load of the same checkpoint.
+3. The final sync: SessionSync.estimated_final_sync_seconds() (measured upload speed x what is left to send)
+   against the measured time of that final sync, and the bound finish() derives from it.
+4. A dead remote at the end: finish() with every upload failing returns within its bound (wall time vs bound).
 
     .venv/bin/python bench/bench_sync.py [--quick]
 """
@@ -24,6 +27,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from atheria_kit.checkpoint import CheckpointManager
+from atheria_kit.session_sync import SessionSync
 from atheria_kit.sync import DirectoryTarget, FsspecTarget, SyncWorker, resume_from_best_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the latency-injecting fs lives in tests/fakes
@@ -105,6 +109,36 @@ def main() -> None:
             print(f"   {mb:5d}MB | {remote_s:11.2f} s | {local_s:8.2f} s | {remote_s / local_s:5.1f}x")
             shutil.rmtree(src)
             shutil.rmtree(fresh)
+
+        print("3) final sync: the estimate the time budget reserves vs the measured final sync (disk remote)")
+        print(f"   {'size':>7} | {'estimate':>9} | {'measured':>9} | {'bound':>7}")
+        for mb in sizes_mb:
+            local = work / f"final{mb}"
+            mgr = CheckpointManager(local, keep_best=2, async_save=False)
+            sync = SessionSync(SyncWorker(local, DirectoryTarget(work / f"remote{mb}")), {})
+            for step in (1, 2):
+                mgr.save({"w": torch.randn(mb * 1024 * 1024 // 4)}, step=step, metrics={"loss": 1.0 / step})
+            sync.sync_now(600)  # measures the upload speed
+            estimate, bound = sync.estimated_final_sync_seconds(), sync.final_sync_timeout()
+            mgr.save({"w": torch.randn(mb * 1024 * 1024 // 4)}, step=3, metrics={"loss": 1.0 / 3})  # the final save
+            t0 = time.perf_counter()
+            state = sync.finish(timeout=600)
+            measured = time.perf_counter() - t0
+            mgr.close()
+            print(f"   {mb:5d}MB | {estimate:7.2f} s | {measured:7.2f} s | {bound:5.0f} s   ({state.describe()})")
+
+        print("4) a dead remote at the end: every upload fails; finish() must return within its bound")
+        for bound in (1.0, 5.0):
+            local = work / f"dead{bound}"
+            mgr = CheckpointManager(local, async_save=False)
+            mgr.save({"w": torch.zeros(1000)}, step=1)
+            mgr.close()
+            dead = FaultyFileSystem(fsspec.filesystem("memory"))
+            dead.fail_next("open_write", TimeoutError("upload timed out"), times=10**6)
+            sync = SessionSync(SyncWorker(local, FsspecTarget(f"/dead-{uuid.uuid4().hex}", fs=dead)), {})
+            t0 = time.perf_counter()
+            state = sync.finish(timeout=bound)
+            print(f"   bound {bound:4.1f} s: returned after {time.perf_counter() - t0:5.2f} s -- {state.describe()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -37,7 +37,6 @@ from atheria_kit.sync import (
     KaggleInputSource,
     RemoteUnavailableError,
     SourceUnavailableError,
-    SyncError,
     SyncSchedule,
     SyncWorker,
     TargetLeaseStore,
@@ -231,18 +230,29 @@ def test_shared_drive_archive_link_resumes(tmp_path, http_root):
         blobs["ckpt-0000000011.pt"]).digest()
 
 
+def test_a_link_to_an_archive_without_a_manifest_is_read_and_empty(tmp_path, http_root, caplog):
+    root, base = http_root
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "ckpt-0000000003.pt").write_bytes(b"a single checkpoint, no manifest")
+    with tarfile.open(root / "loose.tar", "w") as t:
+        t.add(tmp_path / "loose", arcname="loose")
+    src = GoogleDriveLinkSource(f"{base}/loose.tar", cache_dir=tmp_path / "c")
+    assert src.read_manifest() is None  # reachable, and nothing a resume could verify
+    assert "share the whole checkpoint folder" in caplog.text
+
+
 def test_link_that_is_not_shared_publicly_is_explained(tmp_path, http_root):
     root, base = http_root
     (root / "signin").write_text("<!DOCTYPE html><html><body>Sign in - Google Accounts</body></html>")
     src = GoogleDriveLinkSource(f"{base}/signin", cache_dir=tmp_path / "c")
-    with pytest.raises(SyncError, match="Anyone with the link"):
+    with pytest.raises(SourceUnavailableError, match="Anyone with the link"):
         src.list()
 
 
 def test_partial_download_is_explained(tmp_path, http_root):
     _, base = http_root
     src = GoogleDriveLinkSource(f"{base}/cut.tar", cache_dir=tmp_path / "c", retries=0)
-    with pytest.raises(SyncError, match="partial download"):
+    with pytest.raises(SourceUnavailableError, match="partial download"):
         src.list()
 
 
@@ -262,7 +272,7 @@ def test_too_many_users_is_explained(tmp_path):
         inspect.signature(gdown.download_folder).parameters)
     src = GoogleDriveLinkSource("https://drive.google.com/drive/folders/abc", cache_dir=tmp_path / "c",
                                 gdown=Refusing)
-    with pytest.raises(SyncError, match="too many downloads recently"):
+    with pytest.raises(SourceUnavailableError, match="too many downloads recently"):
         src.list()
 
 

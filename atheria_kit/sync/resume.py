@@ -190,7 +190,8 @@ def resume_from_best_source(
     down: dict[str, str] = {}  # source name -> last error
 
     def gave_up(src: SyncSource, exc: SourceUnavailableError) -> None:
-        down[src.name] = f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}"
+        cause = exc.__cause__
+        down[src.name] = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
         problems.append(f"source {src.name} unavailable: {exc}")
         logger.warning("resume: %s stayed unreachable for %.0f s: %s", src.name, retry_seconds, exc)
         if unavailable == "raise":

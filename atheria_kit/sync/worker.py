@@ -315,6 +315,11 @@ class SyncWorker:
         """Wait until nothing is pending or in flight; False on timeout (uploads keep going)."""
         return self._wait_for(lambda: not self._pending and self._inflight is None, timeout)
 
+    def _pending_count(self) -> int:
+        """Jobs queued or running (a failed job waiting for its retry is both, and counts once)."""
+        with self._cv:
+            return len(set(self._pending) | ({self._inflight} if self._inflight is not None else set()))
+
     def _wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         """Wait on the worker's condition, with the deadline measured by the (injectable) clock."""
         with self._cv:
@@ -347,7 +352,7 @@ class SyncWorker:
         if not done:
             logger.warning(
                 "sync: %d upload(s) still pending after %.0f s at close; they stay on the local disk only",
-                len(self._pending) + (self._inflight is not None), timeout or 0,
+                self._pending_count(), timeout or 0,
             )
         with self._cv:
             self._stopping = True
@@ -374,7 +379,7 @@ class SyncWorker:
         """Plain-dict status for logs and ``ResourceMonitor.add_status_provider``."""
         with self._cv:
             s = dict(self._stats)
-            s["pending"] = len(self._pending) + (1 if self._inflight is not None else 0)
+            s["pending"] = self._pending_count()
             s["in_flight"] = self._inflight
             s["blocked"] = self._blocked
         secs = s.pop("upload_seconds")
@@ -491,6 +496,9 @@ class SyncWorker:
 
     def _failed(self, key: str, job: tuple[str, Path | None, int], exc: BaseException) -> None:
         with self._cv:
+            if self._closed:  # an attempt cut short by close(): not a failure of the remote
+                logger.info("sync of %s abandoned at close (%s)", key, exc)
+                return
             self._stats["failures"] += 1
             self._stats["consecutive_failures"] += 1
             self._stats["last_error"] = f"{type(exc).__name__}: {exc}"
