@@ -155,7 +155,7 @@ class DynamicEnsemble:
         # when the regime was given by name (unknown).
         self.volatility: float | None = None
         if regime_weights is None:
-            if set(self.names) == set(DEFAULT_REGIME_WEIGHTS["trending"]):
+            if {strat.canonical_name(n) for n in self.names} == set(DEFAULT_REGIME_WEIGHTS["trending"]):
                 regime_weights = DEFAULT_REGIME_WEIGHTS
             else:
                 logger.info("no regime_weights given for strategies %s: using equal weights", self.names)
@@ -176,12 +176,15 @@ class DynamicEnsemble:
         self.controller = TurnoverController(self.turnover, threshold=self.signal_threshold, cost=self.costs.cost)
 
     def _canonical(self, mapping: Mapping[str, Any], field_name: str) -> dict[str, Any]:
-        """``mapping`` with aliases replaced by the strategies' names (an alias next to its name is an error)."""
+        """``mapping`` keyed by this ensemble's strategy names: a key that is another name of one of its strategies
+        (``rsi_reversion`` / ``rsi_mean_reversion``) is read as that strategy; other keys stay as they are."""
+        mine = {strat.canonical_name(n): n for n in self.names}
         out: dict[str, Any] = {}
         for key, value in mapping.items():
-            name = strat.canonical_name(key) if isinstance(key, str) else key
+            name = mine.get(strat.canonical_name(key), key) if isinstance(key, str) else key
             if name in out:
-                raise ValueError(f"{field_name} has entries for both {name!r} and its alias {key!r}; expected one")
+                raise ValueError(f"{field_name} has entries for both {name!r} and {key!r}, two names of one "
+                                 "strategy; expected one")
             out[name] = value
         return out
 

@@ -70,24 +70,25 @@ def register_strategy(cls: type) -> type:
     return cls
 
 
-#: Other names a registered strategy answers to: the seed system's names for the kit's strategies.
+#: Names under which the seed system knew a kit strategy -> the kit's name. Each alias is registered too (the same
+#: rules under the seed's name), and mappings keyed by either name are read alike (:func:`canonical_name`).
 ALIASES: dict[str, str] = {"rsi_mean_reversion": "rsi_reversion"}
 
 
 def canonical_name(name: str) -> str:
-    """The registered name for ``name`` (itself, or the strategy an alias stands for)."""
+    """The kit's name for ``name`` (itself, or the strategy an alias stands for)."""
     return ALIASES.get(name, name)
 
 
 def make_strategy(name: str, **params: Any) -> Strategy:
-    """Build a registered strategy by name (or alias, see :data:`ALIASES`) with keyword parameters.
+    """Build a registered strategy by name with keyword parameters.
 
     Unknown names raise ``ValueError`` listing the valid ones.
     """
-    if not isinstance(name, str) or canonical_name(name) not in STRATEGIES:
-        valid = ", ".join(map(repr, [*STRATEGIES, *ALIASES]))
-        raise ValueError(f"strategy={name!r} is invalid; expected one of {valid} or a strategy object")
-    return STRATEGIES[canonical_name(name)](**params)
+    if not isinstance(name, str) or name not in STRATEGIES:
+        raise ValueError(f"strategy={name!r} is invalid; expected one of {', '.join(map(repr, STRATEGIES))} "
+                         "or a strategy object")
+    return STRATEGIES[name](**params)
 
 
 def resolve_strategies(strategies: Sequence[Strategy | str]) -> list[Strategy]:
@@ -102,8 +103,7 @@ def resolve_strategies(strategies: Sequence[Strategy | str]) -> list[Strategy]:
             out.append(s)
         else:
             raise ValueError(f"strategies[{i}]={s!r} is invalid; expected a registered name (one of "
-                             f"{', '.join(map(repr, [*STRATEGIES, *ALIASES]))}) or an object with .name and "
-                             ".compute(bars)")
+                             f"{', '.join(map(repr, STRATEGIES))}) or an object with .name and .compute(bars)")
     return out
 
 
@@ -175,6 +175,14 @@ class RSIMeanReversion:
         sig = np.where(r < self.oversold, 1.0, np.where(r > self.overbought, -1.0, 0.0))
         conf = np.where(sig > 0, (self.oversold - r) / self.oversold, (r - self.overbought) / (100 - self.overbought))
         return SignalFrame.from_arrays(bars.index, sig, conf, self.name)
+
+
+@register_strategy
+@dataclass(frozen=True)
+class RSIMeanReversionSeedName(RSIMeanReversion):
+    """:class:`RSIMeanReversion` under the seed system's name, ``rsi_mean_reversion`` (see :data:`ALIASES`)."""
+
+    name: ClassVar[str] = "rsi_mean_reversion"
 
 
 @register_strategy
