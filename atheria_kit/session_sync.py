@@ -184,8 +184,8 @@ class SessionSync:
             log.info("no remote lease on %s: a lease there could not lock anything", target.name)
         schedule = SyncSchedule(every_episodes=cfg.drive_sync_every or None,
                                 every_seconds=cfg.sync_every_minutes * 60.0)
-        worker = SyncWorker(paths.checkpoints, target, schedule=schedule, lease=remote_lease, wait=wait, clock=clock,
-                            wall_clock=wall_clock)
+        worker = SyncWorker(paths.checkpoints, target, schedule=schedule, lease=remote_lease, take_over_lease=take,
+                            wait=wait, clock=clock, wall_clock=wall_clock)
         log.info("checkpoints are mirrored to %s every %s episodes or %.0f min", target.name,
                  cfg.drive_sync_every or "-", cfg.sync_every_minutes)
         return cls(worker, extras, lease=remote_lease, extra_dirs=(paths.logs, paths.exports),

@@ -608,6 +608,10 @@ def test_the_worker_never_touches_another_runs_remote(tmp_path, other_fs_dir):
                                     "start_over=True to archive it, or choose another remote folder")
     assert st["last_error"] == st["blocked"] and not st["healthy"]
     assert snapshot(drive) == before  # nothing written, nothing deleted, the manifest is run-a's
+    state = worker.remote_state()
+    assert (state.newest_remote_file, state.checkpoints_behind, state.complete) == (None, 3, False)
+    assert state.describe().startswith("remote copy is 3 checkpoints behind: it holds no checkpoint of this run "
+                                       "(local ckpt-0000000003.pt); last error: remote Drive folder holds another run")
     assert worker.close(30) is False
     assert snapshot(drive) == before
 

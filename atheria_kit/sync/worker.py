@@ -200,8 +200,9 @@ class SyncWorker:
       newer than the newest local checkpoint, and none listed by a remote manifest it could not parse;
     - keeps listing this run's remote checkpoints that are newer than the newest local one.
 
-    ``lease`` (an :class:`~atheria_kit.lease.Lease` on the target) is renewed before each mirror; once it is
-    lost to another session, nothing more is written.
+    ``lease`` (an :class:`~atheria_kit.lease.Lease` on the target) is renewed before each mirror (taken first,
+    with ``take_over_lease``, if it is not held yet); once it is lost to another session, nothing more is
+    written.
     """
 
     def __init__(
@@ -216,6 +217,7 @@ class SyncWorker:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         lease: Any = None,
+        take_over_lease: bool = False,
         start: bool = True,
     ) -> None:
         require_int("warn_after", warn_after, minimum=1)
@@ -227,6 +229,7 @@ class SyncWorker:
         self.retry = retry or RetryPolicy()
         self.warn_after = warn_after
         self.lease = lease
+        self.take_over_lease = take_over_lease
         self._interrupt = threading.Event()
         # Backoff waits on an Event (interruptible by close); tests inject ``wait`` to drive it.
         self._wait = wait or self._interrupt.wait
@@ -559,7 +562,8 @@ class SyncWorker:
                            "session writes there now, so this one stops syncing")
         if not self.lease.held:
             try:
-                self.lease.acquire()  # the remote was unreachable at start; an unreachable store raises: retried
+                # The remote could not be read at start: take the lease now (an unreachable store raises: retried).
+                self.lease.acquire(take_over=self.take_over_lease)
             except LeaseHeldError as exc:
                 raise _Blocked(str(exc)) from exc
             self.lease.start_heartbeat()
@@ -594,9 +598,10 @@ class SyncWorker:
                            exc)
         remote_files = set(self.target.list())
         remote_listed = {e["file"]: e for e in (remote_doc or {}).get("checkpoints", [])}
-        with self._cv:
-            self._remote_entries = {f: e for f, e in remote_listed.items() if f in remote_files}
         owner = _ownership(doc, remote_doc)
+        with self._cv:  # what the remote holds of this run (nothing, when it is another run's)
+            self._remote_entries = {} if owner == "foreign" else {
+                f: e for f, e in remote_listed.items() if f in remote_files}
         if owner == "foreign":
             newest = max((e["step"] for e in remote_doc["checkpoints"]), default=None)
             raise _Blocked(str(RemoteOwnedByAnotherRunError(self.target.name, remote_doc.get("lineage"), newest)))
