@@ -33,7 +33,7 @@ from atheria_kit.sync import (
     colab_drive_target,
 )
 from atheria_kit.sync.resume import RETRY_SECONDS
-from atheria_kit.sync.worker import run_bounded
+from atheria_kit.sync.worker import call_within, run_bounded
 
 if TYPE_CHECKING:
     from atheria_kit.checkpoint import CheckpointManager
@@ -60,6 +60,8 @@ FINAL_SYNC_MARGIN_S = 30.0
 FINAL_SYNC_CAP_S = 600.0
 #: Upload speed assumed before anything was measured this session (a slow Drive mount).
 ASSUMED_BYTES_PER_S = 5e6
+#: How long open() waits for the remote lease before leaving it to the first sync (a stuck mount never answers).
+LEASE_OPEN_TIMEOUT_S = 30.0
 #: How long abandon() (a start that failed) waits for the worker and the lease.
 ABANDON_TIMEOUT_S = 5.0
 
@@ -168,8 +170,9 @@ class SessionSync:
         if lease and target.supports_lease:
             remote_lease = Lease(TargetLeaseStore(target), owner_label=f"experiment {exp!r}", timeout=timeout,
                                  heartbeat_every=min(30.0, timeout / 4), clock=wall_clock)
-            try:
-                previous = remote_lease.acquire(take_over=take)
+            try:  # bounded: a stuck mount must not hang the start (the resume step then reports it)
+                previous = call_within(lambda: remote_lease.acquire(take_over=take), LEASE_OPEN_TIMEOUT_S,
+                                       "taking the lease", target.name)
             except LeaseHeldError:
                 raise
             except Exception as exc:  # unreachable or unwritable now: the resume step decides whether that stops

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -532,6 +533,20 @@ def test_a_remote_that_stays_unreachable_stops_the_start_and_names_the_choices(t
     assert ("run again when it is reachable, or start without it by setting remote_unavailable='ignore'"
             in str(err))
     assert not (tmp_path / "local" / "manifest.json").exists()
+
+
+def test_a_stuck_mount_that_never_answers_is_unreachable_within_the_read_timeout(tmp_path):
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    stuck = threading.Event()
+    faulty.before_op = lambda op, path: stuck.wait(60)  # every call hangs, like a dead FUSE mount
+    remote = FsspecTarget("/stuck", fs=faulty, name="stuck drive")
+    t0 = time.monotonic()
+    with pytest.raises(RemoteUnavailableError) as info:
+        resume_from_best_source(tmp_path / "local", [remote], retry_seconds=0, read_timeout=0.3)
+    elapsed = time.monotonic() - t0
+    stuck.set()
+    assert elapsed < 0.3 + 1.0
+    assert "stuck drive did not answer within 0.3 s (reading its manifest)" in info.value.last_error
 
 
 def test_ignore_goes_on_with_what_it_could_read_and_says_what_it_could_not(tmp_path):

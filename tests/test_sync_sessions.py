@@ -420,6 +420,21 @@ def test_an_unreachable_remote_at_open_gets_its_lease_before_the_first_write(tmp
     assert not target.exists("lease.json")
 
 
+def test_a_stuck_remote_at_open_does_not_hang_the_start(tmp_path, local_env, monkeypatch):
+    import atheria_kit.session_sync as session_sync_module
+
+    monkeypatch.setattr(session_sync_module, "LEASE_OPEN_TIMEOUT_S", 0.3)
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    stuck = threading.Event()
+    faulty.before_op = lambda op, path: stuck.wait(60)
+    target = FsspecTarget(f"/stuck-{uuid.uuid4().hex}", fs=faulty, name="stuck bucket")
+    t0 = time.monotonic()
+    sync, _ = session_sync(tmp_path, local_env, remote=target)
+    assert time.monotonic() - t0 < 0.3 + 1.0 and not sync.lease.held
+    stuck.set()  # the mount answers again: the late acquire completes in the background
+    sync.finish(timeout=10)
+
+
 def test_a_kaggle_dataset_takes_no_lease(tmp_path, local_env):
     target = KaggleDatasetTarget("me/atheria-ckpts", staging_dir=tmp_path / "s", api=FakeKaggleApi(tmp_path / "srv"))
     sync, _ = session_sync(tmp_path, local_env, remote=target)

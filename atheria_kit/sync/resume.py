@@ -28,6 +28,7 @@ from atheria_kit._manifest import MANIFEST_NAME, newest_first, parse_checkpoint_
 from atheria_kit._validation import require_choice, require_positive
 from atheria_kit.sync._verify import entry_lineage, sidecar_entry, verify_file, write_sidecar
 from atheria_kit.sync.targets import SourceUnavailableError, SyncError, SyncSource
+from atheria_kit.sync.worker import call_within
 
 __all__ = ["RemoteUnavailableError", "ResumeResult", "resume_from_best_source"]
 
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: Default time an unreachable source is retried at start-up before giving up.
 RETRY_SECONDS = 60.0
+#: A manifest read that has not answered after this long counts as unreachable (a stuck mount never answers).
+READ_TIMEOUT = 60.0
 #: First backoff delay and its growth; the delay never exceeds ``MAX_DELAY``.
 INITIAL_DELAY, MULTIPLIER, MAX_DELAY = 1.0, 2.0, 30.0
 T = TypeVar("T")
@@ -166,6 +169,7 @@ def resume_from_best_source(
     retry_seconds: float = RETRY_SECONDS,
     wait: Callable[[float], Any] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    read_timeout: float = READ_TIMEOUT,
 ) -> ResumeResult:
     """Make the newest valid checkpoint (local or remote) available in ``local_dir``.
 
@@ -177,11 +181,13 @@ def resume_from_best_source(
     A source that cannot be read (:class:`SourceUnavailableError`) is retried with backoff (1 s, 2 s, 4 s ...
     up to 30 s apart) for ``retry_seconds``; then ``unavailable="raise"`` raises
     :class:`RemoteUnavailableError`, and ``"ignore"`` goes on without it and names it in the result.
-    ``wait``/``clock`` are injectable so that tests drive the backoff without sleeping.
+    A manifest read that has not answered after ``read_timeout`` seconds (a stuck mount) counts as one failed
+    attempt. ``wait``/``clock`` are injectable so that tests drive the backoff without sleeping.
     """
     require_choice("fetch", fetch, ("latest", "all"))
     require_choice("unavailable", unavailable, ("raise", "ignore"))
     require_positive("retry_seconds", retry_seconds, allow_zero=True)
+    require_positive("read_timeout", read_timeout)
     local = Path(local_dir)
     local.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(local)
@@ -221,7 +227,8 @@ def resume_from_best_source(
             candidates.append((_order(e), 1, e, None, {"checkpoints": [], "lineage": e.get("lineage")}))
     for src in sources:
         try:
-            doc = retry(f"reading {src.name}", src.read_manifest)
+            doc = retry(f"reading {src.name}",
+                        lambda src=src: call_within(src.read_manifest, read_timeout, "reading its manifest", src.name))
         except SourceUnavailableError as exc:
             gave_up(src, exc)
             continue

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from atheria_kit._io import TMP_PREFIX, sha256_bytes
 from atheria_kit._manifest import (
@@ -33,7 +33,7 @@ from atheria_kit._manifest import (
 from atheria_kit._validation import require_int, require_positive
 from atheria_kit.lease import LeaseHeldError, LeaseLostError
 from atheria_kit.sync._verify import entry_lineage
-from atheria_kit.sync.targets import LocalFileChangedError, SyncError, SyncTarget
+from atheria_kit.sync.targets import LocalFileChangedError, SourceUnavailableError, SyncError, SyncTarget
 
 __all__ = [
     "ARCHIVE_DIR",
@@ -43,12 +43,14 @@ __all__ = [
     "SyncSchedule",
     "SyncWorker",
     "archive_remote",
+    "call_within",
     "run_bounded",
 ]
 
 logger = logging.getLogger(__name__)
 
 _MIRROR = "<checkpoint mirror>"
+T = TypeVar("T")
 #: Folder (under the target) where :func:`archive_remote` keeps earlier runs; sync never touches it.
 ARCHIVE_DIR = "archive"
 
@@ -573,6 +575,7 @@ class SyncWorker:
         except LeaseLostError as exc:
             raise _Blocked(f"this session lost the lease of {self.target.name} ({exc}); another session writes "
                            "there now, so this one stops syncing") from exc
+        self.lease.start_heartbeat()  # no-op when it runs; starts it for a lease that was taken late
 
     def _still_listed(self, name: str) -> bool:
         return any(e["file"] == name for e in self._local_entries()) and (self.local_dir / name).is_file()
@@ -751,6 +754,27 @@ def archive_remote(target: SyncTarget, reason: str = "start over", *,
     logger.warning("archived the previous run on %s to %s (%s): %d file(s)", target.name, key, reason,
                    len(files) + has_manifest)
     return key
+
+
+def call_within(fn: Callable[[], T], seconds: float, what: str, source: str) -> T:
+    """``fn()``, or :class:`SourceUnavailableError` when it has not returned after ``seconds`` (a stuck mount
+    that never answers). The call goes on in a daemon thread whose result is dropped."""
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=call, name="atheria-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise SourceUnavailableError(f"{source} did not answer within {seconds:g} s ({what})", source=source)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def run_bounded(fn: Callable[[], Any], seconds: float | None, what: str) -> str | None:

@@ -53,6 +53,8 @@ class FaultyFileSystem(AbstractFileSystem):
         self.partial_writes: list[int] = []
         self.calls: list[tuple[str, str]] = []
         self.before_write: Callable[[str], None] | None = None
+        #: Called with (op, path) before every operation: a test can hold one (a stuck mount) or observe it.
+        self.before_op: Callable[[str, str], None] | None = None
 
     def fail_next(self, op: str, exc: BaseException, times: int = 1) -> None:
         """The next ``times`` calls of ``op`` ('open_write', 'open_read', 'mv', 'rm', 'info', ...) raise ``exc``."""
@@ -64,6 +66,8 @@ class FaultyFileSystem(AbstractFileSystem):
 
     def _check(self, op: str, path: str) -> None:
         self.calls.append((op, path))
+        if self.before_op is not None:
+            self.before_op(op, path)
         if self.disconnected():
             raise OSError(errno.ENOTCONN, "Transport endpoint is not connected", path)
         queue = self.fail_ops.get(op)
