@@ -49,7 +49,7 @@ _EXPORTS: dict[str, str] = {
     "export_model": "atheria_kit.export",
     "RunLog": "atheria_kit.runlog",
     "read_progress": "atheria_kit.runlog",
-    "SessionPaths": "atheria_kit.session",
+    "SessionPaths": "atheria_kit.session_config",
     "read_summary": "atheria_kit.runlog",
     "read_jsonl": "atheria_kit.runlog",
     "PLATFORM_LIMITS": "atheria_kit.platform",

@@ -32,14 +32,20 @@ from atheria_kit import session_messages as msg
 from atheria_kit._io import TMP_PREFIX
 from atheria_kit.budget import TimeBudget
 from atheria_kit.checkpoint import CheckpointError, CheckpointManager, CheckpointWriteError, DiskStorage
+from atheria_kit.export import export_model
 from atheria_kit.lease import FileLeaseStore, Lease
 from atheria_kit.live import LivePoint, LiveView
 from atheria_kit.monitor import MIN_INTERVAL, ResourceMonitor
+from atheria_kit.notify import RunNotifier, notifier_from_environment
 from atheria_kit.platform import Environment, detect_environment
+from atheria_kit.runlog import RunLog
 from atheria_kit.say import Say, UserError
-from atheria_kit.session_config import SessionConfig
+from atheria_kit.session_config import SessionConfig, SessionPaths
 from atheria_kit.session_outputs import OutputsInput, resource_rows, write_outputs
+from atheria_kit.session_sync import SessionSync, kaggle_input_sources
 from atheria_kit.state import capture_rng_state, collect_state, restore_state
+from atheria_kit.sync import RemoteUnavailableError as SyncUnavailable
+from atheria_kit.sync import ResumeResult, resume_from_best_source
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +76,6 @@ def _prepare_folder(path: Path) -> None:
     except OSError as exc:
         raise SessionStorageError(_storage_message(
             path, exc, "Nothing was trained. Free space or choose a writable folder (ROOT=...), then run again")) from None
-
-
-@dataclass
-class SessionPaths:
-    """``{root}/checkpoints/{experiment}``, ``{root}/logs/{experiment}``, ``{root}/exports/{experiment}``."""
-
-    root: Path
-    checkpoints: Path
-    logs: Path
-    exports: Path
-
-    @classmethod
-    def under(cls, root: Path, experiment: str) -> SessionPaths:
-        return cls(root, root / "checkpoints" / experiment, root / "logs" / experiment, root / "exports" / experiment)
-
-    @property
-    def lease(self) -> Path:
-        """The run folder's lease (outside the folders that ``start_over`` archives)."""
-        return self.root / "leases" / f"{self.checkpoints.name}.json"
 
 
 @dataclass
@@ -174,7 +161,7 @@ class TrainingSession:
         self.lease: Lease | None = None
         self.sync: Any = None
         self.monitor: ResourceMonitor | None = None
-        self._resume: Any = None  # where the resumed checkpoint came from (sync.ResumeResult), if anywhere
+        self._resume: ResumeResult | None = None  # where the resumed checkpoint came from, if a remote was read
         self._places: list[str] = [str(self.paths.checkpoints)]
         try:
             self._start(remote, storage, notifier, display, stream)
@@ -233,7 +220,7 @@ class TrainingSession:
         if self.sync is not None:
             self.sync.attach(self.checkpoints)
             self.monitor.add_status_provider("sync", self.sync.status)
-        self.notifier = notifier if notifier is not None else _notifier_from_environment()
+        self.notifier = notifier if notifier is not None else notifier_from_environment()
         # Messages go out from a background thread behind a rate limit: a slow or dead server never holds up
         # an episode, and a burst (many short episodes) arrives as one message.
         self._notes = _run_notifier(self.notifier, cfg)
@@ -315,18 +302,12 @@ class TrainingSession:
         An unreachable remote is retried for ``remote_retry_seconds``; if it stays unreachable the session stops
         (``remote_unavailable="stop"``) instead of starting from zero beside a remote history it could not see.
         """
-        from atheria_kit.session_sync import kaggle_input_sources
-
         cfg = self.config
         inputs = kaggle_input_sources(self.environment, cfg.experiment_name)
         self._places.extend(src.name for src in inputs)
         sources = ((self.sync.worker.target,) if self.sync is not None else ()) + tuple(inputs)
         if not sources:
             return
-        from atheria_kit.sync import RemoteUnavailableError as SyncUnavailable
-        from atheria_kit.sync import resume_from_best_source
-        if self.config.remote_retry_seconds > 0:
-            self.say(f"looking for checkpoints in {', '.join(self._places)}")
         try:
             self._resume = resume_from_best_source(
                 self.paths.checkpoints, sources, fetch="all", retry_seconds=cfg.remote_retry_seconds,
@@ -338,9 +319,9 @@ class TrainingSession:
                 "Nothing was trained and nothing was changed, here or there. Run again when it is reachable, or set "
                 "REMOTE_UNAVAILABLE='ignore' to continue from what is reachable here (the remote's newer checkpoints, "
                 "if any, would then be ignored)") from None
-        for problem in getattr(self._resume, "problems", ()) or ():
-            if "unavailable" in problem:
-                self.say.warning(f"{problem}; continuing without it (REMOTE_UNAVAILABLE='ignore')")
+        if self._resume.unavailable:
+            self.say.warning(f"{', '.join(self._resume.unavailable)} could not be read; continuing from what is "
+                             f"reachable (REMOTE_UNAVAILABLE='ignore'): a newer checkpoint there is not considered")
 
     # ------------------------------------------------------------------------------------------ resume
     def restore(self, **objects: Any) -> int:
@@ -403,9 +384,9 @@ class TrainingSession:
     def _copy_label(self, file: str) -> str:
         """Which copy a resumed checkpoint came from: "Drive copy", "local copy", ..."""
         res = self._resume
-        if res is not None and getattr(res, "downloaded", False) and getattr(res, "file", None) == file:
-            source = str(getattr(res, "source", "remote"))
-            return f"{'Drive' if 'Google Drive' in source else source} copy"
+        if res is not None and res.downloaded and res.file == file:
+            source = str(res.source)
+            return "Drive copy" if "Google Drive" in source else f"copy in {source}"
         return "local copy"
 
     def _say_skipped(self, used: Any) -> None:
@@ -736,8 +717,6 @@ class TrainingSession:
                 and isinstance(v, (int, float))}
 
     def _export(self, model: torch.nn.Module, example_input: Any) -> list[dict[str, Any]]:
-        from atheria_kit.export import export_model
-
         source, restore = "final model", None
         name = next((n for n, o in self._objects.items() if o is model), None)
         best = self.checkpoints.load("best") if self.config.export == "best" and name is not None else None
@@ -788,43 +767,25 @@ def _live_point(rec: Mapping[str, Any], monitor: str) -> LivePoint:
 
 
 def _open_runlog(logs: Path, cfg: SessionConfig, clock, wall_clock):
-    from atheria_kit.runlog import RunLog
-
     return RunLog(logs, kind="progressive", total=cfg.total_episodes, unit="episode",
                   clock=clock, wall_clock=wall_clock)
 
 
 def _run_notifier(notifier: Any, cfg: SessionConfig):
     """The session's messages go through a RunNotifier; with no notifier it sends nothing and starts no thread."""
-    from atheria_kit.notify import RunNotifier
-
     if isinstance(notifier, RunNotifier):
         return notifier
     return RunNotifier(notifier, run_name=cfg.experiment_name, every=max(1, cfg.total_episodes // 10))
 
 
-def _notifier_from_environment():
-    try:
-        from atheria_kit.notify import notifier_from_environment
-    except ImportError:
-        return None
-    return notifier_from_environment()
-
-
-def _abandon_sync(sync: Any) -> None:
+def _abandon_sync(sync: SessionSync) -> None:
     """Stop syncing without a final sync (a start that failed has nothing new to copy)."""
-    abandon = getattr(sync, "abandon", None)
-    if callable(abandon):
-        abandon()
-    else:
-        sync.worker.close(5.0, final_sync=False)
+    sync.abandon()
 
 
 def _open_sync(cfg: SessionConfig, env: Environment, remote: Any, paths: SessionPaths):
     """The persistent copy: the given target, ``cfg.remote``, or Drive on Colab; None when sync is off."""
     if cfg.drive_sync_every == 0 and remote is None and cfg.remote is None:
         return None
-    from atheria_kit.session_sync import SessionSync
-
     return SessionSync.open(cfg, env, remote, paths)
 

@@ -181,3 +181,22 @@ def _one_edit(a: str, b: str) -> bool:
     while i < len(short) and short[i] == long_[i]:
         i += 1
     return short[i:] == long_[i + 1:]
+
+
+@dataclass
+class SessionPaths:
+    """``{root}/checkpoints/{experiment}``, ``{root}/logs/{experiment}``, ``{root}/exports/{experiment}``."""
+
+    root: Path
+    checkpoints: Path
+    logs: Path
+    exports: Path
+
+    @classmethod
+    def under(cls, root: Path, experiment: str) -> SessionPaths:
+        return cls(root, root / "checkpoints" / experiment, root / "logs" / experiment, root / "exports" / experiment)
+
+    @property
+    def lease(self) -> Path:
+        """The run folder's lease (outside the folders that ``start_over`` archives)."""
+        return self.root / "leases" / f"{self.checkpoints.name}.json"

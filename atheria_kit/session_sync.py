@@ -38,8 +38,7 @@ from atheria_kit.sync.worker import call_within, run_bounded
 if TYPE_CHECKING:
     from atheria_kit.checkpoint import CheckpointManager
     from atheria_kit.platform import Environment
-    from atheria_kit.session import SessionPaths
-    from atheria_kit.session_config import SessionConfig
+    from atheria_kit.session_config import SessionConfig, SessionPaths
 
 __all__ = [
     "ASSUMED_BYTES_PER_S",

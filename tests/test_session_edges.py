@@ -236,3 +236,107 @@ def test_json_progress_is_not_left_running_by_a_refused_start(tmp_path, local_en
     finally:
         worker.kill()
         worker.wait()
+
+
+# ------------------------------------------------------------------------------------------ remote
+
+
+def _remote_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_remote_unreadable_at_a_new_vms_start_stops_the_session_and_the_next_start_resumes_from_it(
+        tmp_path, other_fs_dir, local_env):
+    from fsspec.implementations.local import LocalFileSystem
+
+    from atheria_kit.session import RemoteUnavailableError
+    from atheria_kit.sync import FsspecTarget
+    from tests.fakes.faulty_fs import FaultyFileSystem
+
+    remote_dir = other_fs_dir / "remote"
+    cfg = config(tmp_path / "vm1", max_training_seconds=10_000, drive_sync_every=2, save_every_episodes=2)
+    clock = ManualClock(T0)
+    session = TrainingSession(cfg, environment=local_env, clock=clock, stream=io.StringIO(),
+                              remote=FsspecTarget(str(remote_dir)))
+    objects = make_objects()
+    model, opt, sched, gens = objects
+    session.restore(model=model, optimizer=opt, scheduler=sched, generators=gens)
+    _train(session, clock, objects, hook=lambda ep: ep == 5 and session.budget.request_stop("VM recycled"))
+    assert session.finish().remote.complete
+    before = _remote_bytes(remote_dir)
+    assert any(k.startswith("ckpt-0000000006") for k in before)
+
+    # A new VM: empty local disk, and the Drive mount is not answering (every call fails with Errno 107).
+    vm2 = config(tmp_path / "vm2", max_training_seconds=10_000, drive_sync_every=2, save_every_episodes=2,
+                 remote_retry_seconds=0)
+    dead = FsspecTarget(str(remote_dir), fs=FaultyFileSystem(LocalFileSystem(), disconnected=lambda: True))
+    with pytest.raises(RemoteUnavailableError) as err:
+        TrainingSession(vm2, environment=local_env, clock=ManualClock(T0), stream=io.StringIO(), remote=dead)
+    text = str(err.value)
+    assert str(remote_dir) in text and "Nothing was trained" in text and "REMOTE_UNAVAILABLE='ignore'" in text
+    assert _remote_bytes(remote_dir) == before  # not pruned, not overwritten, not "taken over"
+    assert not list((tmp_path / "vm2" / "root" / "checkpoints" / "t").glob("ckpt-*"))
+
+    # Run all again once Drive answers: the run continues from the remote history, as if never interrupted.
+    out = io.StringIO()
+    clock = ManualClock(T0)
+    session = TrainingSession(vm2, environment=local_env, clock=clock, stream=out, remote=FsspecTarget(str(remote_dir)))
+    objects = make_objects()
+    model, opt, sched, gens = objects
+    assert session.restore(model=model, optimizer=opt, scheduler=sched, generators=gens) == 6
+    # Episode 6 was saved twice (on schedule, then by finish() with the session's end): the second is a revision.
+    assert f"resumed from ckpt-0000000006-r1.pt (copy in {remote_dir}, verified) at episode 6/12, session 2" \
+        in out.getvalue()
+    _train(session, clock, objects)
+    assert session.finish().end_reason == "done"
+
+    ref_clock = ManualClock(T0)
+    ref, ref_objects = _session(config(tmp_path / "ref", max_training_seconds=10_000, save_every_episodes=2),
+                                local_env, ref_clock, io.StringIO())
+    _train(ref, ref_clock, ref_objects)
+    ref.finish()
+    for a, b in zip(model.parameters(), ref_objects[0].parameters(), strict=True):
+        assert a.detach().equal(b.detach())
+
+
+def test_start_over_keeps_the_previous_run_under_an_archive_name_here_and_on_the_remote(tmp_path, local_env):
+    from atheria_kit.sync import FsspecTarget
+
+    remote_dir = tmp_path / "remote"
+    cfg = config(tmp_path / "vm", max_training_seconds=10_000, drive_sync_every=2, save_every_episodes=2,
+                 total_episodes=4)
+    first, objects = _session_with_remote(cfg, local_env, remote_dir)
+    _train(first, first._clock, objects)
+    first.finish()
+    old_remote = _remote_bytes(remote_dir)
+    old_local = _remote_bytes(tmp_path / "vm" / "root" / "checkpoints" / "t")
+
+    out = io.StringIO()
+    again = SessionConfig(**{**cfg.to_dict(), "start_over": True, "export_formats": ()})
+    session = TrainingSession(again, environment=local_env, clock=ManualClock(T0), stream=out,
+                              remote=FsspecTarget(str(remote_dir)))
+    model, opt, sched, gens = make_objects()
+    assert session.restore(model=model, optimizer=opt, scheduler=sched, generators=gens) == 0
+    session.finish()
+    said = out.getvalue()
+    assert "starting over (START_OVER=True): the previous run is kept in" in said
+    assert "Set START_OVER=False now" in said
+    archived = [p for p in (tmp_path / "vm" / "root" / "checkpoints").iterdir() if p.name.startswith("t.archived-")]
+    assert len(archived) == 1 and _remote_bytes(archived[0]) == old_local
+    remote_archive = [k for k in _remote_bytes(remote_dir) if k.startswith("archive/")]
+    assert {k.split("/", 2)[2] for k in remote_archive} >= {k for k in old_remote if k.startswith("ckpt-")}
+    for key, data in old_remote.items():
+        if key.startswith("ckpt-"):
+            match = [k for k in remote_archive if k.endswith("/" + key)]
+            assert match and (remote_dir / match[0]).read_bytes() == data
+
+
+def _session_with_remote(cfg: SessionConfig, env, remote_dir: Path) -> tuple[TrainingSession, tuple]:
+    from atheria_kit.sync import FsspecTarget
+
+    session = TrainingSession(cfg, environment=env, clock=ManualClock(T0), stream=io.StringIO(),
+                              remote=FsspecTarget(str(remote_dir)))
+    objects = make_objects()
+    model, opt, sched, gens = objects
+    session.restore(model=model, optimizer=opt, scheduler=sched, generators=gens)
+    return session, objects

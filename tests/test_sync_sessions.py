@@ -24,8 +24,7 @@ import torch
 from atheria_kit.checkpoint import CheckpointManager
 from atheria_kit.lease import Lease, LeaseHeldError
 from atheria_kit.platform import detect_environment
-from atheria_kit.session import SessionPaths
-from atheria_kit.session_config import SessionConfig
+from atheria_kit.session_config import SessionConfig, SessionPaths
 from atheria_kit.session_sync import SessionSync
 from atheria_kit.state import collect_state, restore_state
 from atheria_kit.sync import (
