@@ -157,7 +157,8 @@ def _finish_kill_trial(ctx: Ctx, stop: int, saved_before: int, gates: list[str],
 
 
 def remote_startup(ctx: Ctx) -> PhaseResult:
-    """A new VM (empty local folder) whose remote (a folder with a checkpoint history) fails at start-up."""
+    """A new VM (empty local folder) whose remote (a folder with a checkpoint history) fails at start-up; then the
+    remote is back and "Run all" is pressed again, in a new process or in the same one (the same kernel)."""
     res = PhaseResult("3 remote unreachable at a new VM's start-up")
     master = ctx.dir("remote-master")
     remote0 = master.with_name(master.name + "-remote")
@@ -167,59 +168,86 @@ def remote_startup(ctx: Ctx) -> PhaseResult:
     if life.end is None or newest != 10 or problems:
         res.not_run = f"the remote history could not be built (newest {newest}, {problems}): {life.describe()}"
         return res
-    # How many remote operations a healthy start makes before training: the fault starts at one of them.
+    # The remote operations of a healthy start before training: the fault starts at one of them.
     probe_root = ctx.dir("remote-probe")
     probe = ctx.start(probe_root, "--remote", copy_tree(remote0, probe_root.with_name(probe_root.name + "-remote")),
                       "--hold-at", 10, "--final-sync-timeout", 2)
-    ops = 0
-    if probe.until("HOLD", "END") is not None and (ready := probe.first("READY")):
-        ops = int(ready[2])
+    probe.until("HOLD", "END")
     probe.kill()
     probe.finish()
-    if probe.ready != 10 or ops < 1:
+    calls = (probe.first("CALLS") or ["CALLS"])[1:]
+    history = next((i for i, c in enumerate(calls) if c.endswith(":manifest.json")), None)
+    if probe.ready != 10 or history is None:
         res.not_run = f"a healthy start did not resume from the remote: {probe.describe()}"
         return res
-    res.notes.append(f"the remote holds ckpt 4, 8, 10; a healthy start makes {ops} remote operations before "
-                     f"training; the fault starts at operation 1 or a random one of them")
+    res.notes.append(f"the remote holds ckpt 4, 8, 10; a healthy start makes {len(calls)} remote operations before "
+                     f"training, the history is first read at operation {history + 1} (after the remote lease is "
+                     f"taken); the fault starts at operation 1, {history + 1} or a random one")
+    plan = [(0, "new process"), (history, "same kernel"), (history, "new process"), (0, "same kernel")]
     lease_left = 0
-    n = ctx.count(2, 8)
-    for i in range(n):
+    for i in range(ctx.count(2, 8)):
         kind = ("enotconn", "timeout")[i % 2]
-        after = 0 if i < 2 else ctx.rng.randrange(ops)
-        outcome = _remote_startup_trial(ctx, remote0, kind, after)
+        after, again = plan[i] if i < len(plan) else (ctx.rng.randrange(len(calls)), ("new process", "same kernel")[i % 2])
+        outcome = _remote_startup_trial(ctx, remote0, kind, after, again)
         lease_left += outcome.pop("lease_left")
         res.trial(**outcome)
     if lease_left:
-        res.notes.append(f"{lease_left} refused or failed start(s) left a lease.json on the remote (taken over by "
-                         f"the next start on this host: its process is gone)")
+        res.notes.append(f"{lease_left} refused start(s) left their lease.json on the remote (the release failed: "
+                         f"the remote was down)")
     return res
 
 
-def _remote_startup_trial(ctx: Ctx, remote0: Path, kind: str, after: int) -> dict:
+def _remote_startup_trial(ctx: Ctx, remote0: Path, kind: str, after: int, again: str) -> dict:
     root = ctx.dir(f"remote-{kind}-{after}")
     remote = copy_tree(remote0, root.with_name(root.name + "-remote"))
     fault = root.with_name(root.name + ".fault")
     fault.write_text(f"{kind} {after}")
-    where = f"{kind} from remote operation {after + 1}"
+    where = f"{kind} from remote operation {after + 1}, then a start in the {again}"
     before, before_all = remote_history(remote), tree_hashes(remote)
-    first = ctx.start(root, "--remote", remote, "--fault-file", fault, "--final-sync-timeout", 2)
-    first.finish()
-    history_same = remote_history(remote) == before
-    lease_left = int(tree_hashes(remote).get("lease.json") != before_all.get("lease.json"))
-    fault.unlink()
+    observed: dict[str, object] = {}
+
+    def remote_back(life: Life, line: str) -> None:
+        if line == "HOLD again":  # the refused process waits: look at the remote, bring it back, start again
+            observed["history"] = remote_history(remote)
+            observed["lease"] = tree_hashes(remote).get("lease.json")
+            fault.unlink()
+        life.go()
+
+    args = ["--remote", remote, "--fault-file", fault, "--final-sync-timeout", 2]
+    first = ctx.start(root, *args, *(["--again"] if again == "same kernel" else []))
+    first.finish(remote_back)
+    if "history" not in observed:  # a single attempt: the process ended with the remote still failing
+        observed["history"] = remote_history(remote)
+        observed["lease"] = tree_hashes(remote).get("lease.json")
+        fault.unlink(missing_ok=True)
+    history_same = observed["history"] == before
+    lease_left = int(observed["lease"] != before_all.get("lease.json"))
     problems = [] if history_same else [f"{where}: the remote changed while it was failing: "
-                                        f"{_diff(before, remote_history(remote))}"]
-    if first.refused is not None:
-        clear = ("RemoteUnavailableError" in first.refused and str(remote) in first.refused
-                 and "Run again" in first.refused)
-        if not clear or first.episodes or first.returncode != 3:
-            problems.append(f"{where}: the refusal is not the specified one: {first.refused!r} rc={first.returncode}")
-        trained = ctx.start(root, "--remote", remote, "--final-sync-timeout", 30)
-        trained.finish()
-        ok = clear and not first.episodes and trained.ready == 10 and _said(trained, "resumed from ckpt-0000000010")
+                                        f"{_diff(before, observed['history'])}"]
+    refusal = first.refused
+    if refusal is not None:
+        clear = "RemoteUnavailableError" in refusal and str(remote) in refusal and "Run again" in refusal
+        episodes_before = [ln for ln in first.lines[: first.lines.index("REFUSED " + refusal)] if
+                           ln.startswith("EPISODE ")]
+        if not clear or episodes_before:
+            problems.append(f"{where}: the refusal is not the specified one: {refusal!r}")
+        if again == "same kernel":
+            trained = first
+            second = [ln for ln in first.lines if ln.startswith("REFUSED ")][1:]
+            if second:  # refused again with the remote back: what a user does next is restart the kernel
+                problems.append(f"{where}: with the remote back, the second start in the same process was refused: "
+                                f"{second[0]}")
+                trained = ctx.start(root, "--remote", remote, "--final-sync-timeout", 30)
+                trained.finish()
+                clear = False
+        else:
+            if first.returncode != 3:
+                problems.append(f"{where}: the refused process exited with {first.returncode}, expected 3")
+            trained = ctx.start(root, "--remote", remote, "--final-sync-timeout", 30)
+            trained.finish()
+        ok = clear and not episodes_before and trained.ready == 10 and _said(trained, "resumed from ckpt-0000000010")
     elif first.ready is not None:  # the fault began after everything needed was read: training is legitimate
-        trained = first
-        ok = first.ready == 10
+        trained, ok = first, first.ready == 10
     else:
         problems.append(f"{where}: neither refused nor resumed: {first.describe()}")
         return {"survived": False, "nothing_lost": False, "steps_lost": 10, "problems": problems,
@@ -231,7 +259,7 @@ def _remote_startup_trial(ctx: Ctx, remote0: Path, kind: str, after: int) -> dic
     return {
         "survived": ok and trained.returncode == 0,
         "nothing_lost": history_same and not damaged and _ended_like_reference(trained, ctx.ref),
-        "steps_lost": max(0, 10 - (trained.ready or 0)),
+        "steps_lost": max(0, 10 - (trained.ready or 0)) if trained.ready is not None else 0,
         "problems": problems,
         "lease_left": lease_left,
     }
@@ -603,9 +631,13 @@ def _check_redo(life: Life, expected: int | None, logged: int, problems: list[st
         problems.append(f"resumed at {life.ready}, the newest committed checkpoint is {expected}")
     redo = logged - (life.ready or 0)
     if redo > 0:
-        want = f"{redo} episode{'s' if redo != 1 else ''} recorded after that checkpoint"
+        want = f"{redo} episode{'s' if redo != 1 else ''} recorded"
         if not _said(life, want):
-            problems.append(f"the resume line does not say '{want}': {life.said[:2]}")
+            if life.ready:
+                problems.append(f"the resume line does not say '{want} after that checkpoint ...': {life.said[:2]}")
+            else:
+                problems.append(f"killed with {redo} episodes in the run log and no committed checkpoint, the next "
+                                f"start did not say that they are discarded and redone: {life.said[:2]}")
             ok = False
     return ok
 

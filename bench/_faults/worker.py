@@ -18,7 +18,10 @@ each episode) and prints one flushed line per event:
                                    REMOVE-END (a superseded file), LOG-BEGIN / LOG-END (a run-log file)
     END <reason> <episode> <digest> <seconds>   finish() returned after <seconds>
     THREADS <names>                non-daemon threads still alive after finish() (they would block the exit)
+    CALLS <op>:<file> ...          with --remote, after READY: the remote operations of this start, in order
     REFUSED <error class>: <message>   the session refused to start (exit code 3)
+    HOLD again                     with --again, after REFUSED: waits for a line on stdin, then starts again in
+                                   the same process (a second "Run all" in the same kernel)
 
 Everything the session prints (its status lines) goes to stdout too, unprefixed; log records go to stderr as in
 a notebook without logging configured.
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sync-every", type=int, default=4)
     ap.add_argument("--retry-seconds", type=float, default=1.0)
     ap.add_argument("--remote-unavailable", choices=("stop", "ignore"), default="stop")
+    ap.add_argument("--again", action="store_true",
+                    help="after a refused start, print HOLD again, wait, and start again in this process")
     ap.add_argument("--final-sync-timeout", type=float, default=None)
     args = ap.parse_args(argv)
 
@@ -195,10 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(args.root)
     switch = FaultSwitch(Path(args.fault_file) if args.fault_file else None)
-    remote = remote_target(Path(args.remote), switch) if args.remote else None
     env = detect_environment({}, shell=None, kind="local", cwd=root, nvml=None, torch_module=None)
     cfg = SessionConfig(experiment_name="w", total_episodes=args.total, save_every_episodes=args.save_every,
-                        drive_sync_every=args.sync_every if remote is not None else 0, live_view="off",
+                        drive_sync_every=args.sync_every if args.remote else 0, live_view="off",
                         root=str(root), export_formats=(), handle_signals=False, monitor_interval=5.0,
                         max_training_seconds=3600, remote_retry_seconds=args.retry_seconds,
                         remote_unavailable=args.remote_unavailable,
@@ -206,17 +210,26 @@ def main(argv: list[str] | None = None) -> int:
     storage = gated_storage_class()(root / "checkpoints" / "w")
     if args.gate_finish:
         gate_runlog_writes()
-    try:
-        session = TrainingSession(cfg, environment=env, storage=storage, remote=remote)
-    except UserError as exc:
-        emit(f"REFUSED {type(exc).__name__}: {exc}")
-        return 3
+    for attempt in (1, 2):
+        # What "Run all" builds: a new remote target and session (in the same process on the second attempt).
+        remote = remote_target(Path(args.remote), switch) if args.remote else None
+        try:
+            session = TrainingSession(cfg, environment=env, storage=storage, remote=remote)
+            break
+        except UserError as exc:
+            emit(f"REFUSED {type(exc).__name__}: {exc}")
+            if not args.again or attempt == 2:
+                return 3
+            emit("HOLD again")
+            sys.stdin.readline()
     seed_everything(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     gens = SeededGenerators(0)
     first = session.restore(model=model, optimizer=opt, generators=gens)
     emit(f"READY {first} {switch.ops}")
+    if remote is not None:
+        emit("CALLS " + " ".join(f"{op}:{Path(path).name}" for op, path in remote.fs.calls))
     for ep in session.episodes():
         if args.hold_at is not None and ep == args.hold_at:
             emit(f"HOLD {ep}")
