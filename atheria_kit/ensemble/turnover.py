@@ -165,6 +165,30 @@ class TurnoverController:
         self.bar = now
         return want
 
+    def steps(self, score: np.ndarray | pd.Series, volatility: np.ndarray | pd.Series) -> np.ndarray:
+        """:meth:`step` for each bar of a block (one bar each, after the last one), carrying the state: a series
+        processed block by block gives the positions of one pass over the whole series."""
+        s = np.asarray(score, dtype=np.float64)
+        v = np.asarray(volatility, dtype=np.float64)
+        if s.ndim != 1 or v.shape != s.shape:
+            raise ValueError(f"score has shape {s.shape} and volatility {v.shape}; expected two 1-D arrays of one "
+                             "length")
+        if not np.isfinite(s).all():
+            i = int(np.flatnonzero(~np.isfinite(s))[0])
+            raise ValueError(f"score[{i}]={s[i]!r} is invalid; expected finite numbers")
+        cfg, hurdle, thr = self.config, self.hurdle, self.threshold
+        out = np.zeros(len(s), dtype=np.int8)
+        p, entry, bar = self.position, self.entry_bar, self.bar
+        # Plain Python floats in the loop (numpy scalars are slower); _decide is what step() calls.
+        for i, (x, sig) in enumerate(zip(s.tolist(), v.tolist(), strict=True)):
+            bar += 1
+            want = _decide(p, bar - entry, x, sig, thr, cfg, hurdle)
+            if want != p:
+                p, entry = want, bar
+            out[i] = p
+        self.position, self.entry_bar, self.bar = p, entry, bar
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         return {"config": self.config.as_dict(), "threshold": self.threshold, "cost": self.cost,
                 "position": self.position, "bar": self.bar, "entry_bar": self.entry_bar}
@@ -181,27 +205,17 @@ class TurnoverController:
 def control_turnover(score: np.ndarray | pd.Series, volatility: np.ndarray | pd.Series, *,
                      config: TurnoverControl | None = None, threshold: float = 0.1,
                      cost: float = 0.0015) -> np.ndarray:
-    """Positions (int8 in {-1, 0, 1}) from a score series, one :class:`TurnoverController` step per bar."""
-    s = np.asarray(score, dtype=np.float64)
-    v = np.asarray(volatility, dtype=np.float64)
-    if s.ndim != 1 or v.shape != s.shape:
-        raise ValueError(f"score has shape {s.shape} and volatility {v.shape}; expected two 1-D arrays of one length")
+    """Positions (int8 in {-1, 0, 1}) from a score series: :meth:`TurnoverController.steps` from flat.
+
+    ``score`` is any signal strength in [-1, 1] (the ensemble's combined score; for a probability of "up",
+    ``2 p - 1``); ``volatility`` the per-bar sigma of the cost-aware entry (:func:`volatility`).
+    """
     ctl = TurnoverController(config, threshold=threshold, cost=cost)
-    if ctl.config.is_off:  # the raw rule needs no state: vectorized, identical to the loop
+    s = np.asarray(score, dtype=np.float64)
+    if ctl.config.is_off and s.ndim == 1 and np.shape(volatility) == s.shape and np.isfinite(s).all():
+        # The raw rule needs no state: vectorized, identical to the loop.
         return np.where(s > threshold, 1, np.where(s < -threshold, -1, 0)).astype(np.int8)
-    if not np.isfinite(s).all():
-        i = int(np.flatnonzero(~np.isfinite(s))[0])
-        raise ValueError(f"score[{i}]={s[i]!r} is invalid; expected finite numbers")
-    cfg, hurdle, thr = ctl.config, ctl.hurdle, ctl.threshold
-    out = np.zeros(len(s), dtype=np.int8)
-    p, entry = 0, 0
-    # Plain Python floats in the loop (numpy scalars are slower); _decide is what TurnoverController.step calls.
-    for t, (x, sig) in enumerate(zip(s.tolist(), v.tolist(), strict=True)):
-        want = _decide(p, t - entry, x, sig, thr, cfg, hurdle)
-        if want != p:
-            p, entry = want, t
-        out[t] = p
-    return out
+    return ctl.steps(s, volatility)
 
 
 def holding_confidence(signal: np.ndarray, score: np.ndarray) -> np.ndarray:

@@ -112,6 +112,19 @@ def test_controller_state_round_trips_through_torch_weights_only(tmp_path):
     assert resumed == whole.tolist()[3:]  # stopped and resumed = one pass over the whole series
 
 
+def test_a_series_processed_block_by_block_gives_the_positions_of_one_pass():
+    rng = np.random.default_rng(5)
+    score, sigma = rng.uniform(-0.6, 0.6, 500), rng.uniform(0.001, 0.02, 500)
+    cfg = TurnoverControl(min_hold_bars=7, deadband=0.1, cost_multiple=1.0)
+    whole = control_turnover(score, sigma, config=cfg, cost=0.001)
+    ctl = TurnoverController(cfg, cost=0.001)
+    blocks = [ctl.steps(score[a:b], sigma[a:b]) for a, b in ((0, 1), (1, 180), (180, 181), (181, 500))]
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
+    one_by_one = TurnoverController(cfg, cost=0.001)
+    assert [one_by_one.step(x, v) for x, v in zip(score, sigma, strict=True)] == whole.tolist()
+    assert 0 < np.count_nonzero(np.diff(whole)) < np.count_nonzero(np.diff(decide(score)))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [({"min_hold_bars": -1}, "min_hold_bars=-1"), ({"deadband": 1.5}, "deadband=1.5"),
