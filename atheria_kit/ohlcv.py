@@ -24,7 +24,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from atheria_kit._validation import require_int
+from atheria_kit._validation import require_choice, require_int
 
 logger = logging.getLogger(__name__)
 
@@ -238,8 +238,10 @@ def load_ohlcv(
     max_bars: int = 0,
     timeframe: str | None = None,
     validate: bool = True,
+    partial: str = "drop",
 ) -> pd.DataFrame:
-    """Load, validate and select OHLCV bars; resample to ``timeframe`` when given (must be coarser than the file's).
+    """Load, validate and select OHLCV bars; resample to ``timeframe`` when given (must be coarser than the file's;
+    ``partial``: its partial first and last bins, as in :func:`resample_ohlcv`).
 
     ``df.attrs`` records ``source`` (file name), ``synthetic`` (False) and ``gaps`` (missing-bar count).
     """
@@ -248,7 +250,7 @@ def load_ohlcv(
         validate_ohlcv(df, source=Path(path).name)
     df = select_range(df, start=start, end=end, max_bars=0)
     if timeframe is not None:
-        df = resample_ohlcv(df, timeframe)
+        df = resample_ohlcv(df, timeframe, partial=partial)
     if max_bars:
         df = select_range(df, max_bars=max_bars)
     report = count_gaps(df, timeframe)
@@ -361,16 +363,50 @@ def _check_coarsen(timeframe: str, target: pd.Timedelta, interval: pd.Timedelta)
         raise OHLCVError(f"timeframe={timeframe!r} is not a multiple of the data's interval {interval}")
 
 
-def resample_ohlcv(df: pd.DataFrame, timeframe: str) -> pd.DataFrame:
-    """Aggregate to a coarser ``timeframe`` (first/max/min/last/sum); bins without any bar are dropped, not filled."""
+#: What resampling does with a partial first or last bin (the data starts or ends inside it).
+PARTIAL_BINS: tuple[str, ...] = ("drop", "mark")
+
+
+def partial_edges(first_ns: int, last_ns: int, first_bin_ns: int, last_bin_ns: int, interval: pd.Timedelta,
+                  target: pd.Timedelta) -> tuple[bool, bool]:
+    """Whether the first and the last bin are partial: the first bar opens after the first bin's start, or the
+    last bar ends (open + ``interval``) before the last bin's end. Interior bins with missing bars are gaps in
+    the data, counted by :func:`count_gaps`, not partial bins."""
+    return first_ns > first_bin_ns, last_ns + interval.value < last_bin_ns + target.value
+
+
+def resample_ohlcv(df: pd.DataFrame, timeframe: str, *, partial: str = "drop") -> pd.DataFrame:
+    """Aggregate to a coarser ``timeframe`` (first/max/min/last/sum); bins without any bar are dropped, not filled.
+
+    The first and last bins are partial when the data starts or ends inside them (1-minute bars from 00:06 to
+    00:52 make a 15-minute bar of 9 minutes at 00:00 and one of 8 at 00:45): ``partial="drop"`` (default) leaves
+    them out, ``"mark"`` keeps them. Either way ``attrs["partial_bin_times"]`` lists their open times and
+    ``attrs["partial_bins"]`` counts them. Bins are aligned to midnight UTC of the first bar's day (pandas'
+    ``origin="start_day"``).
+    """
+    require_choice("partial", partial, PARTIAL_BINS)
     target = timeframe_to_timedelta(timeframe)
+    interval = None
     if len(df) >= 2:
-        _check_coarsen(timeframe, target, infer_interval(df))
+        interval = infer_interval(df)
+        _check_coarsen(timeframe, target, interval)
     out = df[list(COLUMNS)].resample(target, label="left", closed="left").agg(_AGG)
     counts = df["close"].resample(target, label="left", closed="left").count()
     out = out[counts.to_numpy() > 0]
     out.index.name = "timestamp"
+    edges: list[pd.Timestamp] = []
+    if interval is not None and len(out):
+        bins = _ns(out.index)
+        first, last = partial_edges(int(_ns(df.index)[0]), int(_ns(df.index)[-1]), int(bins[0]), int(bins[-1]),
+                                    interval, target)
+        if first:
+            edges.append(out.index[0])
+        if last and not (first and len(out) == 1):  # one bin that is both: listed once
+            edges.append(out.index[-1])
+        if partial == "drop" and edges:
+            out = out.drop(edges)
     out.attrs.update(df.attrs)
+    out.attrs.update({"partial_bins": len(edges), "partial_bin_times": tuple(t.isoformat() for t in edges)})
     return out
 
 

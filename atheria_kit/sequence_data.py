@@ -2,7 +2,9 @@
 
 Each sample is the last ``window`` bars up to bar t, described by scale-free per-bar features; its label is whether
 the close ``horizon`` bars later is higher than the close at t. Train and validation are split in time, with a gap of
-``window + horizon`` bars so that no validation window or label overlaps the training ones.
+``window + horizon`` bars so that no validation window or label overlaps the training ones. A window whose close does
+not change over the horizon (a tie: neither up nor down) is left out by default (``ties="drop"``), as in the
+walk-forward labels; ``ties="down"`` labels it 0.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from atheria_kit._validation import require_fraction, require_int
+from atheria_kit._validation import require_choice, require_fraction, require_int
 
 FEATURES = ("log_return", "high_low_range", "close_position", "log_volume_change")
 
@@ -53,6 +55,7 @@ class DirectionWindows:
     y_val: torch.Tensor
     window: int
     horizon: int
+    n_ties: int = 0  # windows whose close did not change over the horizon (left out with ties="drop")
 
     @property
     def n_features(self) -> int:
@@ -60,9 +63,14 @@ class DirectionWindows:
 
 
 def make_direction_windows(
-    df: pd.DataFrame, *, window: int = 64, horizon: int = 1, val_fraction: float = 0.2, max_samples: int = 0
+    df: pd.DataFrame, *, window: int = 64, horizon: int = 1, val_fraction: float = 0.2, max_samples: int = 0,
+    ties: str = "drop",
 ) -> DirectionWindows:
-    """Slice ``df`` into windows and labels, standardise with train statistics only, split in time."""
+    """Slice ``df`` into windows and labels, standardise with train statistics only, split in time.
+
+    The split is made on all windows (the gap is counted in windows, ties included); with ``ties="drop"`` the
+    windows whose close does not change over the horizon are then removed from both sides."""
+    require_choice("ties", ties, ("drop", "down"))
     require_int("window", window, minimum=2)
     require_int("horizon", horizon, minimum=1)
     require_fraction("val_fraction", val_fraction)
@@ -88,15 +96,24 @@ def make_direction_windows(
     ends = np.arange(window - 1, window - 1 + n)  # index of the last bar of each window
     if max_samples and n > max_samples:
         ends = ends[-max_samples:]
-    labels = (close[ends + horizon] > close[ends]).astype(np.float32)
+    later, now = close[ends + horizon], close[ends]
     n_val = _n_val(len(ends), val_fraction)
     train_ends, val_ends = ends[: len(ends) - n_val - gap], ends[len(ends) - n_val :]
+    tie = later == now
+    n_ties = int(tie[: len(train_ends)].sum() + tie[len(ends) - n_val :].sum())
+    if ties == "drop":
+        train_ends = train_ends[~tie[: len(train_ends)]]
+        val_ends = val_ends[~tie[len(ends) - n_val :]]
+        if not (len(train_ends) and len(val_ends)):
+            raise ValueError(f"every {'train' if not len(train_ends) else 'validation'} window ends on an unchanged "
+                             "close over the horizon (a tie); expected data whose close moves, or ties='down'")
+    label = lambda e: (close[e + horizon] > close[e]).astype(np.float32)  # noqa: E731
     idx = np.arange(window)
     x = feats[(train_ends[:, None] - window + 1) + idx]
     mean, std = x.reshape(-1, x.shape[-1]).mean(0), x.reshape(-1, x.shape[-1]).std(0) + 1e-8
     xv = feats[(val_ends[:, None] - window + 1) + idx]
     return DirectionWindows(
-        torch.from_numpy((x - mean) / std), torch.from_numpy(labels[: len(train_ends)]),
-        torch.from_numpy((xv - mean) / std), torch.from_numpy(labels[len(ends) - n_val:]),
-        window, horizon,
+        torch.from_numpy((x - mean) / std), torch.from_numpy(label(train_ends)),
+        torch.from_numpy((xv - mean) / std), torch.from_numpy(label(val_ends)),
+        window, horizon, n_ties,
     )

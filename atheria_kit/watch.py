@@ -51,7 +51,7 @@ class RunView:
     since_update: float | None = None
     typical_unit_seconds: float | None = None
     stall_after: float = STALL_MIN_SECONDS
-    state: str = "unknown"  # running | stalled | crashed | finished | stopped | error | unreadable
+    state: str = "unknown"  # running | stalled | crashed | finished | stopped_early | stopped | error | unreadable
     problem: str = ""
 
     @property
@@ -159,8 +159,12 @@ def format_run(view: RunView, *, table: bool = True) -> str:
     eta_text = f"   ETA {_duration(eta)}" if view.state == "running" and _is_number(eta) else ""
     lines.append(f"  progress  {_progress_text(p)}{eta_text}")
     metrics = p.get("metrics") or {}
-    if metrics:
-        lines.append("  metrics   " + "  ".join(f"{k}={_num(v)}" for k, v in metrics.items()))
+    if "folds_planned" in metrics:  # a finished walk-forward stage: its summary over all folds
+        lines.extend(_stage_lines(metrics))
+    elif metrics:
+        label = f"last {p.get('unit', 'unit')}" + (" (the stage summary comes when it ends)"
+                                                     if p.get("kind") == "walkforward" else "")
+        lines.append(f"  metrics   {label}: " + "  ".join(f"{k}={_num(v)}" for k, v in metrics.items()))
     lines.append(f"  memory    {_bytes(p.get('memory_rss_bytes'))} RSS (pid {p.get('pid', '?')})")
     typical = f", typical {p.get('unit', 'unit')} {_duration(view.typical_unit_seconds)}" if view.typical_unit_seconds else ""
     lines.append(f"  updated   {_duration(view.since_update)} ago{typical}")
@@ -172,6 +176,38 @@ def format_run(view: RunView, *, table: bool = True) -> str:
         lines.append(f"  last {min(len(view.records), _TABLE_ROWS)} of {len(view.records)} {p.get('unit', 'unit')}s:")
         lines.extend("    " + row for row in _table(view.records[-_TABLE_ROWS:]))
     return "\n".join(lines)
+
+
+_STATS = ("mean", "median", "std", "min", "max")
+
+
+def _stage_lines(m: dict[str, Any]) -> list[str]:
+    """A walk-forward stage summary (``<metric>_<stat>`` keys, baselines' means, money) as an aligned block."""
+    done, planned, cover = m.get("folds_completed"), m.get("folds_planned"), m.get("test_coverage")
+    cover_text = f", {100 * cover:.1f} % of the test period" if _is_number(cover) else ""
+    lines = [f"  stage     summary over {done} of {planned} planned folds{cover_text}"]
+    names = [k[: -len("_mean")] for k in m if k.endswith("_mean")]
+    names = [n for n in names if all(f"{n}_{s}" in m for s in _STATS)]  # the baselines have means only
+    if names:
+        width = max(len(n) for n in names)
+        lines.append("            " + " " * width + "".join(f"{s:>9}" for s in _STATS))
+        for n in names:
+            lines.append(f"            {n:<{width}}" + "".join(f"{_num(m[f'{n}_{s}']):>9}" for s in _STATS))
+    bases = [(label, m[key]) for key, label in (("last_bar_auc_mean", "last-bar"), ("majority_auc_mean", "majority"))
+             if key in m]
+    if bases:
+        lines.append("  baselines mean AUC " + ", ".join(f"{label} {_num(v)}" for label, v in bases))
+    money = [(k[: -len("_sharpe")], m[k]) for k in m if k.endswith("_sharpe")]
+    if money:
+        lines.append("  money     after costs: " + ", ".join(
+            f"{name} {_pct(m.get(f'{name}_total_return'))} (Sharpe {_num(v)})" for name, v in money))
+    if "dsr" in m:
+        lines.append(f"  real?     PSR {_num(m.get('psr'))}, DSR {_num(m['dsr'])} after {m.get('trials')} trials")
+    return lines
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:+.1f} %" if _is_number(v) and math.isfinite(v) else "?"
 
 
 def _table(records: list[dict[str, Any]]) -> list[str]:

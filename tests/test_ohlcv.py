@@ -99,6 +99,31 @@ def test_resample_to_coarser_timeframe_matches_hand_aggregation():
         ohlcv.resample_ohlcv(h1, "15m")
 
 
+def test_partial_first_and_last_bins_are_dropped_or_marked():
+    """1-minute bars from 00:06 to 00:52 (47 bars): the 15-minute bins at 00:00 (9 bars) and 00:45 (8 bars) are
+    partial; 00:15 and 00:30 hold 15 bars each."""
+    m1 = ohlcv.load_ohlcv(M1).iloc[6:53]
+    assert (m1.index[0], m1.index[-1]) == (pd.Timestamp("2025-05-20T00:06Z"), pd.Timestamp("2025-05-20T00:52Z"))
+    got = ohlcv.resample_ohlcv(m1, "15m")
+    assert list(got.index) == [pd.Timestamp("2025-05-20T00:15Z"), pd.Timestamp("2025-05-20T00:30Z")]
+    rows = m1.loc["2025-05-20T00:15Z":"2025-05-20T00:29Z"]
+    assert len(rows) == 15
+    assert got.iloc[0].to_dict() == {
+        "open": rows["open"].iloc[0], "high": rows["high"].max(), "low": rows["low"].min(),
+        "close": rows["close"].iloc[-1], "volume": pytest.approx(rows["volume"].sum()),
+    }
+    assert got.attrs["partial_bins"] == 2
+    assert got.attrs["partial_bin_times"] == ("2025-05-20T00:00:00+00:00", "2025-05-20T00:45:00+00:00")
+    marked = ohlcv.resample_ohlcv(m1, "15m", partial="mark")
+    assert len(marked) == 4 and marked.attrs["partial_bins"] == 2
+    assert marked.loc["2025-05-20T00:45Z", "close"] == m1["close"].iloc[-1]  # kept as it is, 8 minutes
+    # complete edges: nothing dropped
+    full = ohlcv.resample_ohlcv(ohlcv.load_ohlcv(M1).iloc[15:60], "15m")
+    assert len(full) == 3 and full.attrs["partial_bins"] == 0
+    with pytest.raises(ValueError, match="partial='keep' is invalid"):
+        ohlcv.resample_ohlcv(m1, "15m", partial="keep")
+
+
 def test_resample_does_not_fill_gaps():
     h1 = ohlcv.load_ohlcv(H1)
     h2 = ohlcv.resample_ohlcv(h1, "2h")

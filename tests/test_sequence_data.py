@@ -41,3 +41,25 @@ def test_split_keeps_a_gap_of_window_plus_horizon(window, horizon, max_samples):
     assert np.array_equal(w.y_train.numpy(), (close[train + horizon] > close[train]).astype(np.float32))
     assert np.array_equal(w.y_val.numpy(), (close[val + horizon] > close[val]).astype(np.float32))
     assert w.x_train.shape[1:] == (window, 4) and w.x_val.shape[1:] == (window, 4)
+
+
+def test_windows_ending_on_an_unchanged_close_are_left_out_by_default():
+    """Closes on a coarse grid make ties; the split is the same as without them, minus the tie windows."""
+    df = ohlcv.synthetic_ohlcv(400, seed=2)
+    df[["open", "high", "low", "close"]] = df[["open", "high", "low", "close"]].round(0)
+    window, horizon = 8, 1
+    close = df["close"].to_numpy()
+    ends = np.arange(window - 1, len(df) - horizon)
+    n_val = int(len(ends) * 0.2)
+    train, val = ends[: len(ends) - n_val - window - horizon], ends[len(ends) - n_val :]
+    tie = lambda e: close[e + horizon] == close[e]  # noqa: E731
+    assert tie(train).sum() >= 10 and tie(val).sum() >= 2  # the rounding made ties on both sides
+    w = make_direction_windows(df, window=window, horizon=horizon)
+    assert w.n_ties == tie(train).sum() + tie(val).sum()
+    kept_train, kept_val = train[~tie(train)], val[~tie(val)]
+    assert len(w.x_train) == len(kept_train) and len(w.x_val) == len(kept_val)
+    assert np.array_equal(w.y_val.numpy(), (close[kept_val + horizon] > close[kept_val]).astype(np.float32))
+    down = make_direction_windows(df, window=window, horizon=horizon, ties="down")
+    assert len(down.x_train) == len(train) and down.y_train.numpy()[tie(train)].sum() == 0  # ties labelled 0
+    with pytest.raises(ValueError, match="ties='up' is invalid"):
+        make_direction_windows(df, window=window, ties="up")

@@ -14,8 +14,16 @@ from typing import Any
 
 from atheria_kit import ohlcv
 from atheria_kit._io import read_yaml_mapping
-from atheria_kit._validation import require_choice, require_fraction, require_int, require_positive
+from atheria_kit._validation import (
+    require_bool,
+    require_choice,
+    require_fraction,
+    require_int,
+    require_positive,
+)
+from atheria_kit.walkforward.evaluation import DEFAULT_LEAK_AUC, DEFAULT_LEAK_BASELINE_AUC
 from atheria_kit.walkforward.gate import GateCriteria
+from atheria_kit.walkforward.labels import TIE_POLICIES
 from atheria_kit.walkforward.models import MODELS, effective_model
 
 MODES: tuple[str, ...] = ("quick", "full", "sequential", "count")
@@ -71,14 +79,23 @@ class WalkForwardConfig:
     out_of_core: str | bool = "auto"
     model: str = "logreg"
     use_gpu: bool = False
+    # early stopping across folds: None = on in quick mode only (a full stage tests every planned fold)
+    early_stopping: bool | None = None
     patience: int = 3
+    ties: str = "drop"  # an unchanged close: "drop" (excluded from training and metrics) or "down" (labelled 0)
+    partial_bins: str = "drop"  # resampling: partial first/last bins "drop"ped or kept and listed ("mark")
+    # money view: positions from the out-of-sample P(up), costs of the ensemble backtest (per side, fraction)
+    trade_threshold: float = 0.5
+    fee: float = 0.001
+    slippage: float = 0.0005
     seed: int = 0
     resume: bool = False
     out: str = "artifacts"
     jobs: int = 1
     backend: str = "loky"
     scheduler: str | None = None
-    leak_auc: float = 0.56
+    leak_auc: float = DEFAULT_LEAK_AUC
+    leak_baseline_auc: float = DEFAULT_LEAK_BASELINE_AUC
     gate_recall: float = 0.35
     gate_accuracy: float = 0.60
     gate_auc: float = 0.61
@@ -108,7 +125,18 @@ class WalkForwardConfig:
                 f"out_of_core='on' with model={effective_model(self.model, self.use_gpu)!r} is invalid; the "
                 "out-of-core path trains logistic regression only (model='logreg', without --use-gpu)"
             )
+        if self.early_stopping is not None:
+            require_bool("early_stopping", self.early_stopping)
         require_int("patience", self.patience, minimum=1)
+        require_choice("ties", self.ties, TIE_POLICIES)
+        require_choice("partial_bins", self.partial_bins, ohlcv.PARTIAL_BINS)
+        if not (isinstance(self.trade_threshold, (int, float)) and 0.5 <= self.trade_threshold < 1):
+            raise ValueError(f"trade_threshold={self.trade_threshold!r} is invalid; expected a probability in "
+                             "[0.5, 1): long above it, short (long/short) below 1 - it")
+        for name in ("fee", "slippage"):  # the ensemble backtest's rule (BacktestConfig)
+            value = require_positive(name, getattr(self, name), allow_zero=True)
+            if value >= 0.5:
+                raise ValueError(f"{name}={value!r} is invalid; expected a fraction of the traded value in [0, 0.5)")
         require_int("seed", self.seed, minimum=0)
         require_int("jobs", self.jobs, minimum=-1)
         if self.jobs == 0:  # joblib would fail later, deep inside, on n_jobs=0
@@ -117,6 +145,7 @@ class WalkForwardConfig:
         if self.backend == "dask" and not self.scheduler:
             raise ValueError("scheduler=None is invalid with backend='dask'; expected a scheduler address")
         require_fraction("leak_auc", self.leak_auc)
+        require_fraction("leak_baseline_auc", self.leak_baseline_auc)
         if self.budget_seconds is not None:
             require_positive("budget_seconds", self.budget_seconds)
         self.gate  # validates the thresholds  # noqa: B018
@@ -139,6 +168,10 @@ class WalkForwardConfig:
         Not for ``data="synthetic"``, which names no file."""
         return Path(self.data) if self.data else ohlcv.sample_path(self.symbol, "1h")
 
+    def uses_early_stopping(self, mode: str) -> bool:
+        """Whether a stage of ``mode`` stops after ``patience`` folds without a better AUC (default: quick only)."""
+        return mode == "quick" if self.early_stopping is None else bool(self.early_stopping)
+
     @property
     def embargo_ns(self) -> int:
         return int(round(self.embargo_minutes * 60e9))
@@ -156,7 +189,8 @@ class WalkForwardConfig:
 
         ``out_of_core`` is left out: the runner adds the model actually trained (``logreg_sgd`` out of core)."""
         skip = {"resume", "out", "jobs", "backend", "scheduler", "confirm", "budget_seconds", "memory_threshold",
-                "chunk_size", "out_of_core", "gate_recall", "gate_accuracy", "gate_auc", "gate_f1", "leak_auc", "extra"}
+                "chunk_size", "out_of_core", "gate_recall", "gate_accuracy", "gate_auc", "gate_f1", "leak_auc",
+                "leak_baseline_auc", "trade_threshold", "fee", "slippage", "extra"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 

@@ -107,15 +107,22 @@ class SGDLogisticRegression(ClassifierMixin, BaseEstimator):
         self.seed = seed
 
     def fit(self, X, y: np.ndarray) -> SGDLogisticRegression:
+        """Fit on the rows whose label is 0 or 1; a NaN label (an excluded tie) is skipped, in the scaler too."""
         # y stays as given (an array, or an on-disk column view) and is read block by block with X
         if len(X) != len(y) or not len(y):
             raise ValueError(f"X has {len(X)} rows and y {len(y)}; expected the same, non-zero number")
         scaler = StandardScaler()
-        for _, _, block in iter_row_chunks(X, self.chunk_rows):
-            scaler.partial_fit(block)
+        labelled = 0
+        for start, stop, block in iter_row_chunks(X, self.chunk_rows):
+            keep = ~np.isnan(np.asarray(y[start:stop], dtype=np.float64))
+            labelled += int(keep.sum())
+            if keep.any():
+                scaler.partial_fit(block[keep])
+        if not labelled:
+            raise ValueError(f"all {len(y)} labels are NaN; expected rows labelled 0 or 1")
         # constant step with averaging (ASGD) came closest to lbfgs in our comparisons; "optimal" with the tiny
         # alpha of large data took steps that were too long and lost up to 0.015 AUC
-        clf = SGDClassifier(loss="log_loss", alpha=1.0 / (self.C * len(y)), learning_rate="constant",
+        clf = SGDClassifier(loss="log_loss", alpha=1.0 / (self.C * labelled), learning_rate="constant",
                             eta0=self.eta0, average=True, random_state=self.seed)
         rng = np.random.default_rng(self.seed)
         starts = np.arange(0, len(y), self.chunk_rows)
@@ -126,8 +133,10 @@ class SGDLogisticRegression(ClassifierMixin, BaseEstimator):
                 stop = min(len(y), int(start) + self.chunk_rows)
                 block = read(int(start), stop) if read is not None else np.asarray(X[start:stop])
                 order = rng.permutation(stop - int(start))
-                labels = np.asarray(y[int(start) : stop], dtype=np.float64)
-                clf.partial_fit(scaler.transform(block)[order], labels[order], classes=classes)
+                labels = np.asarray(y[int(start) : stop], dtype=np.float64)[order]
+                keep = ~np.isnan(labels)
+                if keep.any():
+                    clf.partial_fit(scaler.transform(block)[order][keep], labels[keep], classes=classes)
         self.scaler_, self.clf_, self.classes_ = scaler, clf, classes
         self.n_features_in_ = scaler.n_features_in_
         return self

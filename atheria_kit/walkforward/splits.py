@@ -70,23 +70,33 @@ def walk_forward_splits(
     n_splits: int = 5,
     *,
     embargo_ns: int = 0,
+    test_size: int | None = None,
     max_train_size: int | None = None,
 ) -> list[Fold]:
-    """Count-based walk-forward: ``n_splits`` equal test blocks at the end, train on everything before (purged).
+    """Count-based walk-forward: ``n_splits`` test blocks of ``test_size`` samples at the end, train on everything
+    before (purged).
 
-    Test blocks are placed like ``TimeSeriesSplit``: size ``m // (n_splits + 1)``, the last block ending at the
-    last sample. ``max_train_size`` keeps only the most recent train samples (rolling window).
+    Placed like scikit-learn's ``TimeSeriesSplit``: ``test_size`` defaults to ``m // (n_splits + 1)``, the last
+    block ends at the last sample, and ``max_train_size`` keeps only the most recent train samples (a rolling
+    window, counted after the purge, as ``TimeSeriesSplit`` counts it after its ``gap``).
     """
     require_int("n_splits", n_splits, minimum=2)
     require_int("embargo_ns", embargo_ns, minimum=0)
+    if test_size is not None:
+        require_int("test_size", test_size, minimum=1)
+    if max_train_size is not None:
+        require_int("max_train_size", max_train_size, minimum=1)
     m = len(times)
-    test_size = m // (n_splits + 1)
-    if test_size < 1:
+    size = m // (n_splits + 1) if test_size is None else test_size
+    if size < 1:
         raise SplitError(f"n_splits={n_splits} needs at least {n_splits + 1} labelled samples, got {m}")
+    if n_splits * size >= m:
+        raise SplitError(f"n_splits={n_splits} test blocks of test_size={size} need more than {n_splits * size} "
+                         f"samples (some to train on), got {m}")
     folds = []
     ranges = _is_sorted(resolved_at)
     positions = None if ranges else np.arange(m)
-    for i, start in enumerate(range(m - n_splits * test_size, m, test_size)):
+    for i, start in enumerate(range(m - n_splits * size, m, size)):
         if ranges:
             train = _purged_range(0, start, resolved_at, int(times[start]), embargo_ns)
         else:
@@ -96,10 +106,17 @@ def walk_forward_splits(
         if not len(train):
             raise SplitError(
                 f"fold {i} has no training samples after purging: {m} labelled samples are too few for "
-                f"n_splits={n_splits} with this horizon/embargo; need more than {n_splits * test_size} + the purge"
+                f"n_splits={n_splits} with this horizon/embargo; need more than {n_splits * size} + the purge"
             )
-        folds.append(Fold(i, train, range(start, start + test_size)))
+        folds.append(Fold(i, train, range(start, start + size)))
     return folds
+
+
+def _most_common_step(times: np.ndarray, sample: int = 10_001) -> int:
+    """The most common step between the first ``sample`` times (the bar interval on gapped data too)."""
+    head = np.asarray(times[:sample], dtype=np.int64)
+    values, counts = np.unique(np.diff(head), return_counts=True)
+    return int(values[np.argmax(counts)]) if len(values) else 1
 
 
 def time_splits(
@@ -112,11 +129,15 @@ def time_splits(
     train_window_days: float | None = None,
     test_span_days: float | None = None,
     embargo_ns: int = 0,
+    bar_ns: int | None = None,
 ) -> list[Fold]:
     """Time-based walk-forward: consecutive test periods of ``test_period_days`` tiled backwards from the end.
 
-    A period is used only if at least ``min_train_days`` of data precede it; ``test_span_days`` limits the tested
-    span to the most recent days (quick mode). ``window="rolling"`` trains on the last ``train_window_days`` only.
+    The end is where the last sample's bar closes (its open time + ``bar_ns``, the bar interval; inferred from
+    the times when not given), so the periods start on bar boundaries. A period is used when at least
+    ``min_train_days`` of data precede it (exactly ``min_train_days`` is enough); ``test_span_days`` limits
+    the tested span to the most recent days (quick mode). ``window="rolling"`` trains on the last
+    ``train_window_days`` only.
     """
     require_choice("window", window, ("expanding", "rolling"))
     for name, value in (("test_period_days", test_period_days), ("min_train_days", min_train_days)):
@@ -127,11 +148,14 @@ def time_splits(
     m = len(times)
     if m < 2:
         raise SplitError(f"need labelled samples to split, got {m}")
-    period = int(test_period_days * _DAY_NS)
-    first, end = int(times[0]), int(times[-1]) + 1
-    floor = first + int(min_train_days * _DAY_NS)
+    if bar_ns is None:
+        bar_ns = _most_common_step(times)
+    require_int("bar_ns", bar_ns, minimum=1)
+    period = int(round(test_period_days * _DAY_NS))
+    first, end = int(times[0]), int(times[-1]) + bar_ns
+    floor = first + int(round(min_train_days * _DAY_NS))
     if test_span_days is not None:
-        floor = max(floor, end - int(test_span_days * _DAY_NS))
+        floor = max(floor, end - int(round(test_span_days * _DAY_NS)))
     bounds = []
     stop = end
     while stop - period >= floor:

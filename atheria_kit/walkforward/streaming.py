@@ -23,6 +23,7 @@ work files live in the run directory and are removed when the run ends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -38,11 +39,11 @@ from atheria_kit import _io, ohlcv
 from atheria_kit.walkforward import evaluation as ev
 from atheria_kit.walkforward import features as feats
 from atheria_kit.walkforward.config import WalkForwardConfig
+from atheria_kit.walkforward.dataset import Dataset, load_bars
 from atheria_kit.walkforward.disk import DiskColumn, DiskMatrix, NpyWriter
 from atheria_kit.walkforward.evaluation import StreamingMetrics
 from atheria_kit.walkforward.labels import direction_labels, last_bar_up
 from atheria_kit.walkforward.models import STREAMING_MODEL, effective_model
-from atheria_kit.walkforward.runner import Dataset, load_bars
 
 logger = logging.getLogger(__name__)
 
@@ -166,14 +167,18 @@ class BarStore:
 
 
 def _resample_store(store: BarStore, timeframe: str, interval: pd.Timedelta, directory: Path,
-                    chunk_rows: int) -> BarStore:
-    """``ohlcv.resample_ohlcv`` chunk by chunk: the last (maybe incomplete) bin of a chunk waits for the next."""
+                    chunk_rows: int, partial: str = "drop") -> tuple[BarStore, int]:
+    """``ohlcv.resample_ohlcv`` chunk by chunk: the last (maybe incomplete) bin of a chunk waits for the next.
+    Returns the new store and the number of partial edge bins (dropped, or kept with ``partial="mark"``)."""
     target = ohlcv.timeframe_to_timedelta(timeframe)
     ohlcv._check_coarsen(timeframe, target, interval)
+    first_ns = int(store.read(0, 1).index.asi8[0])
     # pandas' default origin ("start_day"): midnight of the first bar's day; fixed here for every chunk
-    origin = pd.Timestamp(int(store.read(0, 1).index.asi8[0]), tz="UTC").floor("D")
+    origin = pd.Timestamp(first_ns, tz="UTC").floor("D")
+    first_bin = origin.value + (first_ns - origin.value) // target.value * target.value
     out = BarStore(directory)
     carry = None
+    edges = 0
     for chunk in store.chunks(chunk_rows):
         frame = chunk if carry is None else pd.concat([carry, chunk])
         bins = (frame.index.asi8 - origin.value) // target.value
@@ -182,11 +187,25 @@ def _resample_store(store: BarStore, timeframe: str, interval: pd.Timedelta, dir
         if len(part):
             res = part.resample(target, label="left", closed="left", origin=origin).agg(ohlcv._AGG)
             counts = part["close"].resample(target, label="left", closed="left", origin=origin).count()
-            out.append(res[counts.to_numpy() > 0])  # bins without any bar are dropped, not filled
-    if carry is not None and len(carry):
-        out.append(carry.resample(target, label="left", closed="left", origin=origin).agg(ohlcv._AGG))
+            res = res[counts.to_numpy() > 0]  # bins without any bar are dropped, not filled
+            if len(out) == 0 and edges == 0 and first_ns > first_bin:  # the partial first bin
+                edges = 1
+                if partial == "drop":
+                    res = res.iloc[1:]
+            out.append(res)
+    last = carry.resample(target, label="left", closed="left", origin=origin).agg(ohlcv._AGG)
+    last_bin = int(last.index.asi8[0])
+    first_partial, last_partial = ohlcv.partial_edges(first_ns, int(carry.index.asi8[-1]), first_bin, last_bin,
+                                                      interval, target)
+    only_bin = last_bin == first_bin
+    if only_bin and first_partial:
+        edges = 1
+    elif last_partial:
+        edges += 1
+    if not (partial == "drop" and (last_partial or (only_bin and first_partial))):
+        out.append(last)
     _io.remove_tree(store.directory)
-    return out
+    return out, edges
 
 
 def load_bars_to_disk(config: WalkForwardConfig, directory: Path, bars: pd.DataFrame | None = None
@@ -202,7 +221,8 @@ def load_bars_to_disk(config: WalkForwardConfig, directory: Path, bars: pd.DataF
         for part in iter_ohlcv_chunks(frame, chunk):
             store.append(part)
         info = {"source": str(frame.attrs.get("source", "in-memory frame")),
-                "synthetic": bool(frame.attrs.get("synthetic", False)), "gaps": int(frame.attrs.get("gaps", 0))}
+                "synthetic": bool(frame.attrs.get("synthetic", False)), "gaps": int(frame.attrs.get("gaps", 0)),
+                "partial_bins": int(frame.attrs.get("partial_bins", 0))}
         return store, info
     path = config.data_path()
     lo, hi = ohlcv._to_utc(config.start, "start"), ohlcv._to_utc(config.end, "end")
@@ -241,10 +261,16 @@ def load_bars_to_disk(config: WalkForwardConfig, directory: Path, bars: pd.DataF
     if gaps:
         logger.warning("%s: %d missing bars on the %s grid (not filled)", path.name, gaps, interval)
     if interval != ohlcv.timeframe_to_timedelta(config.timeframe):
-        store = _resample_store(store, config.timeframe, interval, directory / "bars", chunk)
+        store, partial = _resample_store(store, config.timeframe, interval, directory / "bars", chunk,
+                                         config.partial_bins)
+    else:
+        partial = 0
+    if not len(store):
+        raise ohlcv.OHLCVError(f"{path.name}: no complete {config.timeframe} bar: the data holds only partial bins "
+                               "(set partial_bins='mark' to keep them)")
     if config.max_bars and len(store) > config.max_bars:
         store.offset = len(store) - config.max_bars
-    return store, {"source": path.name, "synthetic": False, "gaps": int(gaps)}
+    return store, {"source": path.name, "synthetic": False, "gaps": int(gaps), "partial_bins": partial}
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -255,33 +281,66 @@ def is_out_of_core(ds: Dataset) -> bool:
 
 
 def release(ds: Dataset) -> None:
-    """Delete the work files of an out-of-core dataset (no-op for an in-memory one)."""
+    """Delete the work files of an out-of-core dataset (no-op for an in-memory one), and the run directory that
+    held them when nothing else was written there (the ``..._sequential`` directory of a sequential run)."""
     if is_out_of_core(ds):
-        _io.remove_tree(ds.X.path.parent)
+        work = ds.X.path.parent
+        _io.remove_tree(work)
+        with contextlib.suppress(OSError):
+            work.parent.rmdir()  # only succeeds when empty
 
 
 def work_dir(config: WalkForwardConfig) -> Path:
     return Path(config.out) / "direction" / config.run_name(config.mode) / WORK_DIR
 
 
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, innermost first."""
+    out = []
+    while not path.exists():
+        out.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    return out
+
+
 def build_dataset_out_of_core(config: WalkForwardConfig, directory: Path | None = None, *,
                               bars: pd.DataFrame | None = None,
                               memory_guard: Callable[[], float] | None = None) -> Dataset:
-    """The :class:`runner.Dataset` of ``build_dataset(load_bars(config))``, with ``X`` a :class:`DiskMatrix`.
+    """The :class:`dataset.Dataset` of ``build_dataset(load_bars(config))``, with every column on disk.
 
-    Same rows, same labels, label times and feature values (bit for bit); only the feature matrix is on disk.
+    Same rows, same labels, label times, bar prices and feature values (bit for bit). The data is validated
+    while the work files are written; when it fails, the work files and every directory created for them are
+    removed, so the output folder is left as it was.
     """
     directory = Path(directory) if directory is not None else work_dir(config)
     if directory.exists():
         _io.remove_tree(directory)  # left over from a killed run: rebuilt (deterministic)
+    created = _missing_dirs(directory)
     directory.mkdir(parents=True)
+    try:
+        return _build_out_of_core(config, directory, bars, memory_guard)
+    except BaseException:
+        _io.remove_tree(directory)
+        for d in created[1:]:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+def _build_out_of_core(config: WalkForwardConfig, directory: Path, bars: pd.DataFrame | None,
+                       memory_guard: Callable[[], float] | None) -> Dataset:
     store, info = load_bars_to_disk(config, directory, bars)
     n, h, chunk = len(store), config.horizon, config.chunk_size
     k = len(feats.FEATURE_NAMES)
+    ties = 0
     with NpyWriter(directory / "features.npy", "<f4", k) as X, NpyWriter(directory / "y.npy", "<f4") as y, \
             NpyWriter(directory / "times.npy", "<i8", check_increasing=True) as times, \
             NpyWriter(directory / "resolved_at.npy", "<i8", check_increasing=True) as resolved, \
-            NpyWriter(directory / "last_up.npy", "|b1") as last_up:
+            NpyWriter(directory / "last_up.npy", "|b1") as last_up, \
+            NpyWriter(directory / "bar_open.npy", "<f8") as bar_open, \
+            NpyWriter(directory / "bar_close.npy", "<f8") as bar_close:
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             lo, hi = max(0, start - feats.LOOKBACK), min(n, stop + h)
@@ -292,13 +351,16 @@ def build_dataset_out_of_core(config: WalkForwardConfig, directory: Path | None 
             # the frame ends at min(n, stop + h): its labels are those of the whole data for rows start..stop-1,
             # and a row after the first has its previous bar in the frame (LOOKBACK >= 1 rows of overlap)
             rows = slice(start - lo, stop - lo)
-            lab = direction_labels(frame, h)
-            keep = lab.valid[rows] & np.isfinite(block).all(axis=1)
+            lab = direction_labels(frame, h, config.ties)
+            keep = lab.resolved[rows] & np.isfinite(block).all(axis=1)
             X.append(block[keep])
             y.append(lab.y[rows][keep])
             times.append(frame.index.as_unit("ns").asi8[rows][keep])
             resolved.append(lab.resolved_at[rows][keep])
             last_up.append(last_bar_up(frame["close"].to_numpy())[rows][keep])
+            bar_open.append(frame["open"].to_numpy(np.float64)[rows][keep])
+            bar_close.append(frame["close"].to_numpy(np.float64)[rows][keep])
+            ties += int(np.count_nonzero(lab.tie[rows][keep]))
             del frame, block, lab
     _io.remove_tree(store.directory)  # the bars are no longer needed: the features, labels and times are built
     if not (times.increasing and resolved.increasing):  # validated bars make both strictly increasing
@@ -306,12 +368,14 @@ def build_dataset_out_of_core(config: WalkForwardConfig, directory: Path | None 
                            "please report this with the data file")
     column = lambda w: DiskColumn.open(w.path, increasing=w.increasing)  # noqa: E731
     return Dataset(X=DiskMatrix(X.path, (X.rows, k)), y=column(y), times=column(times), resolved_at=column(resolved),
-                   last_up=column(last_up), feature_names=tuple(feats.FEATURE_NAMES), **info)
+                   last_up=column(last_up), bar_open=column(bar_open), bar_close=column(bar_close),
+                   feature_names=tuple(feats.FEATURE_NAMES), ties=ties, tie_policy=config.ties, **info)
 
 
 def evaluate_fold(model, ds: Dataset, fold, predictions: IO[bytes], *, block_rows: int = 65_536) -> dict[str, float]:
-    """The fold's metrics (model, ``majority_*``, ``last_bar_*``) over its test rows, read block by block; the
-    model's test predictions are written to ``predictions`` as a float32 ``.npy`` file.
+    """The fold's metrics (model, ``majority_*``, ``last_bar_*``) over its labelled test rows, read block by
+    block, and its row counts (``train_size``, ``test_size``: labelled rows; ``test_up``; ``test_ties``); the
+    model's predictions for every test row are written to ``predictions`` as a float32 ``.npy`` file.
 
     Memory is a few blocks of ``block_rows`` rows whatever the size of the fold (:class:`StreamingMetrics`
     spills to the work directory for the exact AUC).
@@ -323,18 +387,23 @@ def evaluate_fold(model, ds: Dataset, fold, predictions: IO[bytes], *, block_row
     prior, p_up, p_down = ev.baseline_rates(counts)
     X, y, last = ds.X[fold.test], ds.y[fold.test], ds.last_up[fold.test]
     spill = ds.X.path.parent
+    n_up = ties = 0
     with StreamingMetrics(spill) as m_model, StreamingMetrics(spill) as m_major, StreamingMetrics(spill) as m_last, \
             NpyWriter(predictions, "<f4") as out:
         for start, stop, yb in y.iter_blocks(block_rows):
             proba = model.predict_proba(X.read(start, stop))[:, 1]
             out.append(proba)
-            m_model.update(yb, proba)
-            m_major.update(yb, np.full(len(yb), prior))
-            m_last.update(yb, np.where(last.read(start, stop), p_up, p_down))
+            lab = ~np.isnan(yb)
+            yl = yb[lab]
+            ties += len(yb) - len(yl)
+            n_up += int(np.count_nonzero(yl == 1))
+            m_model.update(yl, proba[lab])
+            m_major.update(yl, np.full(len(yl), prior))
+            m_last.update(yl, np.where(last.read(start, stop)[lab], p_up, p_down))
         rec = m_model.result()
         rec.update({f"majority_{k}": v for k, v in m_major.result().items()})
         rec.update({f"last_bar_{k}": v for k, v in m_last.result().items()})
-    return rec
+    return {"train_size": int(counts[0]), "test_size": m_model.n, "test_up": n_up, "test_ties": ties, **rec}
 
 
 # -------------------------------------------------------------------------------------------------- choice

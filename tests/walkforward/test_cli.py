@@ -3,6 +3,8 @@ dask LocalCluster (threads), each giving exactly the fold metrics of running the
 
 from __future__ import annotations
 
+import argparse
+import ast
 import json
 import os
 import subprocess
@@ -108,8 +110,56 @@ def test_atheria_walkforward_two_symbols_two_jobs(tmp_path):
            "--mode", "count", "--n-splits", "3", "--jobs", "2", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "effective configuration:" in proc.stdout and "AAA_1h_H1_logreg_count: finished, 3 folds" in proc.stdout
+    assert "effective configuration:" in proc.stdout and "AAA_1h_H1_logreg_count: finished: all 3 planned folds tested" in proc.stdout
     saved = yaml.safe_load((tmp_path / "walkforward_config.yaml").read_text())
     assert saved["synthetic_bars"] == 3000 and saved["n_splits"] == 3 and saved["jobs"] == 2  # env + flags
     a, b = (_fold_metrics(tmp_path / "direction" / f"{s}_1h_H1_logreg_count") for s in ("AAA", "BBB"))
     assert len(a) == 3 and a == b  # same seed -> same synthetic bars -> same folds, whichever process ran them
+
+
+def test_help_has_no_markup_and_every_flag_a_metavar_and_help():
+    parser = build_parser(only="walkforward")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["walkforward"]
+    text = sub.format_help()
+    assert "``" not in text and "FROM_" not in text and "ATHERIA_*" in text
+    for action in sub._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and action.help.strip(), action.option_strings
+        if action.nargs != 0:  # a flag that takes a value names it
+            assert action.metavar and action.metavar.isupper(), action.option_strings
+    assert "--from DATE" in text and "--seed N" in text
+
+
+def test_walkforward_modules_import_each_other_without_a_cycle():
+    """Each module stands above what it uses: the import graph of atheria_kit.walkforward (function-level
+    imports included) has no cycle."""
+    package = REPO / "atheria_kit" / "walkforward"
+    graph = {}
+    for path in package.glob("*.py"):
+        name = f"atheria_kit.walkforward.{path.stem}"
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "atheria_kit.walkforward":
+                    deps |= {f"{node.module}.{a.name}" for a in node.names}
+                elif node.module.startswith("atheria_kit.walkforward."):
+                    deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("atheria_kit.walkforward.")}
+        graph[name] = deps - {name}
+    assert graph["atheria_kit.walkforward.runner"] >= {"atheria_kit.walkforward.streaming"}
+    order, state = [], {}
+
+    def visit(node, trail):
+        if state.get(node) == "done":
+            return
+        assert state.get(node) != "open", "import cycle: " + " -> ".join([*trail, node])
+        state[node] = "open"
+        for dep in sorted(graph.get(node, ())):
+            visit(dep, [*trail, node])
+        state[node] = "done"
+        order.append(node)
+
+    for node in sorted(graph):
+        visit(node, [])

@@ -56,23 +56,51 @@ def test_baselines_by_hand():
     np.testing.assert_array_equal(ev.last_bar_baseline(y_tr, np.ones(8, bool), np.array([False])), [0.625])
 
 
-def test_summary_mean_and_std_over_folds():
-    folds = [{"auc": 0.5, "accuracy": 0.6, "last_bar_auc": 0.52}, {"auc": 0.54, "accuracy": 0.4, "last_bar_auc": 0.5}]
+def test_summary_mean_median_spread_over_folds_by_hand():
+    folds = [{"auc": 0.5, "accuracy": 0.6, "last_bar_auc": 0.52}, {"auc": 0.54, "accuracy": 0.4, "last_bar_auc": 0.5},
+             {"auc": 0.58, "accuracy": 0.5, "last_bar_auc": 0.51}]
     s = ev.summarize(folds)
     assert list(s.index) == ["model", "last_bar"]
-    assert s.loc["model", "auc"] == pytest.approx(0.52) and s.loc["model", "auc_std"] == pytest.approx(0.02)
-    assert s.loc["model", "accuracy"] == pytest.approx(0.5) and s.loc["last_bar", "auc"] == pytest.approx(0.51)
+    m = s.loc["model"]
+    # 0.5, 0.54, 0.58: mean 0.54, median 0.54, population sd sqrt((0.04^2 + 0 + 0.04^2) / 3)
+    assert m["auc"] == pytest.approx(0.54) and m["auc_median"] == pytest.approx(0.54)
+    assert m["auc_std"] == pytest.approx(math.sqrt(2 * 0.04**2 / 3))
+    assert (m["auc_min"], m["auc_max"]) == (0.5, 0.58)
+    assert m["accuracy"] == pytest.approx(0.5) and s.loc["last_bar", "auc"] == pytest.approx(0.51)
+    assert s.loc["last_bar", "auc_median"] == pytest.approx(0.51)
+    # a fold with an undefined AUC (one-class test set) is left out of that metric's statistics
+    s = ev.summarize([{"auc": float("nan"), "accuracy": 1.0}, {"auc": 0.6, "accuracy": 0.5}])
+    assert s.loc["model", "auc"] == 0.6 and s.loc["model", "accuracy"] == 0.75
 
 
-def test_leak_warning_only_above_threshold():
+def test_leak_alarm_is_absolute_and_a_high_baseline_is_a_data_problem():
     assert ev.leak_warning(0.53) is None and ev.leak_warning(float("nan")) is None
     msg = ev.leak_warning(0.62)
-    assert "0.620 is above 0.56" in msg and "purging" in msg and "scalers" in msg
+    assert f"0.620 is above {ev.DEFAULT_LEAK_AUC:.3f}" in msg and "purging" in msg and "scalers" in msg
     assert ev.leak_warning(0.58, threshold=0.6) is None
-    # a model a little above a strong last-bar baseline is not suspicious; far above it is
-    assert ev.leak_warning(0.575, baseline_auc=0.564) is None
-    assert "+0.050 over the last-bar baseline (0.530)" in ev.leak_warning(0.58, baseline_auc=0.53)
-    assert ev.leak_warning(0.62, baseline_auc=float("nan")) is not None
+    # a model as good as its last-bar baseline still raises the alarm: the signature of a corrupted series
+    assert ev.leak_warning(0.95) is not None
+    assert "data problem" in ev.data_warning(0.95) and "forward-filled" in ev.data_warning(0.95)
+    assert ev.data_warning(0.53) is None and ev.data_warning(float("nan")) is None
+    assert "4.0 % of the closes are unchanged" in ev.data_warning(0.9, tie_rate=0.04)
+    # small test sets: chance alone can reach the threshold, so the alarm waits for 4 standard errors
+    assert ev.alarm_threshold(0.56, 0.03) == pytest.approx(0.62) and ev.alarm_threshold(0.56, 0.001) == 0.56
+    assert ev.leak_warning(0.60, null_se=0.03) is None and ev.leak_warning(0.63, null_se=0.03) is not None
+
+
+def test_null_standard_error_of_the_mean_auc_matches_a_simulation():
+    """The Mann-Whitney null variance, checked against AUCs of random scores computed by scikit-learn."""
+    rng = np.random.default_rng(0)
+    sizes, ups = [200, 300, 150], [90, 160, 75]
+    means = []
+    for _ in range(1500):
+        aucs = []
+        for n, up in zip(sizes, ups, strict=True):
+            y = np.r_[np.ones(up), np.zeros(n - up)]
+            aucs.append(skm.roc_auc_score(y, rng.uniform(size=n)))
+        means.append(np.mean(aucs))
+    assert ev.null_auc_se(sizes, ups) == pytest.approx(np.std(means), rel=0.06)
+    assert math.isnan(ev.null_auc_se([10], [10]))  # one class: no AUC
 
 
 # ------------------------------------------------------------------------------------ StreamingMetrics

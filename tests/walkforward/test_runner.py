@@ -79,10 +79,12 @@ def test_many_folds_log_progress_every_ten_percent(tmp_path, bars):
 
 
 @pytest.mark.parametrize("patience", [1, 2])
-def test_early_stopping_across_folds_keeps_the_best_model(tmp_path, bars, patience):
+def test_early_stopping_across_folds_says_so_and_keeps_the_best_fold_model_apart(tmp_path, bars, patience):
     ds = build_dataset(bars, 1)
-    cfg = WalkForwardConfig(out=str(tmp_path / "all"), mode="count", n_splits=10, patience=100)
-    every = [f["auc"] for f in run_stage(cfg, "count", dataset=ds).folds]
+    cfg = WalkForwardConfig(out=str(tmp_path / "all"), mode="count", n_splits=10, patience=patience)
+    res_all = run_stage(cfg, "count", dataset=ds)  # count mode: early stopping is off by default
+    assert res_all.status == "finished" and len(res_all.folds) == 10
+    every = [f["auc"] for f in res_all.folds]
     # by hand from the uninterrupted run: stop after `patience` folds in a row without a new best AUC
     best, since, stop = -1.0, 0, len(every)
     for i, auc in enumerate(every):
@@ -91,14 +93,22 @@ def test_early_stopping_across_folds_keeps_the_best_model(tmp_path, bars, patien
             stop = i + 1
             break
     assert stop < 10, "the data should trigger early stopping; pick another seed"
-    cfg = WalkForwardConfig(out=str(tmp_path / "es"), mode="count", n_splits=10, patience=patience)
+    cfg = WalkForwardConfig(out=str(tmp_path / "es"), mode="count", n_splits=10, patience=patience,
+                            early_stopping=True)
     res = run_stage(cfg, "count", dataset=ds)
     assert [f["auc"] for f in res.folds] == every[:stop]
+    assert res.status == "stopped_early" and res.planned_folds == 10
+    folds = make_folds(ds, cfg, "count")
+    covered = sum(len(f.test) for f in folds[:stop]) / sum(len(f.test) for f in folds)
+    assert res.headline() == (f"stopped early after {stop} of 10 folds (AUC not improved for {patience} folds): "
+                              f"metrics cover {round(100 * covered)} % of the test period")
     assert res.best_fold == int(np.argmax(every[:stop]))
-    best_model = joblib.load(res.run_dir / "best_model.joblib")
-    fold = make_folds(ds, cfg, "count")[res.best_fold]
-    proba = best_model.predict_proba(ds.X[fold.test])[:, 1]
+    fold_model = joblib.load(res.run_dir / "fold_models" / f"fold_{res.best_fold:03d}.joblib")
+    assert [p.name for p in (res.run_dir / "fold_models").iterdir()] == [f"fold_{res.best_fold:03d}.joblib"]
+    fold = folds[res.best_fold]
+    proba = fold_model.predict_proba(ds.X[fold.test])[:, 1]
     assert ev.classification_metrics(ds.y[fold.test], proba)["auc"] == pytest.approx(max(every[:stop]), abs=1e-12)
+    assert "selected on its own test data, so its AUC is optimistic" in (res.run_dir / "report.md").read_text()
 
 
 def test_random_walk_has_no_edge_out_of_sample(tmp_path):
@@ -144,7 +154,7 @@ def test_each_fold_saves_its_test_predictions_outside_the_checkpoint(tmp_path, b
     cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=4, patience=10)
     res = run_stage(cfg, "count", dataset=ds)
     folds = make_folds(ds, cfg, "count")
-    best = joblib.load(res.run_dir / "best_model.joblib")
+    best = joblib.load(res.run_dir / "fold_models" / f"fold_{res.best_fold:03d}.joblib")
     saved = np.load(res.run_dir / "predictions" / f"fold_{res.best_fold:03d}.npy")
     want = best.predict_proba(take_rows(ds.X, folds[res.best_fold].test))[:, 1].astype(np.float32)
     np.testing.assert_array_equal(saved, want)

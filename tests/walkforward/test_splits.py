@@ -36,6 +36,28 @@ def test_rolling_window_equals_sklearn_max_train_size():
         np.testing.assert_array_equal(fold.test, test)
 
 
+@pytest.mark.parametrize(("m", "n_splits", "horizon", "test_size", "max_train_size"), [
+    (100, 5, 1, 10, None), (100, 3, 2, 25, 20), (1000, 4, 12, 50, 300), (64, 7, 0, 8, None), (500, 2, 5, None, 40),
+])
+def test_test_size_and_max_train_size_equal_sklearn(m, n_splits, horizon, test_size, max_train_size):
+    times, resolved = _grid(m, horizon)
+    ours = S.walk_forward_splits(times, resolved, n_splits, test_size=test_size, max_train_size=max_train_size)
+    ref = list(TimeSeriesSplit(n_splits=n_splits, gap=horizon, test_size=test_size,
+                               max_train_size=max_train_size).split(np.zeros(m)))
+    assert len(ours) == len(ref)
+    for fold, (train, test) in zip(ours, ref, strict=True):
+        np.testing.assert_array_equal(fold.train, train)
+        np.testing.assert_array_equal(fold.test, test)
+
+
+def test_test_blocks_that_leave_nothing_to_train_on_are_an_error():
+    times, resolved = _grid(100, 1)
+    with pytest.raises(S.SplitError, match="n_splits=5 test blocks of test_size=20 need more than 100 samples"):
+        S.walk_forward_splits(times, resolved, 5, test_size=20)
+    with pytest.raises(ValueError, match="test_size=0 is invalid"):
+        S.walk_forward_splits(times, resolved, 5, test_size=0)
+
+
 def test_embargo_removes_extra_train_samples_by_time():
     # 1-minute samples, horizon 5, embargo 30 min: train labels must resolve before test_start - 30 min
     minute = 60 * 10**9
@@ -92,6 +114,20 @@ def test_full_mode_expanding_window_and_min_train():
     assert len(folds) == 3  # (200 - 120) // 21
     assert all(f.train[0] == 0 for f in folds)
     assert (times[folds[0].test[0]] - times[0]) / (24 * HOUR) >= 120
+
+
+def test_a_test_period_with_exactly_min_train_days_of_history_is_kept():
+    """Hourly bars 2024-01-01 00:00 .. 2024-01-04 23:00 (4 days), min_train_days=2, 1-day test periods: the days
+    of January 3 and 4 are tested (January 3 has exactly 2 days of history before it), as skfolio does."""
+    start = np.datetime64("2024-01-01T00:00", "ns").astype(np.int64)
+    times = start + np.arange(96, dtype=np.int64) * HOUR
+    resolved = times + HOUR
+    folds = S.time_splits(times, resolved, test_period_days=1, min_train_days=2)
+    assert [(f.test.start, f.test.stop) for f in folds] == [(48, 72), (72, 96)]
+    assert folds[0].train == range(0, 47)  # bar 47's label is decided by the 00:00 bar of January 3: purged
+    # one hour less data and the first period no longer has 2 full days before it
+    short = S.time_splits(times[1:], resolved[1:], test_period_days=1, min_train_days=2)
+    assert [(f.test.start, f.test.stop) for f in short] == [(71, 95)]
 
 
 def test_time_split_too_short_names_days_needed():

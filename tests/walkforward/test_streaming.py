@@ -103,12 +103,14 @@ def test_not_a_number_in_a_later_chunk_names_the_file_row(tmp_path, m1):
 def _same_dataset(a, b) -> None:
     assert isinstance(b.X, DiskMatrix) and b.X.shape == a.X.shape
     assert np.array_equal(np.asarray(b.X[0 : len(b.y)]), a.X)  # bit for bit
-    for name in ("y", "times", "resolved_at", "last_up"):
+    for name in ("y", "times", "resolved_at", "last_up", "bar_open", "bar_close"):
         got, want = getattr(b, name), getattr(a, name)
         assert isinstance(got, DiskColumn), name  # on disk: nothing per bar stays in memory
-        assert got.dtype == want.dtype and np.array_equal(got, want), name
+        # y is NaN where the close did not change (a tie, excluded): NaN equals NaN here
+        assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=name == "y"), name
     assert b.times.increasing and b.resolved_at.increasing  # verified while written
-    assert (b.feature_names, b.source, b.synthetic, b.gaps) == (a.feature_names, a.source, a.synthetic, a.gaps)
+    assert (b.feature_names, b.source, b.synthetic, b.gaps, b.ties, b.partial_bins) == (
+        a.feature_names, a.source, a.synthetic, a.gaps, a.ties, a.partial_bins)
 
 
 @pytest.mark.parametrize("fmt, settings", [
@@ -117,16 +119,18 @@ def _same_dataset(a, b) -> None:
              "horizon": 3}),
     ("csv.gz", {"timeframe": "5m", "max_bars": 120}),  # resampled chunk by chunk
     ("gaps", {"timeframe": "1m", "horizon": 2}),
+    ("partial", {"timeframe": "15m"}),  # starts at 00:06, ends at 11:52: partial first and last bins dropped
+    ("partial", {"timeframe": "15m", "partial_bins": "mark"}),
 ])
 def test_out_of_core_dataset_equals_the_in_memory_one(tmp_path, m1, fmt, settings):
-    frame = m1.drop(m1.index[[5, 6, 7, 250, 399]]) if fmt == "gaps" else m1  # 5 missing bars
-    path = _write(frame, tmp_path / f"bars.{'csv' if fmt == 'gaps' else fmt}")
+    frame = {"gaps": m1.drop(m1.index[[5, 6, 7, 250, 399]]), "partial": m1.iloc[6:-7]}.get(fmt, m1)  # 5 missing bars
+    path = _write(frame, tmp_path / f"bars.{'csv' if fmt in ('gaps', 'partial') else fmt}")
     # chunk_size below the 103-bar look-back: a chunk's overlap reaches back over more than one chunk
     cfg = WalkForwardConfig(data=str(path), chunk_size=64, out=str(tmp_path / "out"), **settings)
     want = build_dataset(load_bars(cfg), cfg.horizon)
     got = st.build_dataset_out_of_core(cfg, tmp_path / "work")
     _same_dataset(want, got)
-    assert got.gaps == (5 if fmt == "gaps" else 0)
+    assert got.gaps == (5 if fmt == "gaps" else 0) and got.partial_bins == (2 if fmt == "partial" else 0)
     assert np.load(got.X.path).shape == got.X.shape  # a valid .npy file
 
 
