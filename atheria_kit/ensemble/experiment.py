@@ -7,10 +7,14 @@ Everything is after costs (``BacktestConfig``) and uses only the package's causa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,7 +45,7 @@ TURNOVER_COLUMNS = ("total_return", "gross_return", "trades_per_year", "avg_hold
 #: How each metric is shown by :func:`formatted`: percentages, integers, or numbers with 2 decimals.
 PERCENT = frozenset({"total_return", "gross_return", "max_drawdown", "win_rate", "exposure", "cost_paid",
                      "cost_per_year", "bar_share", "all", *REGIMES})
-INTEGER = frozenset({"n_trades", "trades_per_year", "turnover_per_year"})
+INTEGER = frozenset({"n_trades", "trades_per_year", "turnover_per_year", "trials"})
 
 
 @dataclass
@@ -56,6 +60,9 @@ class SymbolExperiment:
     summary: pd.DataFrame
     by_regime: pd.DataFrame
     notes: dict[str, str] = field(default_factory=dict)
+    ensemble: DynamicEnsemble | None = None
+    config: BacktestConfig | None = None
+    periods_per_year: float | None = None
 
 
 def infer_bar_minutes(bars: pd.DataFrame) -> float:
@@ -86,7 +93,7 @@ def run_symbol(bars: pd.DataFrame, symbol: str = "", *, ensemble: DynamicEnsembl
         reason = undefined_ratio_reason(res.returns.to_numpy())
         if reason is not None:
             notes[name] = f"Sharpe and Sortino undefined: {reason}"
-    return SymbolExperiment(symbol, bars, run, tests, summary, by_regime, notes)
+    return SymbolExperiment(symbol, bars, run, tests, summary, by_regime, notes, ens, cfg, ppy)
 
 
 def run_experiments(data: Mapping[str, pd.DataFrame], **kwargs) -> dict[str, SymbolExperiment]:
@@ -192,6 +199,61 @@ def reading(results: Mapping[str, SymbolExperiment]) -> str:
         "difference between strategies is not evidence of an edge without out-of-sample tests."
     )
     return "\n".join(lines)
+
+
+def trial_params(result: SymbolExperiment, variant: str) -> dict[str, Any]:
+    """The configuration of one compared variant, as a trials ledger records it: costs, and the ensemble's signal
+    threshold and turnover settings or the strategy's parameters."""
+    cfg = result.config or BacktestConfig()
+    params: dict[str, Any] = {"fee": cfg.fee, "slippage": cfg.slippage}
+    ens = result.ensemble
+    if variant in (ENSEMBLE, ENSEMBLE_RAW) and ens is not None:
+        params["signal_threshold"] = ens.signal_threshold
+        params["strategies"] = list(ens.names)
+        params["turnover"] = (ens.turnover if variant == ENSEMBLE else TurnoverControl.off()).as_dict()
+    elif ens is not None:
+        strategy = next((st for st in ens.strategies if st.name == variant), None)
+        if strategy is not None and dataclasses.is_dataclass(strategy):
+            params.update(dataclasses.asdict(strategy))
+    return params
+
+
+def study_dir(root: str | os.PathLike, result: SymbolExperiment) -> Path:
+    """Where a symbol's trials are recorded: one study per symbol and span of bars (trials on other data are
+    another study)."""
+    b = result.bars
+    return Path(root) / f"ensemble_{result.symbol or 'bars'}_{b.index[0]:%Y%m%d%H%M}_{b.index[-1]:%Y%m%d%H%M}"
+
+
+def is_it_real(results: Mapping[str, SymbolExperiment], root: str | os.PathLike) -> pd.DataFrame:
+    """Record every compared variant (not buy-and-hold, the benchmark) of each symbol as a trial in a ledger
+    under ``root`` (:func:`study_dir`), then judge the ensemble with turnover control against all the trials
+    recorded there: PSR, deflated Sharpe (DSR), probability of backtest overfitting (PBO), one reading per symbol.
+
+    A trial is a configuration: running the notebook again with the same settings records the same trials, while
+    each new setting tried (another threshold, hold, deadband, cost) adds one, so the DSR counts every variant
+    the user looked at on these bars.
+    """
+    from atheria_kit.stats import TrialsLedger, summarize_overfitting, trial_id
+
+    rows = {}
+    for sym, r in results.items():
+        ledger = TrialsLedger(study_dir(root, r))
+        for variant, res in r.backtests.items():
+            if variant != BUY_AND_HOLD:
+                ledger.record("ensemble", variant, trial_params(r, variant), res.returns,
+                              metrics={k: float(v) for k, v in r.summary.loc[variant].items()
+                                       if isinstance(v, (int, float)) and math.isfinite(v)})
+        chosen = trial_id("ensemble", ENSEMBLE, trial_params(r, ENSEMBLE))
+        try:
+            summary = summarize_overfitting(ledger, chosen, kind="ensemble", periods_per_year=r.periods_per_year)
+        except ValueError as exc:  # e.g. the ensemble never traded: its Sharpe ratio is undefined
+            rows[sym] = {"trials": ledger.n_trials, "reading": f"not assessed: {exc}"}
+            continue
+        rows[sym] = {"trials": summary.n_trials, "sharpe": summary.sharpe_annualised, "psr": summary.psr,
+                     "dsr": summary.dsr, "pbo": summary.pbo.pbo if summary.pbo is not None else math.nan,
+                     "reading": summary.reading}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def _resample_rule(index: pd.DatetimeIndex, max_points: int) -> str:

@@ -22,15 +22,18 @@ cells = [
          "COST_MULTIPLE = 2.0    #   threshold - deadband; enter only if the expected move > this x round-trip cost\n"
          "HORIZON = 1            # direction forecast: bars ahead\n"
          "MAX_EPOCHS = 100       # AdaptiveTrainer's upper bound (early stopping usually ends sooner)\n"
-         "OUTPUT_ROOT = None     # checkpoints of the forecast model; None: /content/atheria, /kaggle/working/atheria "
-         "or ./runs",
+         "OUTPUT_ROOT = None     # trials ledger and the forecast model's checkpoints; None: /content/atheria, "
+         "/kaggle/working/atheria or ./runs",
          metadata={"tags": ["parameters"]}),
     install_cell(),
     code("from pathlib import Path\n\nimport matplotlib.pyplot as plt\n\n"
          "from atheria_kit.ensemble.backtest import BacktestConfig\n"
          "from atheria_kit.ensemble.dynamic import DynamicEnsemble\n"
          "from atheria_kit.ensemble import experiment as ex\n"
-         "from atheria_kit.ensemble.turnover import TurnoverControl\n\n"
+         "from atheria_kit.ensemble.turnover import TurnoverControl\n"
+         "from atheria_kit.platform import detect_environment\n"
+         "from atheria_kit.session import default_root\n\n"
+         "root = Path(OUTPUT_ROOT) if OUTPUT_ROOT else default_root(detect_environment())\n"
          "data = ex.load_sample(SYMBOLS, max_bars=1500 if SMOKE else 0)\n"
          "print(ex.data_notes(data))  # one line per file: bars, span, missing bars\n"
          "config = BacktestConfig(fee=FEE, slippage=SLIPPAGE)\n"
@@ -56,6 +59,18 @@ cells = [
     code("ex.formatted(ex.regime_table(results))"),
     md("## Reading (computed from the numbers above)"),
     code("print(ex.reading(results))"),
+    md("## Is it real? PSR, deflated Sharpe and PBO over every variant tried on these bars\n\n"
+       "Each variant compared above (the ensemble with and without turnover control, each strategy alone; "
+       "buy-and-hold is the benchmark, not a trial) is recorded as a trial in a ledger per symbol and span of bars "
+       "under `OUTPUT_ROOT/studies`. The ensemble with turnover control is then judged against all the trials "
+       "recorded there: `psr` is the probability that its true Sharpe ratio is above 0, `dsr` (deflated Sharpe) "
+       "the probability that it is above what the best of that many luckless trials would show, `pbo` the "
+       "probability of backtest overfitting by combinatorially symmetric cross-validation. Run the notebook again "
+       "with other settings and each new variant is added to the count. `sharpe` is annualised. Details: "
+       "`docs/statistics.md`."),
+    code("real = ex.is_it_real(results, root / \"studies\")\n"
+         "print(\"\\n\".join(f\"{sym}: {text}\" for sym, text in real[\"reading\"].items()))\n"
+         "ex.formatted(real.drop(columns=\"reading\"))"),
     md("## A direction forecast from the strategies' signals and the regime (`AdaptiveTrainer`)\n\n"
        "Can the strategies' signals (signal x confidence of each), the ensemble's weights and signal, and the "
        "regime at bar *t* forecast whether the close `HORIZON` bars later is higher? The three symbols' samples "
@@ -66,10 +81,7 @@ cells = [
        "and the fit continues (or is reloaded) instead of starting over. Its test AUC and accuracy stand next to "
        "always predicting the training majority and the ensemble's own signal read as a forecast. Code: "
        "`atheria_kit/ensemble/signal_model.py`."),
-    code("from atheria_kit.ensemble import signal_model as sm\n"
-         "from atheria_kit.platform import detect_environment\n"
-         "from atheria_kit.session import default_root\n\n"
-         "root = Path(OUTPUT_ROOT) if OUTPUT_ROOT else default_root(detect_environment())\n"
+    code("from atheria_kit.ensemble import signal_model as sm\n\n"
          "model_config = sm.SignalModelConfig(horizon=HORIZON, max_epochs=min(MAX_EPOCHS, 15) if SMOKE else MAX_EPOCHS)\n"
          "fit = sm.fit_signal_model(results, model_config, checkpoint_dir=root / \"checkpoints\" / \"ensemble_signal_model\")\n"
          "print(f\"{len(fit.feature_names)} features; resumed from epoch {fit.resumed_from_epoch}\")\n"

@@ -15,6 +15,7 @@ import pytest
 
 from atheria_kit.ensemble.backtest import BacktestConfig, backtest
 from atheria_kit.ensemble.bars import data_note, load_bars
+from atheria_kit.ensemble.dynamic import DynamicEnsemble
 from atheria_kit.ensemble.experiment import (
     BUY_AND_HOLD,
     ENSEMBLE,
@@ -22,6 +23,7 @@ from atheria_kit.ensemble.experiment import (
     TURNOVER_COLUMNS,
     data_notes,
     formatted,
+    is_it_real,
     load_sample,
     metrics_table,
     plot_overview,
@@ -31,6 +33,7 @@ from atheria_kit.ensemble.experiment import (
     run_symbol,
     turnover_table,
 )
+from atheria_kit.ensemble.turnover import TurnoverControl
 from atheria_kit.ohlcv import sample_path
 
 matplotlib.use("Agg")
@@ -94,6 +97,23 @@ def test_an_undefined_ratio_is_reported_with_its_reason(btc_1h):
     assert "all 300 returns are 0" in r.notes[ENSEMBLE]
     assert "FLAT ensemble: Sharpe and Sortino undefined: zero variance" in reading({"FLAT": r})
     assert "Sharpe undefined" in reading({"FLAT": r})
+
+
+def test_every_compared_variant_is_a_trial_and_the_ensemble_is_judged_against_them(results, tmp_path):
+    from atheria_kit.stats import summarize_overfitting
+
+    table = is_it_real(results, tmp_path)
+    assert table["trials"].tolist() == [5, 5]  # ensemble, without control, three strategies (not buy-and-hold)
+    r = results["ETHUSDT"]
+    variants = [v for v in r.backtests if v != BUY_AND_HOLD]
+    direct = summarize_overfitting(pd.DataFrame({v: r.backtests[v].returns for v in variants}), ENSEMBLE,
+                                   periods_per_year=8760)
+    assert table.loc["ETHUSDT", "dsr"] == pytest.approx(direct.dsr, rel=1e-9)
+    assert table.loc["ETHUSDT", "reading"] == direct.reading
+    assert is_it_real(results, tmp_path)["trials"].tolist() == [5, 5]  # the same configurations: still 5
+    other = run_symbol(r.bars, "ETHUSDT", ensemble=DynamicEnsemble(turnover=TurnoverControl(min_hold_bars=8)))
+    again = is_it_real({"ETHUSDT": other}, tmp_path)
+    assert again.loc["ETHUSDT", "trials"] == 6  # a new turnover setting tried on the same bars counts
 
 
 def test_data_quality_is_one_printed_line_per_file_not_a_logged_warning(caplog):
