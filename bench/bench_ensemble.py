@@ -145,6 +145,11 @@ def turnover(args: argparse.Namespace) -> None:
     print(folds.to_string(index=False))
     print(f"chosen on all training months: {selection.label(report.chosen)}; without the activity floor: "
           f"{selection.label(report.unconstrained)}")
+    from atheria_kit.stats import summarize_overfitting
+
+    real = summarize_overfitting(report.trial_returns, selection.label(report.chosen), periods_per_year=YEAR_15M)
+    print(f"is it real? (the {len(report.candidates)} candidates' training returns, averaged over the symbols): "
+          f"{real.reading}")
     shipped = TurnoverControl()
     same = (shipped.min_hold_bars, shipped.deadband, shipped.cost_multiple) == (
         report.chosen.min_hold_bars, report.chosen.deadband, report.chosen.cost_multiple)

@@ -85,8 +85,16 @@ def evaluate(runs: Mapping[str, tuple[pd.DataFrame, EnsembleRun]], candidates: S
              threshold: float = 0.1, bar_minutes: float | None = None) -> pd.DataFrame:
     """:func:`window_metrics` of every candidate on every symbol and window: one row per (candidate, symbol,
     window), ``candidate`` being the index in ``candidates``. ``runs`` maps symbols to (bars, ensemble run)."""
+    return _evaluate(runs, candidates, windows, config, threshold, bar_minutes)[0]
+
+
+def _evaluate(runs, candidates, windows, config, threshold, bar_minutes,
+              keep: tuple[pd.Timestamp, pd.Timestamp] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`evaluate`'s table, and with ``keep`` each candidate's per-bar returns in that window averaged over
+    the symbols (an equal-weight portfolio; one column per candidate, as a trials ledger reads them)."""
     cfg = config or BacktestConfig()
     rows = []
+    kept: dict[int, list[pd.Series]] = {}
     for sym, (bars, run) in runs.items():
         if run.score is None or run.volatility is None:
             raise ValueError(f"runs[{sym!r}] has no score/volatility; expected DynamicEnsemble.run's output")
@@ -97,7 +105,12 @@ def evaluate(runs: Mapping[str, tuple[pd.DataFrame, EnsembleRun]], candidates: S
             for name, (start, end) in windows.items():
                 rows.append({"candidate": i, "symbol": sym, "window": name,
                              **window_metrics(res, start, end, ppy)})
-    return pd.DataFrame(rows)
+            if keep is not None:
+                r = res.returns
+                kept.setdefault(i, []).append(r[(r.index >= keep[0]) & (r.index < keep[1])])
+    returns = pd.DataFrame({label(candidates[i]): pd.concat(parts, axis=1).mean(axis=1)
+                            for i, parts in kept.items()})
+    return pd.DataFrame(rows), returns
 
 
 def select(table: pd.DataFrame, window: str, *, min_trades_per_year: float = 52.0) -> tuple[int, int]:
@@ -121,7 +134,9 @@ def select(table: pd.DataFrame, window: str, *, min_trades_per_year: float = 52.
 @dataclass
 class SelectionReport:
     """The walk-forward folds (one row per fold: its windows, the choice, and out-of-sample results of the choice,
-    of no control and of buy-and-hold), the final choice on the whole training span, and the full table."""
+    of no control and of buy-and-hold), the final choice on the whole training span, the full table, and each
+    candidate's per-bar returns over the training span averaged over the symbols (``trial_returns``, one column
+    per :func:`label`: the trials matrix for the deflated Sharpe ratio and the PBO of the choice)."""
 
     folds: pd.DataFrame
     chosen: TurnoverControl
@@ -129,6 +144,7 @@ class SelectionReport:
     candidates: tuple[TurnoverControl, ...]
     table: pd.DataFrame
     training: tuple[pd.Timestamp, pd.Timestamp]
+    trial_returns: pd.DataFrame
 
 
 def month_starts(start: pd.Timestamp, end: pd.Timestamp, months: int = 1) -> list[pd.Timestamp]:
@@ -163,7 +179,7 @@ def walk_forward_selection(runs: Mapping[str, tuple[pd.DataFrame, EnsembleRun]],
     for k in range(min_train_months, len(edges) - 1):
         windows[f"fold{k}_train"] = (start, edges[k])
         windows[f"fold{k}_test"] = (edges[k], edges[k + 1])
-    table = evaluate(runs, cands, windows, config=config, threshold=threshold, bar_minutes=bar_minutes)
+    table, trial_returns = _evaluate(runs, cands, windows, config, threshold, bar_minutes, keep=(start, end))
     hold = _buy_and_hold(runs, windows, config, bar_minutes)
     rows = []
     for k in range(min_train_months, len(edges) - 1):
@@ -181,7 +197,7 @@ def walk_forward_selection(runs: Mapping[str, tuple[pd.DataFrame, EnsembleRun]],
             "buy_and_hold_return": float(np.mean(hold[f"fold{k}_test"])),
         })
     final, free = select(table, "train", min_trades_per_year=min_trades_per_year)
-    return SelectionReport(pd.DataFrame(rows), cands[final], cands[free], cands, table, (start, end))
+    return SelectionReport(pd.DataFrame(rows), cands[final], cands[free], cands, table, (start, end), trial_returns)
 
 
 def _mean_return(rows: pd.DataFrame) -> float:

@@ -193,6 +193,9 @@ def test_walk_forward_selection_reads_only_its_training_months():
         "2024-05-01", candidates=grid, min_train_months=2, min_trades_per_year=0)
     assert again.chosen == report.chosen
     pd.testing.assert_frame_equal(again.folds, report.folds)
+    trials = report.trial_returns  # the trials matrix for DSR / PBO: training bars only, one column per candidate
+    assert list(trials.columns) == [selection.label(c) for c in report.candidates]
+    assert trials.index[0] == bars.index[0] and trials.index[-1] < pd.Timestamp("2024-05-01", tz="UTC")
     train = report.table[report.table["window"] == "train"].set_index("candidate")
     best = int(train["log_growth"].idxmax())
     assert report.chosen == report.candidates[best]
