@@ -51,14 +51,16 @@ class Life:
     never hangs on a product hang, it reports it.
     """
 
-    def __init__(self, pid: int, stdin: IO[str], stdout: IO[str], stderr_path: Path, wait: Callable[[], int]):
+    def __init__(self, pid: int, stdin: IO[str], stdout: IO[str], stderr_path: Path, wait: Callable[[], int],
+                 limit: float = LIFE_LIMIT_S):
         self.pid, self.stdin, self.stdout, self.stderr_path = pid, stdin, stdout, stderr_path
         self._wait = wait
+        self.limit = limit
         self.lines: list[str] = []
         self.returncode: int | None = None
         self.killed = False
         self.timed_out = False
-        self._watchdog = threading.Timer(LIFE_LIMIT_S, self._expire)
+        self._watchdog = threading.Timer(limit, self._expire)
         self._watchdog.daemon = True
         self._watchdog.start()
 
@@ -180,7 +182,7 @@ class ForkServer:
                 self._cv.wait(5.0)
             return self._exits.pop(pid)
 
-    def start(self, args: Iterable[str], stderr_path: Path) -> Life:
+    def start(self, args: Iterable[str], stderr_path: Path, limit: float = LIFE_LIMIT_S) -> Life:
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         stderr_path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +194,7 @@ class ForkServer:
         pid = self._pids.get(timeout=120)
         if pid < 0:
             raise RuntimeError(f"fork server died (rc={self.server.poll()})")
-        return Life(pid, open(in_w, "w", buffering=1), open(out_r), stderr_path, lambda: self._exit_code(pid))
+        return Life(pid, open(in_w, "w", buffering=1), open(out_r), stderr_path, lambda: self._exit_code(pid), limit)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -373,7 +375,7 @@ def check_resumed_run(life: Life, ref: Reference, *, expected_ready: int | None)
     """What went wrong in a life that should resume at ``expected_ready`` and end like the uninterrupted run."""
     problems = []
     if life.timed_out:
-        problems.append(f"did not end within {LIFE_LIMIT_S:.0f} s: {life.describe()}")
+        problems.append(f"did not end within {life.limit:.0f} s: {life.describe()}")
     if expected_ready is not None and life.ready != expected_ready:
         problems.append(f"resumed at episode {life.ready}, the newest committed checkpoint is episode {expected_ready}")
     bad = [(n, d) for n, d in life.episodes if ref.episodes.get(n) != d]

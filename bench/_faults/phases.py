@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._faults.harness import (
+    LIFE_LIMIT_S,
     TOTAL,
     ForkServer,
     Life,
@@ -54,9 +55,10 @@ class Ctx:
         self._n += 1
         return self.base / f"{self._n:04d}-{label}"
 
-    def start(self, root: Path, *args: object) -> Life:
+    def start(self, root: Path, *args: object, limit: float = LIFE_LIMIT_S) -> Life:
         self._n += 1
-        return self.server.start(["--root", root, *map(str, args)], root.parent / f"{root.name}.life{self._n}.stderr")
+        return self.server.start(["--root", root, *map(str, args)], root.parent / f"{root.name}.life{self._n}.stderr",
+                                 limit)
 
     def count(self, quick: int, full: int) -> int:
         return self.trials if self.trials is not None else (quick if self.quick else full)
@@ -191,10 +193,22 @@ def remote_startup(ctx: Ctx) -> PhaseResult:
         outcome = _remote_startup_trial(ctx, remote0, kind, after, again)
         lease_left += outcome.pop("lease_left")
         res.trial(**outcome)
+    if ctx.quick:
+        res.notes.append(f"a remote that hangs (a stuck mount) at start-up: in the default run only (a start that "
+                         f"hangs costs {HANG_LIMIT_S:.0f} s)")
+    else:
+        outcome = _remote_startup_trial(ctx, remote0, "hang", 0, "new process")
+        lease_left += outcome.pop("lease_left")
+        res.trial(**outcome)
     if lease_left:
         res.notes.append(f"{lease_left} refused start(s) left their lease.json on the remote (the release failed: "
                          f"the remote was down)")
     return res
+
+
+#: A start-up with a hanging remote must end (refuse or resume) within this many seconds: the retry time of the
+#: worker (1 s) plus the kit's 30 s bound on taking the remote lease, and a wide margin.
+HANG_LIMIT_S = 90.0
 
 
 def _remote_startup_trial(ctx: Ctx, remote0: Path, kind: str, after: int, again: str) -> dict:
@@ -214,16 +228,21 @@ def _remote_startup_trial(ctx: Ctx, remote0: Path, kind: str, after: int, again:
         life.go()
 
     args = ["--remote", remote, "--fault-file", fault, "--final-sync-timeout", 2]
-    first = ctx.start(root, *args, *(["--again"] if again == "same kernel" else []))
+    first = ctx.start(root, *args, *(["--again"] if again == "same kernel" else []), limit=HANG_LIMIT_S)
     first.finish(remote_back)
+    if first.timed_out:
+        problems_first = [f"{where}: the start did not end within {HANG_LIMIT_S:.0f} s (killed); its last lines: "
+                          f"{first.lines[-2:]}, stderr: {first.stderr[-600:]!r}"]
+    else:
+        problems_first = []
     if "history" not in observed:  # a single attempt: the process ended with the remote still failing
         observed["history"] = remote_history(remote)
         observed["lease"] = tree_hashes(remote).get("lease.json")
         fault.unlink(missing_ok=True)
     history_same = observed["history"] == before
     lease_left = int(observed["lease"] != before_all.get("lease.json"))
-    problems = [] if history_same else [f"{where}: the remote changed while it was failing: "
-                                        f"{_diff(before, observed['history'])}"]
+    problems = problems_first if history_same else [*problems_first, f"{where}: the remote changed while it was "
+                                                    f"failing: {_diff(before, observed['history'])}"]
     refusal = first.refused
     if refusal is not None:
         clear = "RemoteUnavailableError" in refusal and str(remote) in refusal and "Run again" in refusal
@@ -248,6 +267,10 @@ def _remote_startup_trial(ctx: Ctx, remote0: Path, kind: str, after: int, again:
         ok = clear and not episodes_before and trained.ready == 10 and _said(trained, "resumed from ckpt-0000000010")
     elif first.ready is not None:  # the fault began after everything needed was read: training is legitimate
         trained, ok = first, first.ready == 10
+    elif first.timed_out:  # the user interrupts the hung start and presses Run all with the remote back
+        trained = ctx.start(root, "--remote", remote, "--final-sync-timeout", 30)
+        trained.finish()
+        ok = False
     else:
         problems.append(f"{where}: neither refused nor resumed: {first.describe()}")
         return {"survived": False, "nothing_lost": False, "steps_lost": 10, "problems": problems,
