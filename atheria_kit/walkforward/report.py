@@ -284,7 +284,7 @@ def auc_reading(result, leak_auc: float) -> str:
     if math.isfinite(se) and se > 0:
         z = (m["auc"] - 0.5) / se
         strength = ("indistinguishable from chance" if abs(z) < 2 else
-                    "a weak but measurable edge" if m["auc"] < 0.53 else "a strong result for bar direction")
+                    "measurably above chance" if z > 0 else "measurably below chance (a rule that has flipped)")
         parts.append(f"Chance alone gives 0.500 +/- {se:.4f} here, so the mean is {z:+.1f} standard errors from "
                      f"a coin flip: {strength}.")
     if math.isfinite(base):

@@ -91,7 +91,7 @@ cells = [
          "money = stage.money.table()\n"
          "display(money.style.format({\"total_return\": \"{:+.1%}\", \"max_drawdown\": \"{:.1%}\", \"exposure\": \"{:.0%}\",\n"
          "                            \"cost_paid\": \"{:.1%}\", \"sharpe\": \"{:.2f}\", \"sortino\": \"{:.2f}\",\n"
-         "                            \"turnover_per_year\": \"{:,.0f}\", \"bars\": \"{:,}\"}, na_rep=\"n/a\"))\n"
+         "                            \"turnover_per_year\": \"{:,.0f}\", \"bars\": \"{:,.0f}\"}, na_rep=\"n/a\"))\n"
          "lf, bh = stage.money.whole[\"long_flat\"], stage.money.whole[\"buy_hold\"]\n"
          "print(f\"{stage.mode} stage: long/flat {lf['total_return']:+.1%} after paying {lf['cost_paid']:.0%} of equity \"\n"
          "      f\"in costs (turnover {lf['turnover_per_year']:,.0f}x a year), against {bh['total_return']:+.1%} for \"\n"

@@ -20,14 +20,21 @@ from atheria_kit import ohlcv, watch
 from atheria_kit.runlog import RunLog, read_progress, read_summary
 from atheria_kit.walkforward import cli
 from atheria_kit.walkforward.config import WalkForwardConfig
-from atheria_kit.walkforward.runner import build_dataset, make_folds, refit_rows, run_stage, run_walkforward
+from atheria_kit.walkforward.runner import (
+    build_dataset,
+    make_folds,
+    record_trials,
+    refit_rows,
+    run_stage,
+    run_walkforward,
+)
 
 NAME = "BTCUSDT_1h_H1_logreg_count"
 
 
 @pytest.fixture(scope="module")
 def bars():
-    return ohlcv.synthetic_ohlcv(4000, timeframe="1h", seed=11)
+    return ohlcv.synthetic_ohlcv(3000, timeframe="1h", seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,7 @@ def stopped(tmp_path_factory, bars):
 
 def test_full_mode_tests_every_planned_fold_by_default(tmp_path, bars):
     ds = build_dataset(bars, 1, memory_guard=None)
-    cfg = WalkForwardConfig(out=str(tmp_path), mode="full", test_period_days=14, min_train_days=60, patience=1)
+    cfg = WalkForwardConfig(out=str(tmp_path), mode="full", test_period_days=14, min_train_days=40, patience=1)
     res = run_stage(cfg, "full", dataset=ds, memory_guard=None)
     aucs = [f["auc"] for f in res.folds]
     best, since, longest = -1.0, 0, 0  # the longest run of folds without a new best AUC
@@ -106,7 +113,8 @@ def test_a_running_stage_shows_its_last_fold_labelled_as_such(tmp_path):
     rl.close()
 
 
-def test_the_cli_says_stopped_early_in_its_last_line(tmp_path, capsys):
+def test_the_cli_says_stopped_early_in_its_last_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ATHERIA_SYNTHETIC_BARS", "4000")
     code = cli.main(["--data", "synthetic", "--mode", "count", "--n-splits", "8", "--early-stopping", "--patience",
                      "1", "--out", str(tmp_path)])
     out = capsys.readouterr().out.strip().splitlines()
@@ -165,7 +173,7 @@ def test_smoothed_closes_raise_both_alarms(tmp_path, bars):
 
 
 def test_a_failed_gate_says_how_to_run_the_full_stage_anyway(tmp_path, capsys):
-    bars = ohlcv.synthetic_ohlcv(24 * 400, timeframe="1h", seed=4)
+    bars = ohlcv.synthetic_ohlcv(24 * 300, timeframe="1h", seed=4)
     stages = run_walkforward(WalkForwardConfig(out=str(tmp_path), mode="sequential"), bars=bars)
     assert [s.mode for s in stages] == ["quick"] and not stages[0].gate.passed
     assert stages[0].decision == ("full stage not run (gate verdict (non-interactive); add --yes to run the full "
@@ -180,3 +188,44 @@ def test_fold_metrics_json_holds_the_stage(stopped):
     doc = json.loads((res.run_dir / "fold_metrics.json").read_text())
     assert doc["status"] == "stopped_early" and doc["planned_folds"] == 8 and doc["completed_folds"] == len(res.folds)
     assert set(doc["money"]["whole"]) == {"long_flat", "long_short", "buy_hold"}
+
+
+def test_each_stage_is_a_trial_of_its_output_folder(tmp_path, bars):
+    """Two stages in one --out: four trials (long/flat and long/short each); the reading counts them all, and a
+    re-run replaces its records instead of adding to them."""
+    from atheria_kit.stats import TrialsLedger, deflated_sharpe_ratio
+
+    ds = build_dataset(bars, 1, memory_guard=None)
+    a = run_stage(WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=2), "count", dataset=ds,
+                  memory_guard=None)
+    assert a.overfitting.n_trials == 2
+    b = run_stage(WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=2, seed=1, horizon=2), "count",
+                  dataset=build_dataset(bars, 2, memory_guard=None), memory_guard=None)
+    ledger = TrialsLedger(tmp_path)
+    assert ledger.n_trials == 4 and b.overfitting.n_trials == 4
+    daily = ledger.returns(f"{WalkForwardConfig(seed=1, horizon=2, mode='count').run_name()} long_flat")
+    np.testing.assert_allclose(daily.to_numpy(), b.money.daily["long_flat"].to_numpy())
+    # the DSR against the Sharpe ratios of all four trials, from the statistics module's own formula
+    srs = ledger.sharpe_ratios()
+    want = deflated_sharpe_ratio(daily.to_numpy(), n_trials=4, trials_sr_variance=float(srs.var(ddof=1)))
+    assert b.overfitting.dsr == pytest.approx(want, rel=1e-9)
+    assert b.overfitting.reading.startswith("after 4 trials")
+    assert "after 4 trials" in (b.run_dir / "report.md").read_text()
+    again, _ = record_trials(WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=2), "count", a.money)
+    assert TrialsLedger(tmp_path).n_trials == again.n_trials == 4  # the first stage once more: replaced
+
+
+def test_a_budget_that_ends_with_the_folds_leaves_the_refit_to_the_resume(tmp_path, bars):
+    from tests.fakes.unit_budget import UnitBudget
+
+    ds = build_dataset(bars, 1, memory_guard=None)
+    cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=3)
+    part = run_stage(cfg, "count", dataset=ds, budget=UnitBudget(3), memory_guard=None)  # three folds, no refit
+    assert part.status == "stopped" and len(part.folds) == 3 and part.refit is None
+    assert "the deployable model's refit is left" in part.stop_reason
+    assert not (part.run_dir / f"{NAME}.joblib").exists()
+    assert "not yet refit" in (part.run_dir / "report.md").read_text()
+    rest = run_stage(WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=3, resume=True), "count",
+                     dataset=ds, memory_guard=None)
+    assert rest.status == "finished" and rest.refit is not None and (rest.run_dir / f"{NAME}.joblib").is_file()
+    assert read_progress(rest.run_dir)["status"] == "finished"
