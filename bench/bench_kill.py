@@ -19,8 +19,8 @@ driven by its printed events (never by sleeps):
 
 and prints one fault table: ``fault | trials | survived | nothing lost | steps lost (max)``. survived: the next
 start resumed (or refused) as specified, with a clear message; nothing lost: the final parameters equal the
-uninterrupted run's and the remote and local histories are intact; steps lost: committed episodes that had to be
-redone (the most in one trial).
+uninterrupted run's, the remote and local histories are intact and no committed episode was redone; steps lost:
+committed episodes that had to be redone (the most in one trial).
 
     .venv/bin/python bench/bench_kill.py            # 200 kills, the full fault phases
     .venv/bin/python bench/bench_kill.py --quick    # 20 kills, a few trials per phase (about 3 minutes)
@@ -150,7 +150,8 @@ def run_kill_phase(args: argparse.Namespace, kills: int, tmp: Path, shm: Path | 
 def print_table(rows: list[PhaseResult]) -> None:
     print()
     print("fault table (issue 13): survived = the next start resumed (or refused) as specified, with a clear message;")
-    print("  nothing lost = final parameters equal an uninterrupted run's, remote and local histories intact;")
+    print("  nothing lost = final parameters equal an uninterrupted run's, remote and local histories intact, no")
+    print("  committed episode redone;")
     print("  steps lost = committed episodes (steps in phase 1) that had to be redone, the most in one trial")
     width = max(len("fault"), *(len(r.fault) for r in rows))
     head = f"  {'fault':<{width}} | trials | survived | nothing lost | steps lost (max) | time"
