@@ -97,6 +97,7 @@ _EXPORTS: dict[str, str] = {
     "PerformanceTracker": "atheria_kit.ensemble",
     "backtest": "atheria_kit.ensemble",
     "BacktestConfig": "atheria_kit.ensemble",
+    "TurnoverControl": "atheria_kit.ensemble",
     "SignalModelConfig": "atheria_kit.ensemble.signal_model",
     "fit_signal_model": "atheria_kit.ensemble.signal_model",
     # replay
