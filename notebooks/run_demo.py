@@ -10,11 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 NOTEBOOK = Path(__file__).resolve().parent / "01_progressive_training.ipynb"
+
+#: The lines a session prints at its boundaries (start, resume, stop, end), repeated after each session.
+BOUNDARY = re.compile(r"^(?:[⚠✗] )?(?:looking for checkpoints|no checkpoint found|resumed from|this run is already "
+                      r"complete|skipped ckpt|starting over|stopped before|stopped at|training stopped|finished:)")
 
 #: A small but real run: about 0.1-0.3 s per episode on 2 CPU cores.
 DEMO_PARAMS = {"EXPERIMENT_NAME": "demo", "TOTAL_EPISODES": 100, "WINDOW": 32, "BATCH_SIZE": 128,
@@ -38,8 +43,18 @@ def run_demo(out_dir: Path, *, first_budget_s: float = 4.0, params: dict | None 
             execution_timeout=timeout_s, progress_bar=False,
         )
         print(f"session {i}: ran in {time.monotonic() - t0:.1f} s (budget {budget:g} s)")
+        for line in boundary_lines(out_dir / f"01_progressive_training.session{i}.ipynb"):
+            print(f"  {line}")
     summary_path = out_dir / "runs" / "logs" / base["EXPERIMENT_NAME"] / "summary.json"
     return json.loads(summary_path.read_text())
+
+
+def boundary_lines(notebook: Path) -> list[str]:
+    """The start, resume and stop lines that an executed notebook printed, in order."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    text = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    return [line for line in text.splitlines() if BOUNDARY.match(line)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ Markdown report, logs, and exports of the model (TorchScript, `torch.export`, ON
 
 Sections: configuration · install · persistence · data · model · auto-resume and training · results."""),
     md("## Configuration\nThe parameters cell (tagged `parameters` for papermill). `SMOKE=True` shrinks everything "
-       "to a run of about a minute on a CPU."),
+       "to a run of about a minute on two CPU cores."),
     code("""KIT_SOURCE = None                # where to install atheria_kit from when it is missing (see the next cell)
 EXPERIMENT_NAME = "btc_direction_gru"
 MAX_TRAINING_HOURS = 10          # this session's cap; the platform's own limit applies too
@@ -113,8 +113,8 @@ scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=TOTAL_EP
 scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
 gens = ak.SeededGenerators(SEED)
 
-start = session.restore(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, generators=gens)
-print(f"starting at episode {start} of {TOTAL_EPISODES}")
+# Prints where the run stands: a new run, resumed from which checkpoint, or already complete.
+session.restore(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, generators=gens)
 for episode in session.episodes():
     metrics = train_one_episode(model, optimizer, scaler, gens.torch, device)
     scheduler.step()
