@@ -80,10 +80,11 @@ def test_installs_the_wheel_a_user_put_in_drive(cell, places):
     assert str(wheel) in message
 
 
-@pytest.mark.parametrize("subpath", ["my-kit-wheel", "my-kit-wheel/1"], ids=["dataset", "dataset-subfolder"])
+@pytest.mark.parametrize("subpath", ["my-kit-wheel", "my-kit-wheel/1", "datasets/me/my-kit-wheel"],
+                         ids=["dataset", "dataset-subfolder", "owner-folder"])
 def test_installs_the_wheel_of_an_attached_kaggle_dataset(cell, places, subpath):
     wheel = _wheel(places["kaggle_input"] / subpath)
-    _wheel(places["kaggle_input"] / "a" / "b" / "c" / "too-deep", "9.0.0")  # datasets are not searched deeper
+    _wheel(places["kaggle_input"] / "a" / "b" / "c" / "d", "9.0.0")  # deeper folders are not searched
     assert cell["find_kit_source"](None, **places)[:2] == ("install", str(wheel))
 
 
@@ -177,6 +178,43 @@ def test_the_not_installed_error_shows_as_its_message_alone_in_ipython(cell):
     assert error._render_traceback_() == ["KitNotInstalled: no wheel found; do this"]
 
 
+# --- every notebook, every document ----------------------------------------------------------------------
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _shared_install_source() -> str:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_notebook", REPO_ROOT / "notebooks" / "build" / "_notebook.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.INSTALL_SOURCE
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_every_notebook_installs_the_kit_with_the_shared_cell_after_its_parameters(path):
+    code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    [params] = [i for i, c in enumerate(code) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    # After the parameters cell, so that KIT_SOURCE can be set there (and by papermill).
+    assert params + 1 < len(code) and "".join(code[params + 1]["source"]) == _shared_install_source(), (
+        f"{path.name}: the code cell after the parameters cell is not the shared install cell "
+        f"(notebooks/build/_notebook.py: install_cell())")
+    assert re.search(r"^KIT_SOURCE = None\b", "".join(code[params]["source"]), re.M), (
+        f"{path.name}: the parameters cell does not offer KIT_SOURCE = None")
+
+
+def test_nothing_points_at_a_repository_that_does_not_exist():
+    # The kit has no public repository or index entry: no document, notebook or module may send a user to one.
+    fictional = "github.com/" + "atheria/"
+    files = [REPO_ROOT / "README.md", REPO_ROOT / "pyproject.toml", *REPO_ROOT.glob("docs/*.md"),
+             *REPO_ROOT.glob("notebooks/**/*.py"), *NOTEBOOKS, *REPO_ROOT.glob("atheria_kit/**/*.py")]
+    hits = [f"{f.relative_to(REPO_ROOT)}:{n}" for f in files
+            for n, line in enumerate(f.read_text().splitlines(), 1) if fictional in line]
+    assert not hits, f"{fictional} does not exist, but these lines point at it: {hits}"
+    assert "urls" not in _pyproject()["project"], "[project.urls] must name only addresses that exist"
+
+
 # --- declared dependencies ------------------------------------------------------------------------------
 
 
@@ -240,8 +278,9 @@ def third_party(tmp_path_factory) -> dict[str, Path]:
     Why not a plain install from the index: the dependencies (torch, JupyterLab, ...) are hundreds of MB; a
     download per test run would be slow and need the network. Why not ``--system-site-packages`` or a .pth
     to this venv's site-packages: both would also expose the kit's editable install (and its metadata, so pip
-    would think the wheel is already installed). The links stand for "pip installed these dependencies"; the kit and
-    everything that points at the repository are left out, so the fresh venv gets the kit from the wheel only.
+    would think the wheel is already installed). The links stand for "pip installed these dependencies"; the
+    kit and everything that points at the repository are left out, so the fresh venv gets the kit from the
+    wheel only.
     Jupyter's data files (lab assets, widget extensions) are linked too, without kernelspecs, which name this
     venv's interpreter.
     """

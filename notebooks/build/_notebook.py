@@ -78,7 +78,8 @@ def find_kit_source(kit_source=None, *, installed=False, drive_dir=None, kaggle_
             return "bad", None, (f"KIT_SOURCE={kit_source!r} does not exist; expected a wheel, a source folder, "
                                  f"a pip requirement or a git URL")
         return "install", source, f"installing atheria_kit from {source} (KIT_SOURCE)"
-    places = [(drive_dir, 0, "Google Drive"), (kaggle_input, 2, "attached Kaggle datasets"),
+    # Kaggle mounts a dataset at /kaggle/input/<slug>/ (some layouts add an owner or version folder or two).
+    places = [(drive_dir, 0, "Google Drive"), (kaggle_input, 3, "attached Kaggle datasets"),
               (cwd, 0, "the working folder")]
     wheels = [w for folder, depth, _ in places if os.path.isdir(folder) for w in wheels_in(folder, depth)]
     if wheels:
