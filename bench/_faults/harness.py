@@ -137,7 +137,7 @@ class Life:
     @property
     def said(self) -> list[str]:
         """The session's own printed lines (everything that is not a worker event)."""
-        events = ("READY", "EPISODE", "HOLD", "FINISH-BEGIN", "GATE", "END", "THREADS", "REFUSED", "CALLS")
+        events = ("READY", "EPISODE", "HOLD", "FINISH-BEGIN", "GATE", "END", "THREADS", "REFUSED", "CALLS", "SYNC-FINISH")
         return [ln for ln in self.lines if not ln.startswith(events)]
 
     def describe(self) -> str:

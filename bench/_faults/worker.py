@@ -16,6 +16,7 @@ each episode) and prints one flushed line per event:
                                    (before the temporary file), PIECE (a piece of it is on disk), SEAL-BEGIN /
                                    SEAL-END (the integrity sidecar), WRITE-END (renamed into place), REMOVE-BEGIN /
                                    REMOVE-END (a superseded file), LOG-BEGIN / LOG-END (a run-log file)
+    SYNC-FINISH <seconds>          with --remote: the final sync inside finish() returned after <seconds>
     END <reason> <episode> <digest> <seconds>   finish() returned after <seconds>
     THREADS <names>                non-daemon threads still alive after finish() (they would block the exit)
     CALLS <op>:<file> ...          with --remote, after READY: the remote operations of this start, in order
@@ -134,6 +135,19 @@ def gate_runlog_writes() -> None:
     runlog.atomic_write_json, runlog.atomic_write_bytes = write_json, write_bytes
 
 
+def timed(event: str, fn):
+    """``fn`` that prints ``<event> <seconds>`` when it returns or raises."""
+
+    def call(*args, **kwargs):
+        t0 = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            emit(f"{event} {time.monotonic() - t0:.3f}")
+
+    return call
+
+
 class FaultSwitch:
     """Called before every remote operation (FaultyFileSystem's ``disconnected`` hook): counts it and fails it
     as the fault file says."""
@@ -222,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 3
             emit("HOLD again")
             sys.stdin.readline()
+    if session.sync is not None:  # time the final sync itself: finish() bounds it by final_sync_timeout
+        session.sync.finish = timed("SYNC-FINISH", session.sync.finish)
     seed_everything(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
