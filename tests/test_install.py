@@ -219,8 +219,10 @@ def test_nothing_points_at_a_repository_that_does_not_exist():
 
 
 def _pyproject() -> dict:
-    import tomllib
-
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
     return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 
 
