@@ -12,7 +12,7 @@ Markdown report, logs, and exports of the model (TorchScript, `torch.export`, ON
 
 Sections: configuration · install · persistence · data · model · auto-resume and training · results."""),
     md("## Configuration\nThe parameters cell (tagged `parameters` for papermill). `SMOKE=True` shrinks everything "
-       "to a run of about a minute on two CPU cores."),
+       "to a run of about half a minute on two CPU cores."),
     code("""KIT_SOURCE = None                # where to install atheria_kit from when it is missing (see the next cell)
 EXPERIMENT_NAME = "btc_direction_gru"
 MAX_TRAINING_HOURS = 10          # this session's cap; the platform's own limit applies too
