@@ -522,8 +522,9 @@ def _refit(config, mode, ds, model_name, run_dir, budget) -> dict[str, Any]:
         joblib.dump(fit.model, fh)
     if budget is not None:
         budget.end_unit()
-    info = {"path": str(path), "rows": len(rows), "labelled": int(len(y) if isinstance(y, np.ndarray) else
-                                                                    np.count_nonzero(~np.isnan(np.asarray(y)))),
+    labelled = len(y) if isinstance(y, np.ndarray) else sum(  # on disk: counted block by block
+        int(np.count_nonzero(~np.isnan(block))) for _, _, block in y.iter_blocks(1 << 20))
+    info = {"path": str(path), "rows": len(rows), "labelled": int(labelled),
             "first_bar": pd.Timestamp(int(ds.times[rows.start]), tz="UTC").isoformat(),
             "last_bar": pd.Timestamp(int(ds.times[rows.stop - 1]), tz="UTC").isoformat(),
             "seconds": time.monotonic() - t0, "convergence_warnings": fit.convergence_warnings}

@@ -7,6 +7,7 @@ import gzip
 import math
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -199,6 +200,12 @@ def test_sgd_model_learns_the_planted_signal_like_lbfgs(both_runs):
     assert np.abs(a - b).max() < 0.01
     assert [f["test_size"] for f in mem.folds] == [f["test_size"] for f in ooc.folds]
     assert not (ooc.run_dir / st.WORK_DIR).exists()  # work files removed
+    # the deployable model: refit out of core (SGD) on the same rows as in memory
+    assert (ooc.refit["rows"], ooc.refit["labelled"]) == (mem.refit["rows"], mem.refit["labelled"])
+    assert type(joblib.load(ooc.artifacts["model"])).__name__ == "SGDLogisticRegression"
+    # the money view over on-disk columns: the same bars, so the same buy-and-hold
+    assert ooc.money.whole["buy_hold"]["total_return"] == pytest.approx(mem.money.whole["buy_hold"]["total_return"],
+                                                                        rel=1e-12)
     assert "out of core: logreg_sgd" in (ooc.run_dir / "logs" / "walkforward.log").read_text()
 
 
