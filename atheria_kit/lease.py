@@ -45,6 +45,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Owner tokens of the leases held by Lease objects alive in this process. A lease file naming this host and
+#: this pid but an owner not in here was left by an object that could not release it (its store was unreachable
+#: at the time): nobody holds it, and a second "Run all" in the same kernel must not wait for it to go stale.
+_HELD_HERE: set[str] = set()
+_HELD_LOCK = threading.Lock()
+
 LEASE_FORMAT = "atheria-lease"
 LEASE_FILE = "lease.json"
 
@@ -112,11 +118,14 @@ class LeaseStore(Protocol):
 
 
 class FileLeaseStore:
-    """A lease file in a local or mounted folder (written atomically: temp file, fsync, rename)."""
+    """A lease file in a local or mounted folder (written atomically: temp file, fsync, rename).
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    ``name`` is what messages call the guarded place (default: the lease file's folder).
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None) -> None:
         self.path = Path(path)
-        self.name = str(self.path.parent)
+        self.name = name or str(self.path.parent)
 
     def read(self) -> bytes | None:
         try:
@@ -182,6 +191,10 @@ class Lease:
         """Why ``other``'s holder counts as gone ("its process is gone", "no heartbeat for 412 s"), or None."""
         if other.host == self.info.host and other.pid != self.info.pid and not self._pid_alive(other.pid):
             return "its process is gone"
+        if other.host == self.info.host and other.pid == self.info.pid:
+            with _HELD_LOCK:
+                if other.owner not in _HELD_HERE:
+                    return "an earlier session in this process ended without releasing it"
         age = self._clock() - other.heartbeat_at
         if age > self.timeout:
             return f"no heartbeat for {age:.0f} s"
@@ -213,6 +226,8 @@ class Lease:
                 raise LeaseHeldError(self.store.name, holder, max(0.0, self._clock() - holder.heartbeat_at),
                                      self.timeout)
             self.held = True
+            with _HELD_LOCK:
+                _HELD_HERE.add(self.info.owner)
             return previous
 
     def _write(self) -> None:
@@ -227,7 +242,7 @@ class Lease:
                 return
             current = self._current()
             if current is None or current.owner != self.info.owner:
-                self.held = False
+                self._let_go()
                 who = f"{current.host} pid {current.pid}" if current else "nobody (the lease file is gone)"
                 raise LeaseLostError(f"the lease of {self.store.name} is now held by {who}")
             self._write()
@@ -238,11 +253,16 @@ class Lease:
         with self._lock:
             if not self.held:
                 return
-            self.held = False
+            self._let_go()
             with contextlib.suppress(Exception):
                 current = self._current()
                 if current is not None and current.owner == self.info.owner:
                     self.store.remove()
+
+    def _let_go(self) -> None:
+        self.held = False
+        with _HELD_LOCK:
+            _HELD_HERE.discard(self.info.owner)
 
     def start_heartbeat(self) -> None:
         """Renew the lease from a daemon thread every ``heartbeat_every`` seconds until :meth:`release`."""

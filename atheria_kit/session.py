@@ -177,7 +177,7 @@ class TrainingSession:
         for p in (self.paths.checkpoints, self.paths.logs, self.paths.exports, self.paths.lease.parent):
             _prepare_folder(p)
         # One session per run folder: a second notebook on it refuses before touching anything.
-        self.lease = Lease(FileLeaseStore(self.paths.lease), owner_label=f"experiment {cfg.experiment_name!r}",
+        self.lease = Lease(FileLeaseStore(self.paths.lease, name=f"run folder {self.paths.checkpoints}"), owner_label=f"experiment {cfg.experiment_name!r}",
                            timeout=cfg.lease_timeout_seconds, heartbeat_every=min(30.0, cfg.lease_timeout_seconds / 4),
                            clock=wall_clock)
         try:
@@ -312,6 +312,9 @@ class TrainingSession:
             self._resume = resume_from_best_source(
                 self.paths.checkpoints, sources, fetch="all", retry_seconds=cfg.remote_retry_seconds,
                 unavailable="raise" if cfg.remote_unavailable == "stop" else "ignore",
+                # a read that never answers (a stuck mount) is a failed attempt after this long, so the start-up
+                # wait stays near what REMOTE_RETRY_SECONDS promises
+                read_timeout=max(10.0, min(60.0, cfg.remote_retry_seconds)),
             )
         except SyncUnavailable as exc:
             raise RemoteUnavailableError(
@@ -353,7 +356,7 @@ class TrainingSession:
             self._last_saved_episode = self.episode
             self._say_skipped(loaded.record)
         # One history: what the run log recorded after this checkpoint is redone, so it leaves the log.
-        redo = self._guard_storage(lambda: self._runlog.rewind(self.episode), "the run log") or 0
+        redo = self._guard_storage(lambda: self._runlog.rewind(self.episode), "the run log", self.paths.logs) or 0
         self.start_episode = self.episode
         self.sessions.append({
             "index": len(self.sessions) + 1, "started_at": self._session_started_at, "duration_seconds": None,
@@ -454,7 +457,7 @@ class TrainingSession:
         self._rng_at_episode_end = capture_rng_state()
         record = {"episode": ep, "session": len(self.sessions), "time": self._wall_clock(), **values}
         self.history.append(record)
-        self._guard_storage(lambda: self._log_record(record), "the run log")
+        self._guard_storage(lambda: self._log_record(record), "the run log", self.paths.logs)
         if self._end_reason == "error":
             return  # the storage failed: no further writes, the last good checkpoint stays as it is
         status = self.status_line()
@@ -477,21 +480,20 @@ class TrainingSession:
             self._last_resource_time = sample.time
             self._runlog.log_resources({"time": sample.time, **sample.metrics()})
 
-    def _guard_storage(self, action: Callable[[], Any], what: str) -> Any:
+    def _guard_storage(self, action: Callable[[], Any], what: str, where: Path | None = None) -> Any:
         """Run a write; a storage failure ends the run cleanly (end reason ``error``) instead of escaping."""
         try:
             return action()
         except (OSError, CheckpointError) as exc:
             cause = exc if isinstance(exc, OSError) else (exc.__cause__ or exc)
-            path = getattr(exc, "path", None) or getattr(cause, "filename", None) or "?"
+            path = getattr(exc, "path", None) or getattr(cause, "filename", None) or where or self.paths.checkpoints
             errno_ = getattr(cause, "errno", None)
             reason = os.strerror(errno_) if errno_ else f"{type(cause).__name__}: {cause}"
-            self._fail(f"could not write {what} ({path}): {reason}",
-                       "Free space (or make the folder writable) and press Run all: the run resumes from that "
-                       "checkpoint")
+            self._fail(f"could not write {what} in {path}: {reason}",
+                       "Free space (or make the folder writable) and press Run all", resumes=True)
             return None
 
-    def _fail(self, what: str, todo: str) -> None:
+    def _fail(self, what: str, todo: str, *, resumes: bool = False) -> None:
         if self._end_reason == "error":
             return
         self._end_reason = "error"
@@ -500,6 +502,8 @@ class TrainingSession:
             with contextlib.suppress(Exception):  # a save still in flight may yet land: name the newest that did
                 self.checkpoints.wait(timeout=60.0)
         kept = self._newest_file()
+        if resumes:
+            todo += ": the run resumes from " + ("that checkpoint" if kept else "the beginning")
         self.say.error(msg.error_stop_line(self.episode, what, kept, todo))
         if self._live is not None:
             self._live.alert("error", what)
@@ -744,8 +748,8 @@ class TrainingSession:
             if exc_type is KeyboardInterrupt:
                 self._end_reason = "stopped"
             else:
-                self._fail(f"training raised {exc_type.__name__}: {exc}", "Fix the error and press Run all: the run "
-                           "resumes from that checkpoint")
+                self._fail(f"training raised {exc_type.__name__}: {exc}", "Fix the error and press Run all",
+                           resumes=True)
         if not self._finished:
             self.finish()
 

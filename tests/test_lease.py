@@ -128,3 +128,36 @@ def test_settings_are_checked():
         Lease(FileLeaseStore("x"), timeout=30, heartbeat_every=60)
     with pytest.raises(ValueError, match="timeout=0"):
         Lease(FileLeaseStore("x"), timeout=0)
+
+
+class FlakyStore(FileLeaseStore):
+    """A lease file whose store goes away (a dropped mount) when ``down`` is set."""
+
+    down = False
+
+    def remove(self) -> None:
+        if self.down:
+            raise OSError(107, "Transport endpoint is not connected")
+        super().remove()
+
+    def read(self):
+        if self.down:
+            raise OSError(107, "Transport endpoint is not connected")
+        return super().read()
+
+
+def test_a_lease_left_behind_by_an_ended_session_in_this_process_does_not_lock_out_the_next_one(tmp_path: Path):
+    store = FlakyStore(tmp_path / "lease.json")
+    first = Lease(store)
+    first.acquire()
+    live = Lease(store)
+    with pytest.raises(LeaseHeldError):  # while the first is alive and holds it, a second one in this process waits
+        live.acquire()
+    store.down = True  # the first session ends while the remote is unreachable: its lease file stays
+    first.release()
+    store.down = False
+    assert LeaseInfo.from_bytes(store.read()).owner == first.info.owner
+    again = Lease(store)
+    assert again.why_stale(LeaseInfo.from_bytes(store.read())) == \
+        "an earlier session in this process ended without releasing it"
+    assert again.acquire().owner == first.info.owner
