@@ -238,7 +238,7 @@ class LiveView:
             self._display(HTML(f'<div style="background:#fff3cd;border-left:4px solid #e0a800;padding:4px 8px">'
                                f"<b>⚠ {key}</b>: {message}</div>"))
         else:
-            self._stream.write(f"⚠ {key}: {message}\n")
+            self._stream.write(f"⚠ {message}\n")
             self._stream.flush()
 
     def rearm(self, key: str) -> None:

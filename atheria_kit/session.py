@@ -1,6 +1,6 @@
 """A progressive-training session: the few lines a notebook needs to train for hours and survive the session limit.
 
-    session = TrainingSession(SessionConfig(EXPERIMENT_NAME="demo", TOTAL_EPISODES=500))
+    session = TrainingSession(SessionConfig(experiment_name="demo", total_episodes=500))
     session.restore(model=model, optimizer=optimizer, scheduler=scheduler)   # resumes when a checkpoint exists
     for episode in session.episodes():          # stops by itself before the time limit
         loss = train_one_episode(model, optimizer)
@@ -35,7 +35,7 @@ from atheria_kit.checkpoint import CheckpointError, CheckpointManager, Checkpoin
 from atheria_kit.export import export_model
 from atheria_kit.lease import FileLeaseStore, Lease
 from atheria_kit.live import LivePoint, LiveView
-from atheria_kit.monitor import MIN_INTERVAL, ResourceMonitor
+from atheria_kit.monitor import MIN_INTERVAL, Alert, ResourceMonitor
 from atheria_kit.notify import RunNotifier, notifier_from_environment
 from atheria_kit.platform import Environment, detect_environment
 from atheria_kit.runlog import RunLog
@@ -198,7 +198,7 @@ class TrainingSession:
                                  wall_clock=wall_clock, reserve_seconds=min(60.0, 0.02 * limit),
                                  initial_save_seconds=min(60.0, 0.05 * limit))
         self.monitor = ResourceMonitor(interval=max(cfg.monitor_interval, MIN_INTERVAL), budget=self.budget)
-        self.sync = _open_sync(cfg, self.environment, remote, self.paths)
+        self.sync = _open_sync(cfg, self.environment, remote, self.paths, self.say)
         if self.sync is not None:
             self._places.append(self.sync.worker.target.name)
             self.budget.final_sync_estimate = self.sync.estimated_final_sync_seconds
@@ -587,12 +587,17 @@ class TrainingSession:
             line += f" | episode {done}/{total}; this session: {this_session}; rest of the run: {run}"
         return line
 
-    def _on_monitor_alert(self, alert: Any) -> None:
+    def _on_monitor_alert(self, alert: Alert) -> None:
+        if alert.metric == "budget_fraction":
+            # Not a problem: the session plans its own stop. Said once, as information.
+            self.say.once("budget_fraction", f"{alert.value:.0%} of this session's time is used; training saves and "
+                          f"stops on its own before the limit")
+            return
         if self._live is None:
             return
-        key = str(getattr(alert, "kind", getattr(alert, "metric", "alert")))
+        label = "RAM" if alert.metric == "ram_percent" else alert.metric.replace("_percent", "").replace("_", " ")
         with self._alert_lock:
-            self._live.alert(key, str(getattr(alert, "message", alert)))
+            self._live.alert(label, alert.message)
 
     def _sessions_now(self) -> list[dict[str, Any]]:
         sessions = [dict(s) for s in self.sessions]
@@ -790,9 +795,12 @@ def _abandon_sync(sync: SessionSync) -> None:
     sync.abandon()
 
 
-def _open_sync(cfg: SessionConfig, env: Environment, remote: Any, paths: SessionPaths):
-    """The persistent copy: the given target, ``cfg.remote``, or Drive on Colab; None when sync is off."""
+def _open_sync(cfg: SessionConfig, env: Environment, remote: Any, paths: SessionPaths,
+               say: Say) -> SessionSync | None:
+    """The persistent copy: the given target, ``cfg.remote``, or Drive on Colab; None when sync is off.
+    Its alerts (failing, working again) are printed lines."""
     if cfg.drive_sync_every == 0 and remote is None and cfg.remote is None:
         return None
-    return SessionSync.open(cfg, env, remote, paths)
+    return SessionSync.open(cfg, env, remote, paths,
+                            on_alert=lambda kind, text: say.warning(text) if kind == "failing" else say(text))
 

@@ -139,8 +139,11 @@ class SessionSync:
         wait: Callable[[float], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        on_alert: Callable[[str, str], Any] | None = None,
     ) -> SessionSync | None:
         """The session's persistent copy, or None when none is configured.
+
+        ``on_alert(kind, message)`` receives "sync is failing" / "works again" (the session prints them).
 
         The target is ``remote`` (a :class:`SyncTarget`), else ``cfg.remote`` (a folder or fsspec URL), else Drive
         on Colab. With ``lease`` the remote lease is taken now (``lease_timeout``/``take_over`` default to
@@ -187,7 +190,7 @@ class SessionSync:
         schedule = SyncSchedule(every_episodes=cfg.drive_sync_every or None,
                                 every_seconds=cfg.sync_every_minutes * 60.0)
         worker = SyncWorker(paths.checkpoints, target, schedule=schedule, lease=remote_lease, take_over_lease=take,
-                            wait=wait, clock=clock, wall_clock=wall_clock)
+                            wait=wait, clock=clock, wall_clock=wall_clock, on_alert=on_alert)
         log.info("checkpoints are mirrored to %s every %s episodes or %.0f min", target.name,
                  cfg.drive_sync_every or "-", cfg.sync_every_minutes)
         return cls(worker, extras, lease=remote_lease, extra_dirs=(paths.logs, paths.exports),

@@ -79,7 +79,7 @@ def test_alert_is_shown_once_until_rearmed_and_never_twice_through_stderr(caplog
         view.alert("time", "90 % of the time budget used")
     view.rearm("time")
     view.alert("time", "90 % of the time budget used")
-    assert out.getvalue().count("⚠ time: 90 % of the time budget used") == 2
+    assert out.getvalue().count("⚠ 90 % of the time budget used\n") == 2
     # Logged for log files, below WARNING: unconfigured logging would print a WARNING to stderr again.
     assert [r.levelname for r in caplog.records if "90 %" in r.getMessage()] == ["INFO", "INFO"]
     assert capsys.readouterr().err == ""

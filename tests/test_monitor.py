@@ -226,13 +226,23 @@ def test_ram_alert_fires_once_per_crossing_and_rearms(caplog):
     mon = monitor(psutil_module=mem)
     alerts: list[Alert] = []
     mon.add_alert_callback(alerts.append)
-    with caplog.at_level(logging.WARNING, logger="atheria_kit.monitor"):
+    with caplog.at_level(logging.INFO, logger="atheria_kit.monitor"):
         for percent in [50, 90, 92, 95, 80, 88, 89, 70]:
             mem.percent = percent
             mon.sample_once()
     assert [(a.metric, a.value, a.threshold) for a in alerts] == [("ram_percent", 90, 85), ("ram_percent", 88, 85)]
-    assert len(caplog.records) == 2
+    # A callback shows the alert: the log record is INFO, so unconfigured logging does not print it a second time.
+    assert [r.levelname for r in caplog.records if "resource alert" in r.getMessage()] == ["INFO", "INFO"]
     assert "RAM use 90.0% >= 85%" in alerts[0].message
+
+
+def test_without_a_callback_an_alert_is_a_warning_record(caplog):
+    mem = ScriptedMemory()
+    mon = monitor(psutil_module=mem)
+    with caplog.at_level(logging.WARNING, logger="atheria_kit.monitor"):
+        mem.percent = 90
+        mon.sample_once()
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
 
 
 def test_gpu_memory_alert_per_device():

@@ -366,11 +366,29 @@ def test_failures_are_retried_with_backoff_and_warned_once(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="atheria_kit.sync"):
         assert worker.sync_now(timeout=30)
     assert delays == [1, 2, 4, 5]
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "SYNC IS FAILING" in r.message]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "is failing: 3 attempts in a row" in
+                r.message]
     assert len(warnings) == 1
     st = worker.status()
     assert st["failures"] == 4 and st["consecutive_failures"] == 0 and st["healthy"]
     assert remote_manifest_files(tgt) == ["ckpt-0000000001.pt"]
+    worker.close(30)
+
+
+def test_a_session_gets_the_failing_and_recovered_alerts_instead_of_warning_records(tmp_path, caplog):
+    faulty = FaultyFileSystem(fsspec.filesystem("memory"))
+    tgt = FsspecTarget(f"/a-{uuid.uuid4().hex}", fs=faulty)
+    make_checkpoints(tmp_path / "local", [1])
+    faulty.fail_next("open_write", OSError(errno.EIO, "Input/output error"), times=3)
+    alerts: list[tuple[str, str]] = []
+    worker = SyncWorker(tmp_path / "local", tgt, retry=RetryPolicy(initial_delay=1), warn_after=3,
+                        wait=lambda _s: None, on_alert=lambda kind, text: alerts.append((kind, text)))
+    with caplog.at_level(logging.INFO, logger="atheria_kit.sync"):
+        assert worker.sync_now(timeout=30)
+    assert [k for k, _ in alerts] == ["failing", "recovered"]
+    assert "is failing: 3 attempts in a row (last: OSError: [Errno 5] Input/output error)" in alerts[0][1]
+    assert "drive.mount('/content/drive')" in alerts[0][1]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # shown once, by the session
     worker.close(30)
 
 

@@ -220,9 +220,15 @@ class SyncWorker:
         wall_clock: Callable[[], float] = time.time,
         lease: Any = None,
         take_over_lease: bool = False,
+        on_alert: Callable[[str, str], Any] | None = None,
         start: bool = True,
     ) -> None:
         require_int("warn_after", warn_after, minimum=1)
+        if on_alert is not None and not callable(on_alert):
+            raise ValueError(f"on_alert={on_alert!r} is invalid; expected a callable(kind, message) or None")
+        #: Where "sync is failing" / "works again" go: a session passes its printed-line path; without one they
+        #: are WARNING log records.
+        self.on_alert = on_alert
         if not isinstance(target, SyncTarget):
             raise ValueError(f"target={target!r} is invalid; expected a SyncTarget (DirectoryTarget, FsspecTarget, ...)")
         self.local_dir = Path(local_dir)
@@ -516,12 +522,22 @@ class SyncWorker:
         logger.info("sync of %s to %s failed (%s); retry in %.1f s", key, self.target.name, exc, delay)
         if n >= self.warn_after and not self._warned:
             self._warned = True
-            logger.warning(
-                "SYNC IS FAILING: %d attempts in a row to %s failed (last: %s). Checkpoints are only on the "
-                "local disk and will be lost with the VM. See docs/persistence.md (troubleshooting).",
-                n, self.target.name, exc,
-            )
+            self._alert("failing", (
+                f"sync to {self.target.name} is failing: {n} attempts in a row (last: {type(exc).__name__}: {exc}). "
+                "New checkpoints are only on this machine's disk until it works again; it keeps retrying in the "
+                "background. On Colab, check that Drive is still mounted (drive.mount('/content/drive')); on a "
+                "full Drive, empty its Trash."))
         self._wait(delay)
+
+    def _alert(self, kind: str, message: str) -> None:
+        if self.on_alert is None:
+            logger.warning("%s", message)
+            return
+        logger.info("%s", message)
+        try:
+            self.on_alert(kind, message)
+        except Exception:  # the worker must survive a failing display
+            logger.exception("sync alert callback failed")
 
     def _succeeded(self, job: tuple[str, Path | None, int]) -> None:
         with self._cv:
@@ -534,7 +550,7 @@ class SyncWorker:
                 self._mirrored = max(self._mirrored, job[2])
                 self._settled = max(self._settled, job[2])
         if recovered:
-            logger.warning("sync to %s works again", self.target.name)
+            self._alert("recovered", f"sync to {self.target.name} works again")
         self._warned = False
         logger.info("%s", self.status_line())
 
