@@ -716,7 +716,7 @@ class TrainingSession:
             more = msg.sessions_left(cfg.total_episodes - self.episode, per_ep, usable)
             self.say(msg.budget_stop_line(self.episode, per_ep, float(self._stop.get("save") or 0.0),
                                           float(self._stop.get("sync") or 0.0), float(self._stop.get("left") or 0.0),
-                                          saved, more))
+                                          saved, more, self.budget.limit_seconds))
         else:
             why = self.budget.stop_reason or "stopped"
             self.say(f"stopped at episode {self.episode}/{cfg.total_episodes} ({why}); {saved}; "

@@ -25,6 +25,8 @@ def fmt_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "unlimited"
     seconds = max(0.0, float(seconds))
+    if seconds < 1:
+        return "<1 s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 3 * 3600:
@@ -37,7 +39,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def resume_line(file: str, source: str, session_index: int, episode: int, total: int, redo: int) -> str:
-    """"resumed from ckpt-0000000210.pt (Drive copy, verified) at episode 210/400, session 3 of this run; ...\""""
+    """The resume line: "resumed from ckpt-0000000210.pt (Drive copy, verified) at episode 210/400, session 3 ..."."""
     line = (f"resumed from {file} ({source}, verified) at episode {episode}/{total}, "
             f"session {session_index} of this run")
     if redo:
@@ -74,16 +76,23 @@ def budget_stop_line(
     left_seconds: float,
     saved: str,
     more_sessions: int | None,
+    budget_seconds: float | None = None,
 ) -> str:
-    """"stopped before episode 93: the next episode (~41 s) and the final save (~6 s) would not fit in the 38 s
-    left; saved ...; about 3 more sessions at this pace; press Run all in the next session to continue\""""
-    parts = [f"the next episode (~{fmt_duration(next_episode_seconds)})" if next_episode_seconds
-             else "the next episode (duration not yet measured)",
-             f"the final save (~{fmt_duration(save_seconds)})"]
-    if sync_seconds > 0:
-        parts.append(f"the final sync (~{fmt_duration(sync_seconds)})")
-    needed = ", ".join(parts[:-1]) + " and " + parts[-1]
-    line = f"stopped before episode {episode}: {needed} would not fit in the {fmt_duration(left_seconds)} left; {saved}"
+    """The stop at the time limit, with its numbers: "stopped before episode 93: the next episode (~41 s) and the
+    final save (~6 s) would not fit in the 38 s left; saved ...; about 3 more sessions at this pace; press Run all
+    in the next session to continue"."""
+    if next_episode_seconds:
+        parts = [f"the next episode (~{fmt_duration(next_episode_seconds)})",
+                 f"the final save (~{fmt_duration(save_seconds)})"]
+        if sync_seconds > 0:
+            parts.append(f"the final sync (~{fmt_duration(sync_seconds)})")
+        needed = ", ".join(parts[:-1]) + " and " + parts[-1]
+        why = f"{needed} would not fit in the {fmt_duration(left_seconds)} left"
+    else:  # nothing measured yet: the budget went on start-up (imports, data, a download from Drive)
+        of = f" of this session's {fmt_duration(budget_seconds)} budget" if budget_seconds else ""
+        why = (f"only {fmt_duration(left_seconds)}{of} is left, too little to start an episode whose duration is "
+               f"not known yet and still save (start-up used the rest)")
+    line = f"stopped before episode {episode}: {why}; {saved}"
     if more_sessions:
         line += f"; about {_plural(more_sessions, 'more session')} at this pace"
     return line + "; press Run all in the next session to continue"
