@@ -232,6 +232,8 @@ class TrainingSession:
         self.history: list[dict[str, Any]] = []  # one record per completed episode, across sessions
         self.sessions: list[dict[str, Any]] = []
         self._last_saved_episode: int | None = None
+        self._saved_reason: str | None = None  # the end reason the newest save carries (None: mid-session)
+        self._unit_open = False
         self._end_reason: str | None = None
         self._error: str | None = None  # what failed, when the end reason is "error"
         self._stop: dict[str, float | None] = {}  # the numbers behind a budget stop, for the stop line
@@ -354,6 +356,8 @@ class TrainingSession:
             if "budget" in run:
                 self.budget.load_state_dict(run["budget"])
             self._last_saved_episode = self.episode
+            if self.episode >= cfg.total_episodes:
+                self._saved_reason = "done"  # a complete run: its checkpoint needs no second copy
             self._say_skipped(loaded.record)
         # One history: what the run log recorded after this checkpoint is redone, so it leaves the log.
         redo = self._guard_storage(lambda: self._runlog.rewind(self.episode), "the run log", self.paths.logs) or 0
@@ -416,21 +420,20 @@ class TrainingSession:
                 self._end_reason = "stopped"
                 break
             if not self.budget.can_start():
-                self._end_reason = "budget"
-                self._stop = {"next": self.budget.unit_forecast, "save": self.budget.save_estimate,
-                              "sync": self.budget.final_sync_seconds, "left": self.budget.remaining}
-                log.info("stopping before episode %d: the next episode and a final save would not fit in the "
-                         "%.0f s left", self.episode, self.budget.remaining)
+                self._stop_for_budget()
                 break
             ep = self.episode
             self._logged = False
+            self._unit_open = True
             self.budget.start_unit()
             try:
                 yield ep
             except GeneratorExit:
-                self.budget.abandon_unit()
+                if self._unit_open:
+                    self._unit_open = False
+                    self.budget.abandon_unit()
                 raise
-            self.budget.end_unit()
+            self._end_unit()  # log() ends it (its duration is known there); this is for a missing log()
             if not self._logged:
                 raise RuntimeError(f"episode {ep}: call session.log(loss=...) once per episode")
         if self._end_reason is None:
@@ -445,6 +448,7 @@ class TrainingSession:
         """
         values = {"loss": _to_float(loss), **{k: _to_float(v) for k, v in metrics.items()}}
         ep = self.episode
+        self._end_unit()
         if not math.isfinite(values["loss"]):
             self._logged = True
             self._handle_nan(ep, values["loss"])
@@ -465,11 +469,31 @@ class TrainingSession:
             self._live.update(ep, values["loss"], values.get(self.config.monitor) if self.config.monitor != "loss"
                               else None, status=status,
                               extra={k: v for k, v in values.items() if k not in ("loss", self.config.monitor)})
-        last = self.episode >= self.config.total_episodes
-        if self.episode % self.config.save_every_episodes == 0 or last or self.budget.should_save_now():
-            self._guard_storage(lambda: self._save(blocking=last), "a checkpoint")
+        # Decide now whether this was the session's last episode, so that its save is the final one (and carries
+        # the end reason): finish() then writes no second copy of the same episode.
+        if self.episode >= self.config.total_episodes:
+            self._end_reason = "done"
+        elif self.budget.stop_requested:
+            self._end_reason = "stopped"
+        elif not self.budget.can_start():
+            self._stop_for_budget()
+        final = self._end_reason is not None
+        if self.episode % self.config.save_every_episodes == 0 or final or self.budget.should_save_now():
+            self._guard_storage(lambda: self._save(blocking=final), "a checkpoint")
         self._notes.progress(self.episode, self.config.total_episodes,
                              {k: v for k, v in values.items() if isinstance(v, float)})
+
+    def _end_unit(self) -> None:
+        if getattr(self, "_unit_open", False):
+            self._unit_open = False
+            self.budget.end_unit()
+
+    def _stop_for_budget(self) -> None:
+        self._end_reason = "budget"
+        self._stop = {"next": self.budget.unit_forecast, "save": self.budget.save_estimate,
+                      "sync": self.budget.final_sync_seconds, "left": self.budget.remaining}
+        log.info("stopping before episode %d: the next episode and a final save would not fit in the %.0f s left",
+                 self.episode, self.budget.remaining)
 
     def _log_record(self, record: dict[str, Any]) -> None:
         if self._runlog is None:
@@ -558,6 +582,7 @@ class TrainingSession:
         self.checkpoints.save(self._state(), step=self.episode, episode=self.episode, metrics=metrics,
                               blocking=blocking)
         self._last_saved_episode = self.episode
+        self._saved_reason = self._end_reason
 
     def _on_commit(self, record: Any, manifest_path: Path) -> None:
         self._saved.append({"step": record.step, "episode": record.episode, "time": record.time})
@@ -620,7 +645,8 @@ class TrainingSession:
             return self._result
         reason = self._end_reason or ("done" if self.episode >= self.config.total_episodes else "stopped")
         self._end_reason = reason
-        if reason not in ("nan", "error") and self._objects and not self._mid_episode:
+        already = self._last_saved_episode == self.episode and self._saved_reason == reason
+        if reason not in ("nan", "error") and self._objects and not self._mid_episode and not already:
             # The final save carries the sessions table with this session's end reason, which the next session's
             # report shows; it is written under a new name when this episode was saved already.
             self._guard_storage(lambda: self._save(blocking=True, force=True), "the final checkpoint")

@@ -7,6 +7,7 @@ It trains a small seeded model and prints one flushed line per event:
     READY <first episode>          restore() returned (after the session's own printed lines)
     EPISODE <n> <digest>           episode n was logged (digest: sha256 of the parameters, 16 hex digits)
     HOLD <n>                       with --hold-at n: waits for a line on stdin before training episode n
+    COMMIT <step>                  checkpoint <step> and the manifest are on disk (from the writer thread)
     FINISH-BEGIN                   finish() is called
     WRITE-BEGIN <file>             with --gate-finish: during finish(), before a checkpoint file or the manifest is
                                    written; waits for a line on stdin (the driver may SIGKILL it instead)
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         take_over_lease=args.take_over)
     storage = GatedStorage(root / "checkpoints" / "w")
     session = TrainingSession(cfg, environment=env, storage=storage)
+    session.checkpoints.subscribe(lambda record, _manifest: emit(f"COMMIT {record.step}"))
     seed_everything(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -182,7 +182,9 @@ def test_a_second_session_on_the_same_folder_refuses_and_a_dead_ones_folder_is_t
 def test_after_a_kill_the_run_log_holds_each_episode_once(tmp_path):
     root = tmp_path / "root"
     worker = _start_worker(root, "--hold-at", "7")  # checkpoints at 4; episodes 4, 5, 6 logged after it
-    _read_until(worker, "HOLD 7")
+    seen = _read_until(worker, "HOLD 7")
+    if "COMMIT 4" not in seen:  # the checkpoint is written in the background: wait for it, then kill
+        _read_until(worker, "COMMIT 4")
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     metrics = root / "logs" / "w" / "metrics.jsonl"
@@ -192,7 +194,7 @@ def test_after_a_kill_the_run_log_holds_each_episode_once(tmp_path):
     lines = _read_until(resumed, "END")
     resumed.wait()
     assert any("resumed from ckpt-0000000004.pt (local copy, verified) at episode 4/12, session 2 of this run; "
-               "3 episodes recorded after that checkpoint were not saved and will be redone" in ln for ln in lines)
+               "3 episodes recorded after that checkpoint were not saved and will be redone" in ln for ln in lines), lines
     records = read_jsonl(metrics)
     assert [r["episode"] for r in records] == list(range(12))
     assert [r["done"] for r in records] == list(range(1, 13))
@@ -284,9 +286,10 @@ def test_a_remote_unreadable_at_a_new_vms_start_stops_the_session_and_the_next_s
     objects = make_objects()
     model, opt, sched, gens = objects
     assert session.restore(model=model, optimizer=opt, scheduler=sched, generators=gens) == 6
-    # Episode 6 was saved twice (on schedule, then by finish() with the session's end): the second is a revision.
-    assert f"resumed from ckpt-0000000006-r1.pt (copy in {remote_dir}, verified) at episode 6/12, session 2" \
+    # Episode 6 was the session's last: its save carried the end of the session, and finish() wrote no second copy.
+    assert f"resumed from ckpt-0000000006.pt (copy in {remote_dir}, verified) at episode 6/12, session 2" \
         in out.getvalue()
+    assert not list(remote_dir.glob("ckpt-*-r*.pt"))
     _train(session, clock, objects)
     assert session.finish().end_reason == "done"
 
