@@ -117,12 +117,12 @@ _EXPORTS: dict[str, str] = {
     "summarize_overfitting": "atheria_kit.stats",
     "OverfittingSummary": "atheria_kit.stats",
     # market data
-    "OHLCVError": "atheria_kit.ohlcv",
-    "resample_ohlcv": "atheria_kit.ohlcv",
-    "load_ohlcv": "atheria_kit.ohlcv",
-    "validate_ohlcv": "atheria_kit.ohlcv",
-    "synthetic_ohlcv": "atheria_kit.ohlcv",
-    "sample_path": "atheria_kit.ohlcv",
+    "OHLCVError": "atheria_kit.market.ohlcv",
+    "resample_ohlcv": "atheria_kit.market.ohlcv",
+    "load_ohlcv": "atheria_kit.market.ohlcv",
+    "validate_ohlcv": "atheria_kit.market.ohlcv",
+    "synthetic_ohlcv": "atheria_kit.market.synthetic",
+    "sample_path": "atheria_kit.market.ohlcv",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -34,10 +34,10 @@ sys.path.insert(0, str(REPO))
 
 from atheria_kit.ensemble import selection  # noqa: E402
 from atheria_kit.ensemble.backtest import BacktestConfig, backtest  # noqa: E402
-from atheria_kit.ensemble.bars import load_bars  # noqa: E402
 from atheria_kit.ensemble.dynamic import DynamicEnsemble  # noqa: E402
 from atheria_kit.ensemble.turnover import TurnoverControl, control_turnover  # noqa: E402
-from atheria_kit.ohlcv import synthetic_ohlcv  # noqa: E402
+from atheria_kit.market.ohlcv import load_ohlcv  # noqa: E402
+from atheria_kit.market.synthetic import synthetic_ohlcv  # noqa: E402
 from tests.ensemble._loop_reference import backtest_loop, ensemble_loop, signals_and_regimes_loop  # noqa: E402
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
@@ -52,7 +52,7 @@ def load(symbol: str, seed: int, bars: int = YEAR_15M):
     """``bars`` 15-minute bars of ``symbol`` from ``../shared/data``, or synthetic ones where the file is absent."""
     path = DATA / f"{symbol}_15m.csv"
     if path.is_file():
-        return load_bars(path, max_bars=bars)[0], "real"
+        return load_ohlcv(path, max_bars=bars), "real"
     return synthetic_ohlcv(bars, timeframe="15m", seed=seed), "synthetic"
 
 
@@ -127,7 +127,8 @@ def turnover(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     runs = {}
     for s, path in files.items():
-        bars, note = load_bars(path)
+        bars = load_ohlcv(path)
+        note = bars.attrs["data_note"]
         print(note)
         runs[s] = (bars, DynamicEnsemble(turnover=TurnoverControl.off()).run(bars, config=cfg))
     grid = QUICK_GRID if args.quick else selection.DEFAULT_GRID
@@ -159,7 +160,8 @@ def turnover(args: argparse.Namespace) -> None:
     for s in ("BTCUSDT", "ETHUSDT"):
         path = DATA / f"{s}_1m.csv"
         if path.is_file():
-            bars, note = load_bars(path, timeframe="15m")
+            bars = load_ohlcv(path, timeframe="15m")
+            note = bars.attrs["data_note"]
             print(note)
             held[f"{s} 2025 (1m->15m)"] = (bars, DynamicEnsemble(turnover=TurnoverControl.off()).run(bars, config=cfg),
                                             bars.index[0])

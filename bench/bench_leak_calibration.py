@@ -5,7 +5,7 @@ The leak alarm (``leak_auc``) fires on the model's mean out-of-sample AUC and th
 silence the leak alarm). This script measures, with the kit's own pipeline (``run_stage``, default settings,
 ties dropped):
 
-1. no information by construction: pure random walks (``ohlcv.RANDOM_WALK``, 1h, as long as the shipped sample)
+1. no information by construction: pure random walks (``synthetic.RANDOM_WALK``, 1h, as long as the shipped sample)
    over several seeds, and the shipped real 1h bars with their labels shuffled (features kept);
 2. honest real data: the shipped BTCUSDT/ETHUSDT/BNBUSDT 1h sample in full mode, and, when ``../shared/data``
    is there, the 15-minute files (full mode) and the 1-minute files (count mode, 5 folds: 90 days is too short
@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from atheria_kit import ohlcv  # noqa: E402
+from atheria_kit.market import ohlcv, synthetic  # noqa: E402
 from atheria_kit.walkforward import evaluation as ev  # noqa: E402
 from atheria_kit.walkforward.config import WalkForwardConfig  # noqa: E402
 from atheria_kit.walkforward.dataset import build_dataset  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> None:
         shipped = {s: ohlcv.load_ohlcv(ohlcv.sample_path(s)) for s in ohlcv.SAMPLE_SYMBOLS}
         n = len(shipped["BTCUSDT"])
         for seed in range(seeds):
-            rw = ohlcv.synthetic_ohlcv(n, timeframe="1h", seed=seed, regimes=ohlcv.RANDOM_WALK)
+            rw = synthetic.synthetic_ohlcv(n, timeframe="1h", seed=seed, regimes=synthetic.RANDOM_WALK)
             rows.append(("null", _run(f"random walk seed {seed}", build_dataset(rw, 1, memory_guard=None), "full",
                                       out)))
         rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ Every measurement runs in a fresh Python subprocess; wall time and peak RSS come
    chunks, each test fold evaluated block by block (exact AUC). Peak RSS should stay roughly flat (<= +20 % from
    the smallest to the largest size; the growth per bar is printed) and time linear.
 
-Data: synthetic regime-switching 1-minute bars (``ohlcv.synthetic_ohlcv``, seeded), or with ``--source real``
+Data: synthetic regime-switching 1-minute bars (``synthetic.synthetic_ohlcv``, seeded), or with ``--source real``
 the real BTCUSDT 1-minute bars from ../shared/data repeated with shifted timestamps. The files are written as
 Parquet before the timed runs (not timed).
 
@@ -68,10 +68,10 @@ def worker_make(path: str, n_bars: int, source: str) -> dict:
     import numpy as np
     import pandas as pd
 
-    from atheria_kit import ohlcv
+    from atheria_kit.market import ohlcv, synthetic
 
     if source == "synthetic":
-        df = ohlcv.synthetic_ohlcv(n_bars, timeframe="1m", seed=0)
+        df = synthetic.synthetic_ohlcv(n_bars, timeframe="1m", seed=0)
     else:
         real = ohlcv.load_ohlcv(REPO.parent / "shared" / "data" / "BTCUSDT_1m.csv")
         reps = -(-n_bars // len(real))
@@ -145,7 +145,7 @@ def worker_featmem(path: str, impl: str, chunk_size: int) -> dict:
 
     import pandas as pd
 
-    from atheria_kit import ohlcv
+    from atheria_kit.market import ohlcv
     from atheria_kit.walkforward.features import compute_features
 
     bars = ohlcv.load_ohlcv(path) if impl == "kit" else pd.read_parquet(path)

@@ -1,4 +1,4 @@
-"""Specification of atheria_kit.ohlcv: loading both file formats, selection, validation, gaps, resampling, synthetic data."""
+"""Specification of atheria_kit.market.ohlcv: loading both file formats, selection, validation, gaps, resampling, synthetic data."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from atheria_kit import ohlcv
-from atheria_kit.ohlcv import OHLCVError
+from atheria_kit.market import ohlcv, synthetic
+from atheria_kit.market.ohlcv import OHLCVError
 
 DATA = Path(__file__).parent / "data"
 H1 = DATA / "BTCUSDT_1h_2023-03.csv"
@@ -193,9 +193,9 @@ def test_bad_timeframe(bad):
 
 
 def test_synthetic_is_seeded_valid_and_labelled():
-    a = ohlcv.synthetic_ohlcv(5000, timeframe="5m", seed=3)
-    b = ohlcv.synthetic_ohlcv(5000, timeframe="5m", seed=3)
-    c = ohlcv.synthetic_ohlcv(5000, timeframe="5m", seed=4)
+    a = synthetic.synthetic_ohlcv(5000, timeframe="5m", seed=3)
+    b = synthetic.synthetic_ohlcv(5000, timeframe="5m", seed=3)
+    c = synthetic.synthetic_ohlcv(5000, timeframe="5m", seed=4)
     pd.testing.assert_frame_equal(a, b)
     assert not np.allclose(a["close"], c["close"])
     ohlcv.validate_ohlcv(a)
@@ -205,12 +205,12 @@ def test_synthetic_is_seeded_valid_and_labelled():
 
 
 def test_synthetic_regimes_change_volatility():
-    calm, wild = ohlcv.Regime(0.0, 0.001, 1e12), ohlcv.Regime(0.0, 0.02, 1e12)
-    lr_calm = np.diff(np.log(ohlcv.synthetic_ohlcv(4000, regimes=[calm])["close"]))
-    lr_wild = np.diff(np.log(ohlcv.synthetic_ohlcv(4000, regimes=[wild])["close"]))
+    calm, wild = synthetic.Regime(0.0, 0.001, 1e12), synthetic.Regime(0.0, 0.02, 1e12)
+    lr_calm = np.diff(np.log(synthetic.synthetic_ohlcv(4000, regimes=[calm])["close"]))
+    lr_wild = np.diff(np.log(synthetic.synthetic_ohlcv(4000, regimes=[wild])["close"]))
     assert lr_calm.std() == pytest.approx(0.001, rel=0.1) and lr_wild.std() == pytest.approx(0.02, rel=0.1)
     with pytest.raises(ValueError, match="Regime.volatility"):
-        ohlcv.Regime(0.0, 0.0)
+        synthetic.Regime(0.0, 0.0)
 
 
 def test_sample_path_points_to_shipped_real_data():

@@ -348,7 +348,7 @@ def test_cli_notifies_start_progress_and_end_without_leaking_the_token(tmp_path)
 def test_update_regimes_match_the_whole_series_detection(tmp_path):
     """The default trailing window is long enough for every regime, 'volatile' included."""
     from atheria_kit.ensemble.regime import RegimeDetector
-    from atheria_kit.ohlcv import load_ohlcv, sample_path
+    from atheria_kit.market.ohlcv import load_ohlcv, sample_path
     from atheria_kit.replay import report
 
     cfg = ReplayConfig(symbols=("BTCUSDT",), max_bars=1500, cycle_size_bars=750, update_every_bars=25)

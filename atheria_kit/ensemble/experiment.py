@@ -26,12 +26,11 @@ from atheria_kit.ensemble.backtest import (
     metrics_by_regime,
     summarize,
 )
-from atheria_kit.ensemble.bars import load_bars
 from atheria_kit.ensemble.dynamic import DynamicEnsemble, EnsembleRun
 from atheria_kit.ensemble.performance import bars_per_year, undefined_ratio_reason
 from atheria_kit.ensemble.regime import REGIMES
 from atheria_kit.ensemble.turnover import TurnoverControl, control_turnover
-from atheria_kit.ohlcv import infer_interval
+from atheria_kit.market.ohlcv import infer_interval, load_ohlcv, sample_path
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class SymbolExperiment:
 
 
 def infer_bar_minutes(bars: pd.DataFrame) -> float:
-    """Bar length in minutes: the most common spacing of a DatetimeIndex (:func:`~atheria_kit.ohlcv.infer_interval`)."""
+    """Bar length in minutes: the most common spacing of a DatetimeIndex (:func:`~atheria_kit.market.ohlcv.infer_interval`)."""
     if not isinstance(bars.index, pd.DatetimeIndex) or len(bars) < 2:
         raise ValueError("bars need a DatetimeIndex with at least 2 rows to infer bar_minutes; pass bar_minutes")
     return float(infer_interval(bars) / pd.Timedelta(minutes=1))
@@ -104,18 +103,15 @@ def run_experiments(data: Mapping[str, pd.DataFrame], **kwargs) -> dict[str, Sym
 def load_sample(symbols: Iterable[str] = ("BTCUSDT", "ETHUSDT", "BNBUSDT"), max_bars: int = 0) -> dict[str, pd.DataFrame]:
     """The shipped real 1-hour sample per symbol (the last ``max_bars`` bars when > 0), each with its one-line
     data-quality note in ``attrs["data_note"]`` (see :func:`data_notes`) instead of a logged warning."""
-    from atheria_kit.ohlcv import sample_path
-
     out = {}
     for s in symbols:
-        bars, note = load_bars(sample_path(s, "1h"), max_bars=max_bars)
-        bars.attrs["data_note"] = note
+        bars = load_ohlcv(sample_path(s, "1h"), max_bars=max_bars)
         out[s] = bars
     return out
 
 
 def data_notes(data: Mapping[str, pd.DataFrame]) -> str:
-    """The data-quality line of each loaded file (:func:`~atheria_kit.ensemble.bars.data_note`), one per line."""
+    """The data-quality line of each loaded file (:func:`~atheria_kit.market.ohlcv.data_note`), one per line."""
     return "\n".join(str(bars.attrs.get("data_note", f"{sym}: {len(bars):,} bars")) for sym, bars in data.items())
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from atheria_kit._validation import require_int, require_positive
-from atheria_kit.ohlcv import timeframe_to_timedelta
+from atheria_kit.market.ohlcv import timeframe_to_timedelta
 
 MINUTES_PER_YEAR_24_7 = 365 * 24 * 60
 

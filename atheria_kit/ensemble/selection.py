@@ -28,7 +28,7 @@ from atheria_kit.ensemble.backtest import BacktestConfig, BacktestResult, backte
 from atheria_kit.ensemble.dynamic import EnsembleRun
 from atheria_kit.ensemble.performance import bars_per_year
 from atheria_kit.ensemble.turnover import TurnoverControl, control_turnover
-from atheria_kit.ohlcv import infer_interval
+from atheria_kit.market.ohlcv import infer_interval
 
 #: The grid the shipped defaults were chosen from: minimum holding period (bars), deadband, cost multiple.
 DEFAULT_GRID: tuple[TurnoverControl, ...] = tuple(

@@ -28,7 +28,7 @@ from atheria_kit._io import read_yaml_mapping
 from atheria_kit._validation import require_fraction, require_int, require_positive
 from atheria_kit.ensemble.backtest import BacktestConfig
 from atheria_kit.ensemble.turnover import TurnoverControl
-from atheria_kit.ohlcv import sample_path, timeframe_to_timedelta
+from atheria_kit.market.ohlcv import sample_path, timeframe_to_timedelta
 from atheria_kit.replay.account import AccountConfig
 
 SECTIONS = ("risk", "costs", "penalties", "turnover")

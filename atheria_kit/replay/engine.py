@@ -33,11 +33,16 @@ from atheria_kit._io import atomic_write_json
 from atheria_kit._validation import require_int, require_positive
 from atheria_kit.checkpoint import CheckpointManager
 from atheria_kit.ensemble import strategies as strat
-from atheria_kit.ensemble.bars import data_note, load_bars
 from atheria_kit.ensemble.dynamic import DynamicEnsemble
 from atheria_kit.ensemble.performance import PerformanceTracker, TradeStats, outcome, win_rate_of
+from atheria_kit.market.ohlcv import (
+    data_note,
+    infer_interval,
+    load_ohlcv,
+    resample_ohlcv,
+    timeframe_to_timedelta,
+)
 from atheria_kit.notify import RunNotifier
-from atheria_kit.ohlcv import infer_interval, resample_ohlcv, timeframe_to_timedelta
 from atheria_kit.replay.account import PaperAccount
 from atheria_kit.replay.config import ReplayConfig
 from atheria_kit.replay.feed import BarFeed, HistoricalFeed
@@ -77,14 +82,14 @@ def penalty_decision(stats: TradeStats, multiplier: float, config: ReplayConfig)
 def load_frames(config: ReplayConfig) -> dict[str, pd.DataFrame]:
     """Each symbol's bars from the configured files, resampled to ``timeframe`` where the file is finer.
 
-    Each frame's one-line data-quality note (file, bars, span, missing bars) is in ``attrs["data_note"]``, in place
-    of the loader's logged warning.
+    Each frame's one-line data-quality note (file, bars, span, missing bars) is in ``attrs["data_note"]``, for the
+    notebook or CLI to print (after resampling and trimming: it describes the bars the replay uses).
     """
     frames = {}
     for sym, path in config.data_paths().items():
         if not Path(path).is_file():
             raise ValueError(f"data[{sym!r}]={str(path)!r} is invalid; no such file")
-        df, _ = load_bars(path)
+        df = load_ohlcv(path)
         if len(df) >= 2 and infer_interval(df) < timeframe_to_timedelta(config.timeframe):
             df = resample_ohlcv(df, config.timeframe)
         if config.max_bars:

@@ -400,7 +400,7 @@ class TrialsLedger:
             )
         names = _labels(records) if columns == "label" else [r.id for r in records]
         series = [self.returns(r).rename(n) for r, n in zip(records, names, strict=True)]
-        return pd.concat(series, axis=1, join=how).sort_index()
+        return pd.concat(series, axis=1, join=how, sort=True).sort_index()
 
     def sharpe_ratios(self, kind: str | Iterable[str] | None = None) -> pd.Series:
         """Each trial's per-period Sharpe ratio on its own returns, by label (NaN for returns without spread)."""

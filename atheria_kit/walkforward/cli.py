@@ -193,7 +193,7 @@ def _run_one(config: WalkForwardConfig) -> list[dict[str, Any]]:
 def check_data(configs: list[WalkForwardConfig]) -> None:
     """Validate every configuration's data file before any run writes anything (several runs: one bad file must
     not leave the others' results half written). Streams each file in chunks; raises on the first problem."""
-    from atheria_kit import ohlcv
+    from atheria_kit.market import ohlcv
     from atheria_kit.walkforward.streaming import iter_ohlcv_chunks
 
     for config in configs:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from atheria_kit import ohlcv
 from atheria_kit._io import read_yaml_mapping
 from atheria_kit._validation import (
     require_bool,
@@ -21,6 +20,7 @@ from atheria_kit._validation import (
     require_int,
     require_positive,
 )
+from atheria_kit.market import ohlcv
 from atheria_kit.walkforward.evaluation import DEFAULT_LEAK_AUC, DEFAULT_LEAK_BASELINE_AUC
 from atheria_kit.walkforward.gate import GateCriteria
 from atheria_kit.walkforward.labels import TIE_POLICIES

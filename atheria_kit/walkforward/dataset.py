@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from atheria_kit import ohlcv
+from atheria_kit.market import ohlcv, synthetic
 from atheria_kit.walkforward import features as feats
 from atheria_kit.walkforward.config import WalkForwardConfig
 from atheria_kit.walkforward.disk import DiskColumn, DiskMatrix
@@ -65,7 +65,7 @@ def load_bars(config: WalkForwardConfig) -> pd.DataFrame:
     number is in ``attrs["partial_bins"]``) or keeps them, listed in ``attrs["partial_bin_times"]`` (``"mark"``).
     """
     if config.data == "synthetic":
-        df = ohlcv.synthetic_ohlcv(config.synthetic_bars, timeframe=config.timeframe, seed=config.seed)
+        df = synthetic.synthetic_ohlcv(config.synthetic_bars, timeframe=config.timeframe, seed=config.seed)
         return ohlcv.select_range(df, start=config.start, end=config.end, max_bars=config.max_bars)
     df = ohlcv.load_ohlcv(config.data_path(), start=config.start, end=config.end, max_bars=0)
     if ohlcv.infer_interval(df) != ohlcv.timeframe_to_timedelta(config.timeframe):

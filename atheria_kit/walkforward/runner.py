@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from atheria_kit import _io, ohlcv
+from atheria_kit import _io
+from atheria_kit.market import ohlcv
 from atheria_kit.runlog import RunLog
 from atheria_kit.stats.ledger import TrialsLedger
 from atheria_kit.stats.sharpe import has_spread

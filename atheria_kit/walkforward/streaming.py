@@ -4,7 +4,7 @@ The in-memory path holds the bars, the float32 feature matrix and a scaled train
 Here instead:
 
 1. the bars are read from the file ``chunk_size`` rows at a time (pyarrow batches for Parquet, ``read_csv``
-   chunks for CSV), validated with the same rules and messages as :func:`atheria_kit.ohlcv.load_ohlcv` (row
+   chunks for CSV), validated with the same rules and messages as :func:`atheria_kit.market.ohlcv.load_ohlcv` (row
    numbers count from the start of the file; ordering and duplicates are checked across chunk boundaries),
    selected by ``start``/``end`` and written to a columnar bar store on disk; resampling and ``max_bars`` work
    on that store chunk by chunk;
@@ -35,7 +35,8 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from atheria_kit import _io, ohlcv
+from atheria_kit import _io
+from atheria_kit.market import ohlcv
 from atheria_kit.walkforward import evaluation as ev
 from atheria_kit.walkforward import features as feats
 from atheria_kit.walkforward.config import WalkForwardConfig

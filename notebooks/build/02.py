@@ -30,7 +30,7 @@ cells = [
     install_cell(),
     code("from pathlib import Path\n\nimport pandas as pd\n"
          "from IPython.display import Image, Markdown, display\n\n"
-         "from atheria_kit import ohlcv\n"
+         "from atheria_kit.market import ohlcv, synthetic\n"
          "from atheria_kit.platform import detect_environment\n"
          "from atheria_kit.session import default_root\n"
          "from atheria_kit.walkforward.config import WalkForwardConfig\n"
@@ -111,7 +111,7 @@ cells = [
     code("demo = bars.iloc[-1500:] if SMOKE else bars\n"
          "splits = 3 if SMOKE else 5\n"
          "same = compare_shuffled_vs_walkforward(demo, horizon=8, n_splits=splits)\n"
-         "rw = ohlcv.synthetic_ohlcv(1000 if SMOKE else 6000, seed=1, regimes=ohlcv.RANDOM_WALK)\n"
+         "rw = synthetic.synthetic_ohlcv(1000 if SMOKE else 6000, seed=1, regimes=synthetic.RANDOM_WALK)\n"
          "control = compare_shuffled_vs_walkforward(rw, horizon=8, n_splits=splits)\n"
          "display(pd.DataFrame({\"this data\": same, \"random walk (true AUC 0.5)\": control}).T.round(3))\n"
          "print(shuffle_reading(same, control))"),

@@ -52,8 +52,9 @@ print(env.kind, "| GPUs:", [g.name for g in env.gpus] or "none", "| session limi
     ak.mount_drive()"""),
     md("## Data\nWindows of OHLCV bars; the label is whether the next bar closes higher. The shipped sample is "
        "real Binance data (see `atheria_kit/data/SOURCES.md`); `DATA='synthetic'` uses the seeded generator."),
-    code("""from atheria_kit.ohlcv import load_ohlcv, sample_path, synthetic_ohlcv
-from atheria_kit.sequence_data import make_direction_windows
+    code("""from atheria_kit.market.ohlcv import load_ohlcv, sample_path
+from atheria_kit.market.synthetic import synthetic_ohlcv
+from atheria_kit.market.sequence_data import make_direction_windows
 
 if DATA == "synthetic":
     bars = synthetic_ohlcv(20_000, seed=SEED)

@@ -1,17 +1,14 @@
-"""Fixtures for the ensemble tests: the shipped real 1h sample (via ``atheria_kit.ohlcv``) and short slices of it."""
+"""Fixtures for the ensemble tests: the shipped real 1h sample (via ``atheria_kit.market.ohlcv``) and short slices of it."""
 
 from __future__ import annotations
-
-import logging
 
 import pandas as pd
 import pytest
 
-from atheria_kit.ohlcv import load_ohlcv, sample_path
+from atheria_kit.market.ohlcv import load_ohlcv, sample_path
 
 
 def _load(symbol: str) -> pd.DataFrame:
-    logging.getLogger("atheria_kit.ohlcv").setLevel(logging.ERROR)  # the sample's one known gap is documented
     return load_ohlcv(sample_path(symbol))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from atheria_kit import ohlcv
+from atheria_kit.market import ohlcv, synthetic
 from atheria_kit.walkforward import features as F
 
 DATA = Path(__file__).parent.parent / "data"
@@ -80,7 +80,7 @@ def test_chunked_equals_unchunked(bars, full, chunk_size):
 
 
 def test_synthetic_chunked_equals_unchunked():
-    df = ohlcv.synthetic_ohlcv(3000, timeframe="1m", seed=5)
+    df = synthetic.synthetic_ohlcv(3000, timeframe="1m", seed=5)
     pd.testing.assert_frame_equal(F.compute_features(df, chunk_size=333), F.compute_features(df, chunk_size=10**6))
 
 

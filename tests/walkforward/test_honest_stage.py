@@ -16,7 +16,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from atheria_kit import ohlcv, watch
+from atheria_kit import watch
+from atheria_kit.market import synthetic
 from atheria_kit.runlog import RunLog, read_progress, read_summary
 from atheria_kit.walkforward import cli
 from atheria_kit.walkforward.config import WalkForwardConfig
@@ -34,7 +35,7 @@ NAME = "BTCUSDT_1h_H1_logreg_count"
 
 @pytest.fixture(scope="module")
 def bars():
-    return ohlcv.synthetic_ohlcv(3000, timeframe="1h", seed=11)
+    return synthetic.synthetic_ohlcv(3000, timeframe="1h", seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_the_cli_says_stopped_early_in_its_last_line(tmp_path, capsys, monkeypat
 
 def test_the_deployable_model_is_a_pipeline_refit_on_every_labelled_row(tmp_path):
     """Prices on a 0.1 grid make unchanged closes (ties): the refit must leave them out, like the folds."""
-    bars = ohlcv.synthetic_ohlcv(3000, timeframe="1h", seed=5)
+    bars = synthetic.synthetic_ohlcv(3000, timeframe="1h", seed=5)
     bars[["open", "high", "low", "close"]] = bars[["open", "high", "low", "close"]].round(1)
     ds = build_dataset(bars, 1, memory_guard=None)
     cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=3)
@@ -173,7 +174,7 @@ def test_smoothed_closes_raise_both_alarms(tmp_path, bars):
 
 
 def test_a_failed_gate_says_how_to_run_the_full_stage_anyway(tmp_path, capsys):
-    bars = ohlcv.synthetic_ohlcv(24 * 300, timeframe="1h", seed=4)
+    bars = synthetic.synthetic_ohlcv(24 * 300, timeframe="1h", seed=4)
     stages = run_walkforward(WalkForwardConfig(out=str(tmp_path), mode="sequential"), bars=bars)
     assert [s.mode for s in stages] == ["quick"] and not stages[0].gate.passed
     assert stages[0].decision == ("full stage not run (gate verdict (non-interactive); add --yes to run the full "

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from atheria_kit import ohlcv
+from atheria_kit.market import synthetic
 from atheria_kit.walkforward import cli
 
 BASE = ["--mode", "count", "--n-splits", "3"]
@@ -35,7 +35,7 @@ def _snapshot(root: Path) -> dict[str, bytes | None]:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("data")
-    good = ohlcv.synthetic_ohlcv(2500, timeframe="1h", seed=3).reset_index()
+    good = synthetic.synthetic_ohlcv(2500, timeframe="1h", seed=3).reset_index()
     good["timestamp"] = good["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     out = {"good": d / "good.csv"}
     good.to_csv(out["good"], index=False)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from atheria_kit import ohlcv
+from atheria_kit.market import ohlcv, synthetic
 from atheria_kit.runlog import read_progress
 from atheria_kit.walkforward import evaluation as ev
 from atheria_kit.walkforward.config import WalkForwardConfig
@@ -44,7 +44,7 @@ def _metrics(folds):
 
 @pytest.fixture(scope="module")
 def bars():
-    return ohlcv.synthetic_ohlcv(6000, timeframe="1h", seed=11)
+    return synthetic.synthetic_ohlcv(6000, timeframe="1h", seed=11)
 
 
 def test_count_mode_writes_artifacts_and_baselines(tmp_path, bars):
@@ -112,14 +112,14 @@ def test_early_stopping_across_folds_says_so_and_keeps_the_best_fold_model_apart
 
 
 def test_random_walk_has_no_edge_out_of_sample(tmp_path):
-    rw = ohlcv.synthetic_ohlcv(8000, timeframe="1h", seed=2, regimes=ohlcv.RANDOM_WALK)
+    rw = synthetic.synthetic_ohlcv(8000, timeframe="1h", seed=2, regimes=synthetic.RANDOM_WALK)
     cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=5, patience=10)
     (res,) = run_walkforward(cfg, bars=rw)
     assert abs(res.means["auc"] - 0.5) < 0.03 and res.leak_warning is None
 
 
 def test_sequential_gate_decision_recorded(tmp_path):
-    bars = ohlcv.synthetic_ohlcv(24 * 400, timeframe="1h", seed=4)
+    bars = synthetic.synthetic_ohlcv(24 * 400, timeframe="1h", seed=4)
     cfg = WalkForwardConfig(out=str(tmp_path), mode="sequential", confirm=False)
     stages = run_walkforward(cfg, bars=bars)
     assert [s.mode for s in stages] == ["quick"]
@@ -135,7 +135,7 @@ def test_sequential_gate_decision_recorded(tmp_path):
 def test_too_short_data_error_says_what_is_needed(tmp_path):
     cfg = WalkForwardConfig(out=str(tmp_path), mode="full")
     with pytest.raises(ValueError, match="needs at least min_train_days \\+ test_period_days = 141 days"):
-        run_walkforward(cfg, bars=ohlcv.synthetic_ohlcv(24 * 60, timeframe="1h"))
+        run_walkforward(cfg, bars=synthetic.synthetic_ohlcv(24 * 60, timeframe="1h"))
 
 
 def test_budget_stops_between_folds_and_resume_matches(tmp_path, bars):
@@ -209,7 +209,7 @@ def test_resume_refuses_when_the_data_changed_under_the_same_settings(tmp_path, 
     cfg = WalkForwardConfig(out=str(tmp_path), mode="count", n_splits=4, patience=10)
     ds = build_dataset(bars, 1)
     run_stage(cfg, "count", dataset=ds, budget=UnitBudget(2))
-    longer = build_dataset(ohlcv.synthetic_ohlcv(6500, timeframe="1h", seed=11), 1)
+    longer = build_dataset(synthetic.synthetic_ohlcv(6500, timeframe="1h", seed=11), 1)
     before, now = len(make_folds(ds, cfg, "count")[0].test), len(make_folds(longer, cfg, "count")[0].test)
     assert before != now
     with pytest.raises(ValueError, match=rf"fold 0 had {before} test rows when it was run and has {now} now"):
@@ -284,7 +284,7 @@ def test_resume_after_sigkill_of_real_cli_gives_identical_fold_metrics(tmp_path)
 
 @pytest.mark.slow
 def test_shuffled_kfold_inflates_auc_on_a_random_walk_but_purged_walk_forward_does_not():
-    rw = ohlcv.synthetic_ohlcv(2000, timeframe="1h", seed=1, regimes=ohlcv.RANDOM_WALK)
+    rw = synthetic.synthetic_ohlcv(2000, timeframe="1h", seed=1, regimes=synthetic.RANDOM_WALK)
     from atheria_kit.walkforward.runner import compare_shuffled_vs_walkforward
 
     auc = compare_shuffled_vs_walkforward(rw, horizon=8, n_splits=5)
@@ -375,7 +375,7 @@ def test_a_planted_leak_is_flagged_in_the_result_and_the_report(tmp_path, bars):
 
 
 def test_time_split_overrides_reach_the_folds(tmp_path):
-    bars = ohlcv.synthetic_ohlcv(24 * 300, timeframe="1h", seed=3)
+    bars = synthetic.synthetic_ohlcv(24 * 300, timeframe="1h", seed=3)
     ds = build_dataset(bars, 1)
     preset = make_folds(ds, WalkForwardConfig(mode="full"), "full")
     cfg = WalkForwardConfig(mode="full", test_period_days=42, window="rolling", train_window_days=30)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from atheria_kit import ohlcv
+from atheria_kit.market import ohlcv, synthetic
 from atheria_kit.walkforward import cli
 from atheria_kit.walkforward import evaluation as ev
 from atheria_kit.walkforward import streaming as st
@@ -136,7 +136,7 @@ def test_out_of_core_dataset_equals_the_in_memory_one(tmp_path, m1, fmt, setting
 
 
 def test_splits_of_an_out_of_core_dataset_read_only_a_few_values(tmp_path, monkeypatch):
-    bars = ohlcv.synthetic_ohlcv(24 * 400, timeframe="1h", seed=5)
+    bars = synthetic.synthetic_ohlcv(24 * 400, timeframe="1h", seed=5)
     cfg = WalkForwardConfig(out=str(tmp_path), n_splits=4, chunk_size=1000, horizon=2)
     ds = st.build_dataset_out_of_core(cfg, tmp_path / "work", bars=bars)
     read = []
@@ -151,7 +151,7 @@ def test_splits_of_an_out_of_core_dataset_read_only_a_few_values(tmp_path, monke
 
 
 def test_split_indices_are_identical(tmp_path):
-    bars = ohlcv.synthetic_ohlcv(24 * 400, timeframe="1h", seed=5)
+    bars = synthetic.synthetic_ohlcv(24 * 400, timeframe="1h", seed=5)
     path = _write(bars, tmp_path / "h1.parquet")
     cfg = WalkForwardConfig(data=str(path), out=str(tmp_path), n_splits=4, chunk_size=1000, horizon=2)
     a, b = build_dataset(load_bars(cfg), 2), st.build_dataset_out_of_core(cfg, tmp_path / "work")

@@ -1,4 +1,4 @@
-"""OHLCV bars: load, validate, select, resample and generate (synthetic) candles for both domains.
+"""OHLCV bars: load, validate, select and resample candles (the synthetic generator is in ``synthetic.py``).
 
 The normalized frame used everywhere in the kit has a tz-aware UTC ``DatetimeIndex`` named ``timestamp``
 (the bar's open time) and float64 columns ``open, high, low, close, volume``. Files come either in that
@@ -76,7 +76,7 @@ def timeframe_to_timedelta(timeframe: str) -> pd.Timedelta:
 def sample_path(symbol: str = "BTCUSDT", timeframe: str = "1h") -> Path:
     """Path of the real sample shipped with the package: ``atheria_kit/data/{SYMBOL}_{timeframe}.csv.gz``."""
     sym = str(symbol).upper()
-    path = Path(__file__).resolve().parent / "data" / f"{sym}_{timeframe}.csv.gz"
+    path = Path(__file__).resolve().parent.parent / "data" / f"{sym}_{timeframe}.csv.gz"
     if not path.is_file():
         available = sorted(p.name.removesuffix(".csv.gz") for p in path.parent.glob("*.csv.gz"))
         raise OHLCVError(
@@ -243,7 +243,8 @@ def load_ohlcv(
     """Load, validate and select OHLCV bars; resample to ``timeframe`` when given (must be coarser than the file's;
     ``partial``: its partial first and last bins, as in :func:`resample_ohlcv`).
 
-    ``df.attrs`` records ``source`` (file name), ``synthetic`` (False) and ``gaps`` (missing-bar count).
+    ``df.attrs`` records ``source`` (file name), ``synthetic`` (False), ``gaps`` (missing-bar count) and
+    ``data_note`` (:func:`data_note`: the one line a notebook or CLI prints about the file).
     """
     df = read_ohlcv_file(path)
     if validate:
@@ -255,9 +256,35 @@ def load_ohlcv(
         df = select_range(df, max_bars=max_bars)
     report = count_gaps(df, timeframe)
     if report.missing_bars:
-        logger.warning("%s: %s (not filled)", Path(path).name, report)
+        # INFO, not WARNING: a few missing bars are a fact about the file, stated once in ``data_note``, not an
+        # error (a WARNING would reach a notebook as a pink stderr block per file).
+        logger.info("%s: %s (not filled)", Path(path).name, report)
     df.attrs.update({"source": Path(path).name, "synthetic": False, "gaps": report.missing_bars})
+    df.attrs["data_note"] = data_note(df, Path(path).name)
     return df
+
+
+def data_note(bars: pd.DataFrame, source: str | None = None) -> str:
+    """One line: the file, its bars and span, and its missing bars (not filled), e.g.
+    ``BTCUSDT_1h.csv.gz: 13,146 bars 2022-07-01 .. 2023-12-30; 1 missing bar (2023-03-24 13:00 UTC), not filled``."""
+    name = source or bars.attrs.get("source") or "bars"
+    if bars.empty:
+        return f"{name}: no bars"
+    line = f"{name}: {len(bars):,} bars {bars.index[0]:%Y-%m-%d} .. {bars.index[-1]:%Y-%m-%d}"
+    if len(bars) < 2:
+        return line
+    report = count_gaps(bars)
+    if not report.missing_bars:
+        return f"{line}; no missing bars"
+    step = report.interval
+    if len(report.gaps) == 1:
+        before, _, n = report.gaps[0]
+        first = before + step
+        where = f"{first:%Y-%m-%d %H:%M} UTC" if n == 1 else f"{first:%Y-%m-%d %H:%M} .. {before + n * step:%H:%M} UTC"
+    else:
+        where = f"in {len(report.gaps)} gaps, the first at {report.gaps[0][0] + step:%Y-%m-%d %H:%M} UTC"
+    plural = "s" if report.missing_bars != 1 else ""
+    return f"{line}; {report.missing_bars} missing bar{plural} ({where}), not filled"
 
 
 # -------------------------------------------------------------------------------------------------- validation
@@ -408,86 +435,3 @@ def resample_ohlcv(df: pd.DataFrame, timeframe: str, *, partial: str = "drop") -
     out.attrs.update(df.attrs)
     out.attrs.update({"partial_bins": len(edges), "partial_bin_times": tuple(t.isoformat() for t in edges)})
     return out
-
-
-# --------------------------------------------------------------------------------------------------- synthetic
-
-
-@dataclass(frozen=True)
-class Regime:
-    """One state of the synthetic market: per-bar log-return drift and volatility, and mean duration in bars."""
-
-    drift: float
-    volatility: float
-    mean_duration: float = 500.0
-
-    def __post_init__(self) -> None:
-        if not np.isfinite(self.drift):
-            raise ValueError(f"Regime.drift={self.drift!r} is invalid; expected a finite number")
-        if not (np.isfinite(self.volatility) and self.volatility > 0):
-            raise ValueError(f"Regime.volatility={self.volatility!r} is invalid; expected a finite number > 0")
-        if not (np.isfinite(self.mean_duration) and self.mean_duration >= 1):
-            raise ValueError(f"Regime.mean_duration={self.mean_duration!r} is invalid; expected a number >= 1")
-
-
-#: Default regimes: calm up-trend, calm down-trend, volatile sideways (per-bar log-return units).
-DEFAULT_REGIMES: tuple[Regime, ...] = (
-    Regime(drift=2e-4, volatility=0.004, mean_duration=800),
-    Regime(drift=-2e-4, volatility=0.005, mean_duration=600),
-    Regime(drift=0.0, volatility=0.012, mean_duration=300),
-)
-#: A single driftless regime: a pure (geometric) random walk, whose direction is unpredictable by construction.
-RANDOM_WALK: tuple[Regime, ...] = (Regime(drift=0.0, volatility=0.005, mean_duration=1e12),)
-
-
-def synthetic_ohlcv(
-    n_bars: int,
-    *,
-    timeframe: str = "1h",
-    seed: int = 0,
-    start: str = "2020-01-01",
-    regimes: tuple[Regime, ...] | list[Regime] = DEFAULT_REGIMES,
-    start_price: float = 100.0,
-) -> pd.DataFrame:
-    """Seeded regime-switching geometric random walk as OHLCV bars, labelled synthetic in ``df.attrs``.
-
-    The regime follows a Markov chain whose state durations are geometric with each regime's mean duration;
-    on leaving a state the next one is drawn uniformly among the others. Same ``seed`` -> identical frame.
-    """
-    require_int("n_bars", n_bars, minimum=2)
-    require_int("seed", seed, minimum=0)
-    if not regimes:
-        raise ValueError("regimes=() is invalid; expected at least one Regime")
-    interval = timeframe_to_timedelta(timeframe)
-    rng = np.random.default_rng(seed)
-    k = len(regimes)
-    drift = np.array([r.drift for r in regimes])
-    vol = np.array([r.volatility for r in regimes])
-    leave = 1.0 / np.array([r.mean_duration for r in regimes])
-    # Regime path: draw run lengths instead of per-bar transitions (vectorized, O(number of runs)).
-    states = np.empty(n_bars, dtype=np.int8)
-    pos, state = 0, int(rng.integers(k))
-    while pos < n_bars:
-        run = int(rng.geometric(min(1.0, leave[state]))) if leave[state] > 1e-9 else n_bars
-        states[pos : pos + run] = state
-        pos += run
-        if k > 1:
-            state = int((state + rng.integers(1, k)) % k)
-    log_ret = drift[states] + vol[states] * rng.standard_normal(n_bars)
-    close = start_price * np.exp(np.cumsum(log_ret))
-    open_ = np.empty(n_bars)
-    open_[0] = start_price
-    open_[1:] = close[:-1]
-    wick = vol[states] * np.abs(rng.standard_normal((2, n_bars))) * 0.5
-    high = np.maximum(open_, close) * np.exp(wick[0])
-    low = np.minimum(open_, close) * np.exp(-wick[1])
-    volume = rng.lognormal(mean=3.0, sigma=0.5, size=n_bars) * (vol[states] / vol.min())
-    index = pd.date_range(pd.Timestamp(start, tz="UTC"), periods=n_bars, freq=interval, name="timestamp", unit="ns")
-    df = pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index)
-    df.attrs.update({
-        "synthetic": True,
-        "source": f"SYNTHETIC regime-switching random walk (seed={seed}, {k} regimes) - not market data",
-        "seed": seed,
-        "gaps": 0,
-    })
-    return df
