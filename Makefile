@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-ui lint run dist bench bench-long clean
+.PHONY: setup test test-slow test-ui lint run dist bench bench-long clean
 
 setup: $(STAMP)
 
@@ -22,8 +22,13 @@ $(STAMP): pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check atheria_kit tests bench
 
+# The whole suite except the tests marked slow (kills at more instants, cold-started processes): ~10 min on 2 cores.
 test: setup lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The slow ones alone (CI runs them after `make test`).
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 run: setup
 	ATHERIA_HEADLESS=1 $(PY) notebooks/run_demo.py --out runs/demo

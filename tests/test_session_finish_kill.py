@@ -75,7 +75,8 @@ def reference_end(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize(("stop_after", "saved_before"), [
     (8, 8),  # the stop falls on a saved episode: finish() saves the same episode again (under a new name)
-    (6, 4),  # the final save is the only copy of episodes 4-5
+    # the final save is the only copy of episodes 4-5 (`make test-slow`; bench/bench_kill.py covers six stops)
+    pytest.param(6, 4, marks=pytest.mark.slow),
 ])
 def test_a_kill_at_any_instant_of_finish_resumes_from_the_newest_complete_state(
         tmp_path, reference_end, stop_after, saved_before):
