@@ -121,14 +121,14 @@ for episode in session.episodes():
     scheduler.step()
     session.log(**metrics)"""),
     md("## Results\nFinal save and sync, plots, the Markdown report and (once all episodes are done) the exports, "
-       "each verified by loading it in a fresh process."),
+       "each verified by loading it in a fresh process. The session has already printed how it ended and how to "
+       "continue; below are the report and the end-of-run plots."),
     code("""result = session.finish(model=model, example_input=data.x_val[:8].to(device))
-print(f"session ended: {result.end_reason}; {result.episodes_done}/{result.total_episodes} episodes; "
-      f"{len(result.sessions)} session(s)")
 print("report:", result.report)
 for e in result.exports:
     print(f"export {e['format']:>12}: {e['status']}  max abs err {e['max_abs_err']}")"""),
     code("""from IPython.display import Markdown, display
-display(Markdown(result.report.read_text().split("## Plots")[0]))"""),
+display(Markdown(result.report.read_text().split("## Plots")[0]))
+result.show()  # the end-of-run plots, each with its caption (also saved as PNGs beside the report)"""),
 ]
 write(cells, "01_progressive_training.ipynb")
