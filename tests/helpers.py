@@ -39,3 +39,33 @@ def make_checkpoints(directory: Path, steps: list[int], size: int = 1000) -> dic
 
 def no_wait(_seconds: float) -> None:
     """Backoff waits return at once: tests drive retries deterministically."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_until_line(process, needle: str, timeout: float) -> str:
+    """Read a server's output until a line contains ``needle`` (a server prints its URL once it listens)."""
+    import selectors
+    import time
+
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    with selectors.DefaultSelector() as sel:
+        sel.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if needle in line:
+                return "".join(seen)
+    raise AssertionError(f"the server never printed {needle!r}; its output:\n{''.join(seen)[-3000:]}")

@@ -43,6 +43,30 @@ def digest(model) -> str:
     return h.hexdigest()[:16]
 
 
+def seeded_training():
+    """The worker's model, optimizer and generators, seeded: every life starts from the same objects."""
+    import torch
+
+    from atheria_kit.state import SeededGenerators, seed_everything
+
+    seed_everything(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2), SeededGenerators(0)
+
+
+def train_episode(model, opt, gens) -> float:
+    """One episode: a batch drawn from the checkpointed generator, one optimizer step; returns the loss."""
+    import torch
+
+    x = torch.randn(64, 5, generator=gens.torch)
+    y = (x.sum(1, keepdim=True) > 0).float()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
@@ -54,13 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--take-over", action="store_true")
     args = ap.parse_args(argv)
 
-    import torch
-
     from atheria_kit.checkpoint import DiskStorage
     from atheria_kit.platform import detect_environment
     from atheria_kit.session import TrainingSession
     from atheria_kit.session_config import SessionConfig
-    from atheria_kit.state import SeededGenerators, seed_everything
 
     class GatedStorage(DiskStorage):
         """During finish(), each file write waits for the driver before it starts and after its rename."""
@@ -86,23 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     storage = GatedStorage(root / "checkpoints" / "w")
     session = TrainingSession(cfg, environment=env, storage=storage)
     session.checkpoints.subscribe(lambda record, _manifest: emit(f"COMMIT {record.step}"))
-    seed_everything(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    gens = SeededGenerators(0)
+    model, opt, gens = seeded_training()
     first = session.restore(model=model, optimizer=opt, generators=gens)
     emit(f"READY {first}")
     for ep in session.episodes():
         if args.hold_at is not None and ep == args.hold_at:
             emit(f"HOLD {ep}")
             sys.stdin.readline()
-        x = torch.randn(64, 5, generator=gens.torch)
-        y = (x.sum(1, keepdim=True) > 0).float()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        session.log(loss=loss.item())
+        session.log(loss=train_episode(model, opt, gens))
         emit(f"EPISODE {ep} {digest(model)}")
         if args.stop_after is not None and ep + 1 >= args.stop_after:
             session.budget.request_stop("worker --stop-after")

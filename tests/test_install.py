@@ -25,6 +25,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from tests._paths import REPO_ROOT
+from tests.helpers import free_port, read_until_line
 
 NOTEBOOK_01 = REPO_ROOT / "notebooks" / "01_progressive_training.ipynb"
 WHEEL = "atheria_kit-{}-py3-none-any.whl"
@@ -443,7 +444,7 @@ def test_the_readme_local_commands_work_in_a_clean_venv(dist, third_party, tmp_p
     (bin_dir / "python3").symlink_to(_base_python())
     env = _isolated_env(tmp_path / "home")
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    port = _free_port()
+    port = free_port()
     config = Path(env["JUPYTER_CONFIG_DIR"])
     config.mkdir(parents=True)
     # A real user's server opens a browser on port 8888; this one listens on a free port with a known token.
@@ -462,7 +463,7 @@ def test_the_readme_local_commands_work_in_a_clean_venv(dist, third_party, tmp_p
     server = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=source, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        output = _read_until(server, f"http://127.0.0.1:{port}/", timeout=300)
+        output = read_until_line(server, f"http://127.0.0.1:{port}/", timeout=300)
         assert "does not provide the extra" not in output, output
         import requests
 
@@ -488,29 +489,3 @@ def test_the_readme_local_commands_work_in_a_clean_venv(dist, third_party, tmp_p
     assert Path(kit).is_relative_to(source), f"the venv imports the kit from {kit}, not the unpacked source"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _read_until(process: subprocess.Popen, needle: str, timeout: float) -> str:
-    """Read the output until a line contains ``needle`` (the server prints its URL once it listens)."""
-    import selectors
-
-    deadline = time.monotonic() + timeout
-    seen: list[str] = []
-    with selectors.DefaultSelector() as sel:
-        sel.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                break
-            line = process.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if needle in line:
-                return "".join(seen)
-    raise AssertionError(f"jupyter lab never printed {needle!r}; its output:\n{''.join(seen)[-3000:]}")

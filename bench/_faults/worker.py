@@ -204,13 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--final-sync-timeout", type=float, default=None)
     args = ap.parse_args(argv)
 
-    import torch
 
     from atheria_kit.platform import detect_environment
     from atheria_kit.say import UserError
     from atheria_kit.session import TrainingSession
     from atheria_kit.session_config import SessionConfig
-    from atheria_kit.state import SeededGenerators, seed_everything
+    from tests.session_worker import seeded_training, train_episode
 
     root = Path(args.root)
     switch = FaultSwitch(Path(args.fault_file) if args.fault_file else None)
@@ -238,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdin.readline()
     if session.sync is not None:  # time the final sync itself: finish() bounds it by final_sync_timeout
         session.sync.finish = timed("SYNC-FINISH", session.sync.finish)
-    seed_everything(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    gens = SeededGenerators(0)
+    model, opt, gens = seeded_training()  # the same model and episodes as the tests' session worker
     first = session.restore(model=model, optimizer=opt, generators=gens)
     emit(f"READY {first} {switch.ops}")
     if remote is not None:
@@ -250,13 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.hold_at is not None and ep == args.hold_at:
             emit(f"HOLD {ep}")
             sys.stdin.readline()
-        x = torch.randn(64, 5, generator=gens.torch)
-        y = (x.sum(1, keepdim=True) > 0).float()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        session.log(loss=loss.item())
+        session.log(loss=train_episode(model, opt, gens))
         emit(f"EPISODE {ep} {digest(model)}")
         if args.stop_after is not None and ep + 1 >= args.stop_after:
             session.budget.request_stop("worker --stop-after")

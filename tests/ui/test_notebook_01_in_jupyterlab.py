@@ -18,13 +18,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests._paths import REPO_ROOT
+from tests.helpers import free_port, read_until_line
 
 # What the notebook must print (regular expressions over the text of all outputs).
 FIRST_RUN_PATTERNS = [
@@ -90,14 +90,14 @@ def jupyterlab(workdir, tmp_path_factory) -> Iterator[str]:
            "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
            "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     env.pop("ATHERIA_HEADLESS", None)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1",
          "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={workdir}",
          "--ServerApp.allow_root=True"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        _read_until(server, f"http://127.0.0.1:{port}/", timeout=120)
+        read_until_line(server, f"http://127.0.0.1:{port}/", timeout=120)
         # Keep reading its log, or a full pipe would block the server.
         threading.Thread(target=server.stdout.read, daemon=True).start()
         yield f"http://127.0.0.1:{port}"
@@ -240,29 +240,3 @@ def _end_sessions(base: str) -> None:
         requests.delete(f"{base}/api/sessions/{session['id']}", headers=_AUTH, timeout=30).raise_for_status()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _read_until(process: subprocess.Popen, needle: str, timeout: float) -> str:
-    """Read the server's output until a line contains ``needle`` (it prints its URL once it listens)."""
-    import selectors
-
-    deadline = time.monotonic() + timeout
-    seen: list[str] = []
-    with selectors.DefaultSelector() as sel:
-        sel.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                break
-            line = process.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if needle in line:
-                return "".join(seen)
-    raise AssertionError(f"jupyter lab never printed {needle!r}; its output:\n{''.join(seen)[-3000:]}")
