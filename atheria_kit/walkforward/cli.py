@@ -93,6 +93,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"money view: fee per side as a fraction of the traded value (default {c.fee:g})")
     p.add_argument("--slippage", type=float, default=d, metavar="FRACTION",
                    help=f"money view: slippage per side as a fraction (default {c.slippage:g})")
+    p.add_argument("--min-hold-bars", type=int, default=d, metavar="BARS",
+                   help="money view's turnover control: hold a position at least BARS bars "
+                   f"(default {c.min_hold_bars}; 0 with --deadband 0 --cost-multiple 0 trades the raw rule)")
+    p.add_argument("--deadband", type=float, default=d, metavar="SCORE",
+                   help="turnover control: keep a position while the score 2 P(up) - 1 stays above the threshold's "
+                   f"score minus SCORE (0..1; default {c.deadband:g}, i.e. P(up) {c.deadband / 2:g} below it)")
+    p.add_argument("--cost-multiple", type=float, default=d, metavar="X",
+                   help="turnover control: enter only when |2 P(up) - 1| x volatility x sqrt(hold) exceeds X times "
+                   f"the round-trip cost (default {c.cost_multiple:g}; 0: no cost test)")
+    p.add_argument("--cost-vol-window", type=int, default=d, metavar="BARS",
+                   help=f"turnover control: bars of returns in that volatility (default {c.cost_vol_window})")
     p.add_argument("--chunk-size", type=int, default=d, metavar="ROWS",
                    help=f"feature rows per chunk (default {c.chunk_size})")
     p.add_argument("--memory-threshold", type=float, default=d, metavar="FRACTION",

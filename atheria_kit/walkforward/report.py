@@ -106,6 +106,15 @@ def _num(v: Any, fmt: str = ".4f") -> str:
     return str(v) if isinstance(v, int) else format(v, fmt)
 
 
+def _turnover_words(settings: dict | None) -> str:
+    """The turnover settings in one phrase."""
+    if not settings:
+        return "off"
+    return (f"minimum hold {settings['min_hold_bars']} bars, deadband {settings['deadband']:g} on the score, "
+            f"cost-aware entry at {settings['cost_multiple']:g} x the round-trip cost with the volatility of "
+            f"{settings['vol_window']} bars")
+
+
 def _pct(v: float) -> str:
     return "n/a" if isinstance(v, float) and math.isnan(v) else f"{100 * v:.1f} %"
 
@@ -134,6 +143,12 @@ def summary_lines(result, config) -> list[str]:
         lines.append("- money (after costs, whole test period): " + "; ".join(
             f"{_STRATEGY_NAMES[k]} {_pct(w[k]['total_return'])}, Sharpe {_num(w[k]['sharpe'], '.2f')}, "
             f"max drawdown {_pct(w[k]['max_drawdown'])}" for k in STRATEGIES))
+        if result.money.uncontrolled:
+            u = result.money.uncontrolled
+            lines.append("- turnover control (" + _turnover_words(result.money.turnover) + "): " + "; ".join(
+                f"{_STRATEGY_NAMES[k]} {_num(w[k]['trades_per_year'], '.1f')} trades/year, "
+                f"{_pct(w[k]['total_return'])} (uncontrolled {_num(u[k]['trades_per_year'], '.1f')} trades/year, "
+                f"{_pct(u[k]['total_return'])})" for k in u))
     tie_word = "excluded from training and metrics" if result.ties == "drop" else "labelled down (ties='down')"
     lines.append(f"- unchanged closes (ties): {_pct(result.tie_rate)} of the rows, {tie_word}")
     if result.refit is not None:
@@ -198,13 +213,19 @@ def _markdown(result, ds, config) -> str:
                   f"when P(up) > {mv.threshold:g}. Long/short: long above {mv.threshold:g}, short below "
                   f"{1 - mv.threshold:g}. Sharpe and Sortino annualised with {mv.periods_per_year:,.0f} bars per "
                   "year (24/7); n/a where undefined (no spread).", "",
-                  "| strategy | total return | Sharpe | Sortino | max drawdown | turnover / year | exposure | "
-                  "cost paid |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for s in STRATEGIES:
-            w = mv.whole[s]
-            lines.append(f"| {_STRATEGY_NAMES[s]} | {_pct(w['total_return'])} | {_num(w['sharpe'], '.2f')} | "
+                  (f"Turnover control ({_turnover_words(mv.turnover)}): positions decided by the ensemble's "
+                   "turnover controller on the score 2 P(up) - 1; the uncontrolled rows trade the raw threshold "
+                   "rule at every bar." if mv.uncontrolled else
+                   "Turnover control: off (the raw threshold rule decides at every bar)."), "",
+                  "| strategy | total return | Sharpe | Sortino | max drawdown | trades / year | turnover / year | "
+                  "exposure | cost paid |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        rows = [(_STRATEGY_NAMES[s], mv.whole[s]) for s in STRATEGIES]
+        rows += [(f"{_STRATEGY_NAMES[s]}, uncontrolled", w) for s, w in mv.uncontrolled.items()]
+        for name, w in rows:
+            lines.append(f"| {name} | {_pct(w['total_return'])} | {_num(w['sharpe'], '.2f')} | "
                          f"{_num(w['sortino'], '.2f')} | {_pct(w['max_drawdown'])} | "
-                         f"{_num(w['turnover_per_year'], '.1f')} | {_pct(w['exposure'])} | {_pct(w['cost_paid'])} |")
+                         f"{_num(w['trades_per_year'], '.1f')} | {_num(w['turnover_per_year'], '.1f')} | "
+                         f"{_pct(w['exposure'])} | {_pct(w['cost_paid'])} |")
         lines += ["", "Per fold (total return after costs; Sharpe):", "",
                   "| fold | " + " | ".join(_STRATEGY_NAMES[s] for s in STRATEGIES) + " |",
                   "|---|" + "---:|" * len(STRATEGIES)]

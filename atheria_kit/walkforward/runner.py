@@ -586,7 +586,7 @@ def _finish_stage(config, mode, ds, folds, state, run_dir, status, reason, refit
 
     result.money = money_view(
         ds, [_as_range(folds[i].test) for i in range(len(done))], paths, threshold=config.trade_threshold,
-        costs=BacktestConfig(fee=config.fee, slippage=config.slippage),
+        costs=BacktestConfig(fee=config.fee, slippage=config.slippage), turnover=config.turnover,
         periods_per_year=bars_per_year(ohlcv.timeframe_to_timedelta(config.timeframe) / pd.Timedelta(minutes=1)))
     result.overfitting, result.overfitting_note = record_trials(config, mode, result.money)
     if result.overfitting is not None:
