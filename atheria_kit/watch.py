@@ -15,6 +15,7 @@ import math
 import socket
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ STALL_MIN_SECONDS = 300.0
 STALL_UNITS = 3.0
 EXIT_OK, EXIT_NO_RUN, EXIT_UNHEALTHY = 0, 1, 3
 _TABLE_ROWS = 10
+#: The widest line the monitor prints by default: a notebook cell shows about 100 columns without wrapping.
+WIDTH = 100
+_MAX_CELL = 16
+_MAX_HEADER = 14
 
 
 def pid_alive(pid: int) -> bool:
@@ -130,6 +135,62 @@ def _num(v: Any) -> str:
     return str(v)
 
 
+#: Metric names whose values are fractions of one, shown as percentages (returns, drawdowns, rates, coverage).
+_FRACTION_HINTS = ("drawdown", "return", "_rate", "progress", "coverage")
+
+
+def _value(key: str, v: Any, limit: int = _MAX_CELL) -> str:
+    """One metric value as a person reads it: counts as integers, fractions as percentages, bytes in MiB/GiB,
+    seconds as a duration; long text shortened to ``limit`` characters."""
+    if isinstance(v, bool) or not _is_number(v):
+        return _shorten("" if v is None else str(v), limit)
+    k = key.lower()
+    if k.endswith("_bytes") or k == "bytes":
+        return _bytes(v)
+    if (k.endswith("_seconds") or k == "seconds") and math.isfinite(v):
+        return _duration(v) if v >= 60 else f"{v:.3g}s"
+    if isinstance(v, float) and math.isfinite(v) and any(h in k for h in _FRACTION_HINTS):
+        return f"{100 * v:.2f} %"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e15):
+        return f"{int(v):,}"
+    if math.isfinite(v) and 1e3 <= abs(v) < 1e12:  # money and prices: digits grouped, not 1.011e+04
+        return f"{v:,.0f}" if abs(v) >= 1e5 else f"{v:,.1f}"
+    return f"{v:.4g}"
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut in the middle to at most ``limit`` characters (both ends of a name or path are telling)."""
+    if len(text) <= limit:
+        return text
+    if limit <= 1:
+        return text[:limit]
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
+
+
+def _wrap_items(prefix: str, items: Sequence[str], width: int, sep: str = "  ") -> list[str]:
+    """``prefix`` and ``items``, continued on indented lines so that no line is wider than ``width``."""
+    indent = " " * min(len(prefix), 12)
+    lines, line, fresh = [], prefix, True  # fresh: nothing after the prefix or indent yet
+    for item in items:
+        item = _shorten(item, width - len(indent))
+        joiner = " " if fresh else sep
+        if not fresh and len(line) + len(joiner) + len(item) > width - len(sep.rstrip()):
+            lines.append(line + sep.rstrip())  # a list separated by commas keeps its comma at the break
+            line, joiner = indent, ""
+        elif fresh and line == prefix and len(line) + 1 + len(item) > width:
+            lines.append(line)
+            line, joiner = indent, ""
+        line, fresh = line + joiner + item, False
+    lines.append(line)
+    return lines
+
+
+def _prose(text: str, first: str, rest: str, width: int) -> list[str]:
+    """A sentence wrapped to ``width``; nothing is cut (a long path is split across lines, not shortened)."""
+    return textwrap.wrap(text, width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False) or [first]
+
+
 def _bytes(n: Any) -> str:
     if not _is_number(n):
         return "?"
@@ -147,41 +208,46 @@ def _progress_text(p: dict[str, Any]) -> str:
     return f"{done} {unit}s"
 
 
-def format_run(view: RunView, *, table: bool = True) -> str:
-    """A block of lines describing one run."""
+def format_run(view: RunView, *, table: bool = True, width: int = WIDTH) -> str:
+    """A block of lines describing one run, none wider than ``width`` (a notebook cell shows ~100 columns)."""
     if view.progress is None:
-        return f"{view.path}: {view.problem}"
+        return "\n".join(_prose(f"{view.path}: {view.problem}", "", "  ", width))
     p = view.progress
-    lines = [f"{view.path}  [{p.get('kind', '?')}] {p.get('run_id', '?')}  status: {view.state}"]
+    unit = p.get("unit", "unit")
+    tail = f"  [{p.get('kind', '?')}] {p.get('run_id', '?')}  status: {view.state}"
+    lines = [_shorten(str(view.path), max(20, width - len(tail))) + tail]
     if view.problem:
-        lines.append(f"  !! {view.problem}")
+        lines.extend(_prose(view.problem, "  !! ", "     ", width))
     eta = p.get("eta_seconds")
     eta_text = f"   ETA {_duration(eta)}" if view.state == "running" and _is_number(eta) else ""
     lines.append(f"  progress  {_progress_text(p)}{eta_text}")
     metrics = p.get("metrics") or {}
     if "folds_planned" in metrics:  # a finished walk-forward stage: its summary over all folds
-        lines.extend(_stage_lines(metrics))
+        lines.extend(_stage_lines(metrics, width))
     elif metrics:
-        label = f"last {p.get('unit', 'unit')}" + (" (the stage summary comes when it ends)"
-                                                     if p.get("kind") == "walkforward" else "")
-        lines.append(f"  metrics   {label}: " + "  ".join(f"{k}={_num(v)}" for k, v in metrics.items()))
+        label = f"last {unit}" + (" (the stage summary comes when it ends)" if p.get("kind") == "walkforward" else "")
+        lines.extend(_wrap_items(f"  metrics   {label}:", [f"{k}={_value(k, v)}" for k, v in metrics.items()],
+                                 width))
     lines.append(f"  memory    {_bytes(p.get('memory_rss_bytes'))} RSS (pid {p.get('pid', '?')})")
-    typical = f", typical {p.get('unit', 'unit')} {_duration(view.typical_unit_seconds)}" if view.typical_unit_seconds else ""
+    typical = f", typical {unit} {_duration(view.typical_unit_seconds)}" if view.typical_unit_seconds else ""
     lines.append(f"  updated   {_duration(view.since_update)} ago{typical}")
     if p.get("sessions", 1) != 1:
         lines.append(f"  sessions  {p.get('sessions')}")
     if p.get("message"):
-        lines.append(f"  message   {p['message']}")
+        lines.extend(_prose(str(p["message"]), "  message   ", " " * 12, width))
     if table and view.records:
-        lines.append(f"  last {min(len(view.records), _TABLE_ROWS)} of {len(view.records)} {p.get('unit', 'unit')}s:")
-        lines.extend("    " + row for row in _table(view.records[-_TABLE_ROWS:]))
+        lines.append(f"  last {min(len(view.records), _TABLE_ROWS)} of {len(view.records)} {unit}s:")
+        rows, hidden = _table(view.records[-_TABLE_ROWS:], width - 4)
+        lines.extend("    " + row for row in rows)
+        if hidden:
+            lines.extend(_wrap_items(f"    not shown (no room; all in {METRICS_FILE}):", hidden, width, ", "))
     return "\n".join(lines)
 
 
 _STATS = ("mean", "median", "std", "min", "max")
 
 
-def _stage_lines(m: dict[str, Any]) -> list[str]:
+def _stage_lines(m: dict[str, Any], width: int = WIDTH) -> list[str]:
     """A walk-forward stage summary (``<metric>_<stat>`` keys, baselines' means, money) as an aligned block."""
     done, planned, cover = m.get("folds_completed"), m.get("folds_planned"), m.get("test_coverage")
     cover_text = f", {100 * cover:.1f} % of the test period" if _is_number(cover) else ""
@@ -189,18 +255,19 @@ def _stage_lines(m: dict[str, Any]) -> list[str]:
     names = [k[: -len("_mean")] for k in m if k.endswith("_mean")]
     names = [n for n in names if all(f"{n}_{s}" in m for s in _STATS)]  # the baselines have means only
     if names:
-        width = max(len(n) for n in names)
-        lines.append("            " + " " * width + "".join(f"{s:>9}" for s in _STATS))
+        label = min(max(len(n) for n in names), width - 12 - 9 * len(_STATS))
+        lines.append("            " + " " * label + "".join(f"{s:>9}" for s in _STATS))
         for n in names:
-            lines.append(f"            {n:<{width}}" + "".join(f"{_num(m[f'{n}_{s}']):>9}" for s in _STATS))
+            lines.append(f"            {_shorten(n, label):<{label}}"
+                         + "".join(f"{_num(m[f'{n}_{s}']):>9}" for s in _STATS))
     bases = [(label, m[key]) for key, label in (("last_bar_auc_mean", "last-bar"), ("majority_auc_mean", "majority"))
              if key in m]
     if bases:
         lines.append("  baselines mean AUC " + ", ".join(f"{label} {_num(v)}" for label, v in bases))
     money = [(k[: -len("_sharpe")], m[k]) for k in m if k.endswith("_sharpe")]
     if money:
-        lines.append("  money     after costs: " + ", ".join(
-            f"{name} {_pct(m.get(f'{name}_total_return'))} (Sharpe {_num(v)})" for name, v in money))
+        lines.extend(_wrap_items("  money     after costs:", [
+            f"{name} {_pct(m.get(f'{name}_total_return'))} (Sharpe {_num(v)})" for name, v in money], width, ", "))
     if "dsr" in m:
         lines.append(f"  real?     PSR {_num(m.get('psr'))}, DSR {_num(m['dsr'])} after {m.get('trials')} trials")
     return lines
@@ -210,32 +277,53 @@ def _pct(v: Any) -> str:
     return f"{100 * v:+.1f} %" if _is_number(v) and math.isfinite(v) else "?"
 
 
-def _table(records: list[dict[str, Any]]) -> list[str]:
-    keys: list[str] = ["done"]
+def _table(records: list[dict[str, Any]], width: int = WIDTH) -> tuple[list[str], list[str]]:
+    """The recent units as a table no wider than ``width``, and the metric names left out for want of room.
+
+    ``done`` comes first; then the columns that change between the rows shown (the ones worth a table), then
+    constant ones; ``unit_seconds`` is shown as ``took``. A column that repeats ``done`` (a cycle counter) is
+    dropped. Long names are shortened in the header.
+    """
+    keys: list[str] = []
     for r in records:
-        keys.extend(k for k in r if k not in keys and k != "time")
-    cells = [[_num(r.get(k, "")) for k in keys] for r in records]
-    widths = [max(len(k), *(len(row[i]) for row in cells)) for i, k in enumerate(keys)]
-    out = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
-    out += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return out
+        keys.extend(k for k in r if k not in keys and k not in ("time", "done"))
+    done = [r.get("done") for r in records]
+    columns = [k for k in keys if [r.get(k) for r in records] != done]
+    varying = [k for k in columns if len({repr(r.get(k)) for r in records}) > 1]
+    ordered = ["done"] + varying + [k for k in columns if k not in varying]
+    header = {"done": "done", "unit_seconds": "took"}
+    chosen, hidden, used = [], [], 0
+    for k in ordered:
+        title = header.get(k, _shorten(k, _MAX_HEADER))
+        cells = [_value(k, r.get(k)) for r in records]
+        w = max(len(title), *(len(c) for c in cells))
+        if used + w + (2 if chosen else 0) > width:
+            hidden.append(k)
+            continue
+        used += w + (2 if chosen else 0)
+        chosen.append((title, w, cells))
+    out = ["  ".join(title.rjust(w) for title, w, _ in chosen)]
+    out += ["  ".join(cells[i].rjust(w) for _, w, cells in chosen) for i in range(len(records))]
+    return out, hidden
 
 
-def format_listing(views: Sequence[RunView]) -> str:
-    """One line per run, for a directory holding several."""
+def format_listing(views: Sequence[RunView], *, width: int = WIDTH) -> str:
+    """One line per run (a problem on an indented line below it), for a directory holding several."""
     lines = []
+    name_w = min(24, max((len(v.path.name) for v in views), default=0))
     for v in views:
+        name = _shorten(v.path.name, name_w).ljust(name_w)
         if v.progress is None:
-            lines.append(f"{v.path.name:<30} unreadable: {v.problem}")
+            lines.extend(_prose(f"{name} unreadable: {v.problem}", "", "  ", width))
             continue
         p = v.progress
         eta = p.get("eta_seconds")
         eta_text = f"  ETA {_duration(eta)}" if v.state == "running" and _is_number(eta) else ""
-        flag = f"  !! {v.problem}" if v.problem else ""
-        lines.append(
-            f"{v.path.name:<30} {p.get('kind', '?'):<12} {v.state:<9} {_progress_text(p)}{eta_text}"
-            f"  updated {_duration(v.since_update)} ago{flag}"
-        )
+        line = (f"{name} {_shorten(str(p.get('kind', '?')), 11):<11} {v.state:<9} {_progress_text(p)}{eta_text}"
+                f"  updated {_duration(v.since_update)} ago")
+        lines.append(_shorten(line, width))
+        if v.problem:
+            lines.extend(_prose(v.problem, "  !! ", "     ", width))
     return "\n".join(lines)
 
 

@@ -192,3 +192,55 @@ def test_add_parser_registers_the_monitor_command(tmp_path):
     args = parser.parse_args(["monitor", str(tmp_path), "--refresh", "5", "--summary"])
     assert args.func is watch.run
     assert (args.run_dir, args.refresh, args.summary) == (tmp_path, 5.0, True)
+
+
+def test_a_wide_run_fits_a_notebook_cell_with_its_numbers_readable(tmp_path):
+    # A replay-like run: many metrics, a long metric name, a long run path; the monitor's default output must
+    # fit ~100 columns (a notebook cell) and show counts as integers, fractions as percentages, bytes in GiB.
+    run_dir = tmp_path / "experiments" / ("replay_BTCUSDT_ETHUSDT_SOLUSDT_BNBUSDT_XRPUSDT_1h_" + "x" * 60)
+    wall, mono = [WALL0], [0.0]
+    rl = _runlog(run_dir, wall, mono, kind="replay", total=40, unit="cycle")
+    for c in range(1, 13):
+        wall[0] += 30.0
+        mono[0] += 30.0
+        rl.log({"cycle": c, "bars_done": 120.0 * c, "total_bars": 4800, "progress": 120 * c / 4800,
+                "equity": 10_000 + 37.5 * c, "trades": 1000 + 3 * c, "winners": 2 * c, "losers": c,
+                "win_rate": 0.5625, "max_drawdown": 0.0831, "current_drawdown": 0.01 * c, "latency_ms": 12.345,
+                "validation_directional_accuracy_by_regime_high_volatility": 0.61,
+                "gpu_memory_peak_bytes": 3 * 1024**3 + 512 * 1024**2}, done=c)
+    for summary in (True, False):
+        out = io.StringIO()
+        assert watch.run(_args(run_dir, summary=summary), out=out, wall_clock=lambda: wall[0] + 5.0) == 0
+        text = out.getvalue()
+        too_wide = [line for line in text.splitlines() if len(line) > 100]
+        assert not too_wide, text
+        assert "12/40 cycles (30.0 %)" in text and "ETA 14m00s" in text  # 28 cycles left x 30 s
+        assert "trades=1,036" in text and "bars_done=1,440" in text  # counts: 1000 + 3*12, 120.0*12
+        assert "win_rate=56.25 %" in text and "max_drawdown=8.31 %" in text and "current_drawdown=12.00 %" in text
+        assert "gpu_memory_peak_bytes=3.5 GiB" in text and "equity=10,450" in text  # 10_000 + 37.5*12
+        assert "validation_directional_accuracy_by_regime_high_volatility=0.61" in text
+        assert "e+0" not in text and "120.0000" not in text
+    # The table (default view) shows the columns that change, with the last cycle's numbers, and names the rest.
+    rows = text.splitlines()
+    header = next(i for i, line in enumerate(rows) if line.split()[:1] == ["done"])
+    assert rows[header - 1].strip() == "last 10 of 12 cycles:"
+    last = rows[header + 10].split()
+    assert last[0] == "12" and "1,440" in last and "1,036" in last and "10,450" in last
+    assert "cycle" not in rows[header].split()  # the same numbers as done: not repeated
+    assert any(line.strip().startswith("not shown") and "metrics.jsonl" in line for line in rows)
+    rl.close()
+
+
+def test_listing_and_problems_fit_the_cell_too(tmp_path):
+    wall, mono = [WALL0], [0.0]
+    long_name = "walkforward_BTCUSDT_1h_H1_logreg_count_with_a_very_long_experiment_suffix"
+    rl = _runlog(tmp_path / long_name, wall, mono, kind="walkforward", total=8, unit="fold")
+    rl.log({"auc": 0.52})
+    out = io.StringIO()
+    later = wall[0] + 4000.0
+    assert watch.run(_args(tmp_path), out=out, wall_clock=lambda: later) == watch.EXIT_UNHEALTHY
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 100 for line in lines), lines
+    assert "stalled" in lines[0] and "1/8 folds" in lines[0]
+    assert lines[1].startswith("  !! STALLED: no update for 1:06:40")  # 4000 s
+    rl.close()

@@ -83,7 +83,7 @@ def test_an_early_stop_is_reported_as_such_everywhere(stopped):
     out = io.StringIO()
     assert watch.run(argparse.Namespace(run_dir=res.run_dir, refresh=None, summary=True), out=out) == 0
     text = out.getvalue()
-    assert "status: stopped_early" in text and f"{k}/8 folds" in text and sentence in " ".join(text.split())  # wrapped to the cell width
+    assert "status: stopped_early" in text and f"{k}/8 folds" in text and sentence in " ".join(text.split())
 
 
 def test_the_stage_summary_in_progress_and_monitor_is_computed_over_all_folds(stopped):
