@@ -28,7 +28,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"atheria_kit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                       help="one of these (atheria COMMAND --help shows its options):")
     for name, module_name, purpose in COMMANDS:
         if only is not None and name != only:
             subparsers.add_parser(name, help=purpose)

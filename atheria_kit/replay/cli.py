@@ -16,12 +16,13 @@ from atheria_kit.replay.engine import ReplayEngine
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("replay", help="multi-symbol historical replay",
                               description="Replay several symbols in lock-step cycles with the dynamic ensemble.")
-    p.add_argument("--config", help="YAML file with a 'historical:' section (default: built-in defaults)")
-    p.add_argument("--out", help="run directory (overrides out_dir)")
+    p.add_argument("--config", metavar="YAML",
+                   help="YAML file with a 'historical:' section (default: the built-in settings)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: out_dir of the config)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue after the last completed cycle (default) or start over")
-    p.add_argument("--max-cycles", type=int, default=None, help="stop after this many cycles in this invocation")
-    p.add_argument("--max-minutes", type=float, default=None,
+    p.add_argument("--max-cycles", type=int, default=None, metavar="N", help="stop after this many cycles in this invocation")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="MINUTES",
                    help="stop at the first cycle end after this many minutes (a session's budget); run again to continue")
     p.add_argument("--notify-every", type=int, default=10, metavar="N",
                    help="with a notifier configured (ATHERIA_TELEGRAM_* / ATHERIA_NTFY_*), a message every N cycles")
