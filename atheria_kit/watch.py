@@ -4,7 +4,9 @@ Reads what :mod:`atheria_kit.runlog` writes (any kind of run: walk-forward, prog
 and prints progress, the latest metrics, ETA, memory and how long ago the run last wrote. A run whose
 status is still ``running`` is flagged **stalled** when it has not written for longer than
 ``max(5 min, 3 x its typical unit time)``, and **stopped/crashed** when its recorded process is gone.
-Given a directory holding several runs, it lists them. Exit status: 0, 1 when no readable run is found,
+Given a directory holding several runs, it lists them. Output fits a notebook cell (:data:`WIDTH` columns):
+metrics wrap, the recent-units table keeps the columns that change and names the rest, counts print as
+integers, fractions (returns, drawdowns, rates) as percentages and bytes in MiB/GiB. Exit status: 0, 1 when no readable run is found,
 3 when a run is stalled or crashed.
 """
 
