@@ -375,8 +375,7 @@ class TrainingSession:
         else:
             self.say(msg.new_run_line(self._places, cfg.total_episodes, self.budget.limit_seconds))
             if redo:  # an earlier session logged episodes but died before its first checkpoint
-                self.say(f"the run log held {redo} episode(s) from an earlier session that saved no checkpoint; "
-                         f"they are redone")
+                self.say(msg.unsaved_redo_line(redo))
         self._live = LiveView(
             cfg.total_episodes, initial=self.episode, mode=cfg.live_view,
             update_every=cfg.plot_every, metric_name=cfg.monitor if cfg.monitor != "loss"

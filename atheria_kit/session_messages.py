@@ -17,6 +17,7 @@ __all__ = [
     "new_run_line",
     "resume_line",
     "sessions_left",
+    "unsaved_redo_line",
 ]
 
 
@@ -46,6 +47,12 @@ def resume_line(file: str, source: str, session_index: int, episode: int, total:
         line += (f"; {_plural(redo, 'episode')} recorded after that checkpoint "
                  f"{'was' if redo == 1 else 'were'} not saved and will be redone")
     return line
+
+
+def unsaved_redo_line(redo: int) -> str:
+    """After a new-run line, when a session that died before its first checkpoint had logged episodes."""
+    return (f"{_plural(redo, 'episode')} recorded by an earlier session that saved no checkpoint "
+            f"{'was' if redo == 1 else 'were'} discarded and will be redone")
 
 
 def new_run_line(places: Sequence[str], total: int, budget_seconds: float) -> str:

@@ -49,3 +49,9 @@ def test_resume_new_run_and_complete_lines():
         "no checkpoint found in /content/atheria/checkpoints/x, Google Drive: MyDrive/atheria/checkpoints/x: "
         "starting a new run of 400 episodes (this session's budget: 11.5 h)")
     assert msg.complete_line(400, 400) == "this run is already complete (400/400): nothing to train; outputs below"
+
+
+def test_episodes_logged_before_any_checkpoint_are_said_to_be_redone():
+    assert msg.unsaved_redo_line(3) == ("3 episodes recorded by an earlier session that saved no checkpoint were "
+                                        "discarded and will be redone")
+    assert msg.unsaved_redo_line(1).startswith("1 episode recorded by an earlier session")

@@ -77,6 +77,14 @@ def _log_once(root: Path) -> list[str]:
     return []
 
 
+def _logged_episodes(root: Path) -> int:
+    """Complete records in the run log (a torn last line is not a record)."""
+    path = metrics_path(root)
+    if not path.is_file():
+        return 0
+    return sum(1 for ln in path.read_bytes().split(b"\n")[:-1] if ln.strip())
+
+
 def _ended_like_reference(life: Life, ref: Reference) -> bool:
     end = life.end
     return (end is not None and end[1] == "done" and end[3] == ref.final
@@ -638,7 +646,9 @@ def _one_history_trial(ctx: Ctx, i: int) -> dict:
                     break
         life.finish()
         expected = newest_committed(ckpt_dir(root)) or 0
-        logged = ready + m
+        # What the run log holds, read from the file: the worker may have logged the next episode between printing
+        # EPISODE m and the kill, so counting printed lines can be one short.
+        logged = _logged_episodes(root)
     final = ctx.start(root)
     final.finish()
     survived &= _check_redo(final, expected, logged, problems)
