@@ -428,6 +428,7 @@ def _readme_local_commands() -> list[str]:
 
 
 @pytest.mark.install
+@pytest.mark.slow  # a fresh venv, PyPI for the isolated build, a JupyterLab server: `make test-slow` (CI runs it)
 @pytest.mark.timeout(600)
 def test_the_readme_local_commands_work_in_a_clean_venv(dist, third_party, tmp_path):
     commands = _readme_local_commands()
@@ -466,16 +467,22 @@ def test_the_readme_local_commands_work_in_a_clean_venv(dist, third_party, tmp_p
         output = read_until_line(server, f"http://127.0.0.1:{port}/", timeout=300)
         assert "does not provide the extra" not in output, output
         import requests
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
 
+        # The URL is printed as the server starts listening; a refused first connection is retried (bounded) by
+        # urllib3 rather than failing the test on the race.
+        http = requests.Session()
+        http.mount("http://", HTTPAdapter(max_retries=Retry(connect=8, backoff_factor=0.5)))
         api = f"http://127.0.0.1:{port}/api"
         auth = {"Authorization": "token readme-test"}
-        listing = requests.get(f"{api}/contents", headers=auth, timeout=10).json()
+        listing = http.get(f"{api}/contents", headers=auth, timeout=10).json()
         assert NOTEBOOK_01.name in [item["name"] for item in listing["content"]], "not serving notebooks/"
-        specs = requests.get(f"{api}/kernelspecs", headers=auth, timeout=10).json()["kernelspecs"]
+        specs = http.get(f"{api}/kernelspecs", headers=auth, timeout=10).json()["kernelspecs"]
         spec = specs["python3"]["spec"]
         kernel_python = Path(spec["argv"][0])
         assert kernel_python.parent == source / ".venv" / "bin", f"the kernel runs {kernel_python}"
-        lab = requests.get(f"http://127.0.0.1:{port}/lab?token=readme-test", timeout=10)
+        lab = http.get(f"http://127.0.0.1:{port}/lab?token=readme-test", timeout=10)
         assert lab.status_code == 200 and "JupyterLab" in lab.text
     finally:
         os.killpg(server.pid, signal.SIGTERM)
