@@ -35,6 +35,12 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _about(seconds: float | None) -> str:
+    """``~41 s``, or ``<1 s`` (no "about" in front of a bound)."""
+    text = fmt_duration(seconds)
+    return text if text.startswith("<") else f"~{text}"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -89,10 +95,10 @@ def budget_stop_line(
     final save (~6 s) would not fit in the 38 s left; saved ...; about 3 more sessions at this pace; press Run all
     in the next session to continue"."""
     if next_episode_seconds:
-        parts = [f"the next episode (~{fmt_duration(next_episode_seconds)})",
-                 f"the final save (~{fmt_duration(save_seconds)})"]
+        parts = [f"the next episode ({_about(next_episode_seconds)})",
+                 f"the final save ({_about(save_seconds)})"]
         if sync_seconds > 0:
-            parts.append(f"the final sync (~{fmt_duration(sync_seconds)})")
+            parts.append(f"the final sync ({_about(sync_seconds)})")
         needed = ", ".join(parts[:-1]) + " and " + parts[-1]
         why = f"{needed} would not fit in the {fmt_duration(left_seconds)} left"
     else:  # nothing measured yet: the budget went on start-up (imports, data, a download from Drive)

@@ -19,6 +19,11 @@ def test_the_budget_stop_line_gives_the_numbers_and_what_to_do():
                     "the next session to continue")
 
 
+def test_a_sub_second_figure_is_a_bound_not_an_estimate():
+    line = msg.budget_stop_line(17, 0.2, 0.1, 0.0, 0.3, "saved (ckpt-0000000017.pt)", 6)
+    assert "the next episode (<1 s) and the final save (<1 s) would not fit in the <1 s left" in line
+
+
 def test_the_final_sync_is_named_when_a_remote_needs_it():
     line = msg.budget_stop_line(10, 30.0, 5.0, 12.0, 20.0, "saved", None)
     assert "the next episode (~30 s), the final save (~5 s) and the final sync (~12 s) would not fit" in line
