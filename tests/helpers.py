@@ -69,3 +69,17 @@ def read_until_line(process, needle: str, timeout: float) -> str:
             if needle in line:
                 return "".join(seen)
     raise AssertionError(f"the server never printed {needle!r}; its output:\n{''.join(seen)[-3000:]}")
+
+
+def stop_process_group(process) -> None:
+    """SIGTERM a server started with ``start_new_session=True`` and its children; SIGKILL after 30 s."""
+    import os
+    import signal
+    import subprocess
+
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -25,7 +24,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from tests._paths import REPO_ROOT
-from tests.helpers import free_port, read_until_line
+from tests.helpers import free_port, read_until_line, stop_process_group
 
 NOTEBOOK_01 = REPO_ROOT / "notebooks" / "01_progressive_training.ipynb"
 WHEEL = "atheria_kit-{}-py3-none-any.whl"
@@ -485,12 +484,7 @@ def test_the_readme_local_commands_work_in_a_clean_venv(dist, third_party, tmp_p
         lab = http.get(f"http://127.0.0.1:{port}/lab?token=readme-test", timeout=10)
         assert lab.status_code == 200 and "JupyterLab" in lab.text
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server)
     kit = subprocess.run([str(kernel_python), "-c", "import atheria_kit; print(atheria_kit.__file__)"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(kit).is_relative_to(source), f"the venv imports the kit from {kit}, not the unpacked source"

@@ -37,7 +37,6 @@ the instants it chooses: no sleeps anywhere.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import socket
@@ -50,20 +49,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: the repository root is importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-_lock = threading.Lock()
-
-
-def emit(line: str) -> None:
-    with _lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-
-def digest(model) -> str:
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+from tests.session_worker import digest, emit  # noqa: E402  (the same lines and digests as the tests' worker)
 
 
 class Gate:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests._paths import REPO_ROOT
-from tests.helpers import free_port, read_until_line
+from tests.helpers import free_port, read_until_line, stop_process_group
 
 # What the notebook must print (regular expressions over the text of all outputs).
 FIRST_RUN_PATTERNS = [
@@ -102,12 +101,7 @@ def jupyterlab(workdir, tmp_path_factory) -> Iterator[str]:
         threading.Thread(target=server.stdout.read, daemon=True).start()
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server)
 
 
 @pytest.fixture(scope="module")
