@@ -48,7 +48,6 @@ test-ui: setup
 	ATHERIA_UI_TEST=1 $(PY) -m pytest tests/ui -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) -c "import lightning" 2>/dev/null || $(PY) -m pip install --quiet lightning
 	@for f in bench/bench_*.py; do echo "=== $$f"; $(PY) $$f || exit 1; done
 
 clean:
