@@ -1,0 +1,245 @@
+"""A real ``transformers.Trainer`` under :class:`AtheriaCallback`: it stops before the budget with a sealed
+checkpoint and a printed line, resumes to the same weights as a run that never stopped, survives a SIGKILL during
+the Trainer's own save, resumes on a fresh VM from the remote copy, and never takes an unreachable remote for an
+empty one. Tiny GPT-2 from a config, synthetic tokens, CPU, seeded; the time budget runs on an injected clock."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+
+from atheria_kit.budget import TimeBudget  # noqa: E402
+from atheria_kit.integrations.checkpoint_folders import (  # noqa: E402
+    SEAL_NAME,
+    list_remote_folders,
+    seal_folder,
+    verify_folder,
+)
+from atheria_kit.integrations.huggingface import AtheriaCallback, prepare  # noqa: E402
+from atheria_kit.platform import detect_environment  # noqa: E402
+from atheria_kit.say import Say, UserError  # noqa: E402
+from atheria_kit.sync import DirectoryTarget  # noqa: E402
+from tests.integrations.hf_tiny import tiny_trainer, weights  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_STEPS = 12
+
+
+class FakeClock:
+    """Seconds that pass only when a step says so: each training step "takes" ``step_seconds``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Tick(TrainerCallback):
+    """Placed before the kit's callback: each optimizer step advances the fake clock by one second."""
+
+    def __init__(self, clock: FakeClock, step_seconds: float = 1.0) -> None:
+        self.clock, self.step_seconds = clock, step_seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.clock.now += self.step_seconds
+
+
+def short_budget(clock: FakeClock, seconds: float = 10.0) -> TimeBudget:
+    env = detect_environment(environ={}, shell=None, kind="local")
+    return TimeBudget(seconds, environment=env, clock=clock, wall_clock=clock, reserve_seconds=1.0,
+                      initial_save_seconds=1.0)
+
+
+def quiet(**kw):
+    """Settings for a test run: lines captured, no live view, no monitor thread, no signal handlers."""
+    stream = io.StringIO()
+    return stream, dict(say=Say(stream), live_view="off", monitor=False, handle_signals=False, **kw)
+
+
+def uninterrupted(tmp_path: Path, **kw) -> dict[str, torch.Tensor]:
+    trainer = tiny_trainer(tmp_path / "reference", max_steps=MAX_STEPS, **kw)
+    trainer.train()
+    return weights(trainer)
+
+
+def assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), f"{name} differs by {(got[name] - want[name]).abs().max()}"
+
+
+def stopped_run(out: Path, *, remote=None, lora: bool = False, **targs):
+    """A first session whose 10 s budget (on the fake clock, 1 s per step) ends the run early."""
+    clock = FakeClock()
+    trainer = tiny_trainer(out, max_steps=MAX_STEPS, save_steps=100, lora=lora, callbacks=[Tick(clock)], **targs)
+    stream, kw = quiet(remote=remote)
+    assert prepare(trainer, budget=short_budget(clock), **kw) is None
+    trainer.train()
+    return trainer, stream.getvalue()
+
+
+def resumed_run(out: Path, *, remote=None, lora: bool = False, **targs):
+    """The next session: the same script on a new trainer, with an unlimited budget."""
+    trainer = tiny_trainer(out, max_steps=MAX_STEPS, save_steps=100, lora=lora, **targs)
+    stream, kw = quiet(remote=remote, max_training_seconds=None)
+    resume = prepare(trainer, environment=detect_environment(environ={}, shell=None, kind="local"), **kw)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, resume, stream.getvalue()
+
+
+def test_a_short_budget_stops_with_a_verified_checkpoint_and_a_line_and_the_resume_matches_an_unbroken_run(tmp_path):
+    """Stop point by hand: 10 s budget, 1 s reserve, 1 s first-save estimate, 1 s per step. After k steps the next
+    step fits while 10 - k - 2 >= forecast; the forecast of a constant 1 s step after 7 steps is
+    exp(3.5 * (1 + 1/sqrt(7)) * 0.02) * 1.05 = 1.16 s, so step 7 leaves 1 s < 1.16 s: stop after step 7.
+    The resumed run is bit-identical to the unbroken one on CPU (transformers restores the RNG state, the optimizer,
+    the scheduler and skips the batches already seen)."""
+    out = tmp_path / "out"
+    _, said = stopped_run(out)
+    assert "stopped before step 8/12: the next step (~1 s) and the final save (~1 s) would not fit in the 3 s left" \
+        in said
+    assert "saved checkpoint-7 (sealed and verified)" in said and "press Run all in the next session" in said
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-7"]
+    assert verify_folder(out / "checkpoint-7").ok
+
+    trainer, resume, said = resumed_run(out)
+    assert resume == str(out / "checkpoint-7")
+    assert "resumed from checkpoint-7 (local copy, verified) at step 7, session 2 of this run" in said
+    cb = AtheriaCallback.of(trainer)
+    assert cb.budget.forecaster.count == 7 + 5  # the forecaster's 7 measured steps came back with the checkpoint
+    assert trainer.state.global_step == MAX_STEPS
+    assert_same_weights(weights(trainer), uninterrupted(tmp_path))
+
+
+def test_a_fresh_vm_resumes_from_the_newest_verified_remote_copy(tmp_path):
+    out, remote = tmp_path / "out", tmp_path / "drive"
+    _, said = stopped_run(out, remote=DirectoryTarget(remote))
+    assert f"copy on {remote} holds checkpoint-7 (verified)" in said
+    shutil.rmtree(out)  # a new VM: the local disk is gone
+
+    trainer, resume, said = resumed_run(out, remote=DirectoryTarget(remote))
+    assert resume == str(out / "checkpoint-7") and verify_folder(out / "checkpoint-7").ok
+    assert f"resumed from checkpoint-7 (copy in {remote}, verified) at step 7" in said
+    assert_same_weights(weights(trainer), uninterrupted(tmp_path))
+
+
+def test_an_unreachable_remote_at_start_is_not_taken_for_an_empty_one(tmp_path):
+    out, mount = tmp_path / "out", tmp_path / "drive"  # Drive not mounted: MyDrive is missing
+    target = DirectoryTarget(mount / "MyDrive" / "run", mount_root=mount)
+    trainer = tiny_trainer(out, max_steps=MAX_STEPS)
+    stream, kw = quiet(remote=target)
+    with pytest.raises(UserError, match=r"could not be read .* Nothing was trained"):
+        prepare(trainer, **kw)
+    assert not out.exists() or not any(out.iterdir())
+
+    # With a verified local checkpoint the run goes on from it, and says the remote could not be read.
+    local = tiny_trainer(out, max_steps=4, save_steps=4)
+    local.train()
+    seal_folder(out / "checkpoint-4", lineage="run-a")
+    trainer = tiny_trainer(out, max_steps=MAX_STEPS)
+    stream, kw = quiet(remote=DirectoryTarget(mount / "MyDrive" / "run", mount_root=mount))
+    assert prepare(trainer, **kw) == str(out / "checkpoint-4")
+    assert "cannot be read" in stream.getvalue() and "continuing from what is here" in stream.getvalue()
+
+
+CHILD = textwrap.dedent("""
+    import os, sys, threading, torch
+    sys.path.insert(0, {root!r})
+    from tests.integrations.hf_tiny import tiny_trainer
+    from atheria_kit.integrations.huggingface import prepare
+
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        # The Trainer's save of checkpoint-8: write half of optimizer.pt, say so, and hang until killed.
+        if isinstance(f, str) and f.endswith(os.path.join("checkpoint-8", "optimizer.pt")):
+            real_save(obj, f, *args, **kwargs)
+            with open(f, "r+b") as fh:
+                fh.truncate(os.path.getsize(f) // 2)
+            print("SAVING checkpoint-8", flush=True)
+            threading.Event().wait()
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = save
+    trainer = tiny_trainer(sys.argv[1], max_steps=12, save_steps=4)
+    trainer.train(resume_from_checkpoint=prepare(trainer, live_view="off", monitor=False))
+""")
+
+
+def test_a_sigkill_during_the_trainers_own_save_resumes_from_the_newest_complete_folder(tmp_path):
+    out = tmp_path / "out"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(root=str(ROOT)))
+    child = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        for line in child.stdout:
+            if line.startswith("SAVING checkpoint-8"):
+                os.kill(child.pid, signal.SIGKILL)
+                break
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert (out / "checkpoint-8" / "model.safetensors").exists()  # half-written: weights there, the rest not
+    assert not (out / "checkpoint-8" / SEAL_NAME).exists()
+    assert get_last_checkpoint(out) == str(out / "checkpoint-8")  # what resume_from_checkpoint=True would take
+
+    trainer = tiny_trainer(out, max_steps=MAX_STEPS, save_steps=4)
+    stream, kw = quiet()
+    resume = prepare(trainer, **kw)
+    assert resume == str(out / "checkpoint-4")
+    assert f"skipped checkpoint-8 in {out}: it has no {SEAL_NAME}" in stream.getvalue()
+    trainer.train(resume_from_checkpoint=resume)
+    assert trainer.state.global_step == MAX_STEPS and verify_folder(out / "checkpoint-8").ok  # rewritten, sealed
+    assert_same_weights(weights(trainer), uninterrupted(tmp_path, save_steps=4))
+
+
+def test_a_lora_adapter_run_saves_only_the_adapter_and_resumes_to_the_same_adapter_weights(tmp_path):
+    out = tmp_path / "out"
+    stopped_run(out, lora=True)
+    files = {p.name for p in (out / "checkpoint-7").iterdir()}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    assert verify_folder(out / "checkpoint-7").ok
+    trainer, resume, _ = resumed_run(out, lora=True)
+    assert resume == str(out / "checkpoint-7")
+    assert_same_weights(weights(trainer), uninterrupted(tmp_path, lora=True))
+
+
+def test_rotation_by_save_total_limit_keeps_folders_verified_and_prunes_only_this_runs_remote_copies(tmp_path):
+    out, remote = tmp_path / "out", tmp_path / "drive"
+    target = DirectoryTarget(remote)
+    trainer = tiny_trainer(out, max_steps=MAX_STEPS, save_steps=2, save_total_limit=2)
+    stream, kw = quiet(remote=target)
+    assert prepare(trainer, **kw) is None
+    # Another run's folder and a file of the user's in the same remote, added while this run trains.
+    theirs = tmp_path / "theirs" / "checkpoint-3"
+    theirs.mkdir(parents=True)
+    (theirs / "model.safetensors").write_bytes(b"their weights")
+    seal_folder(theirs, lineage="another-run")
+    shutil.copytree(theirs, remote / "checkpoint-3")
+    (remote / "README.txt").write_text("the user's notes")
+    trainer.train()
+
+    local = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
+    assert local == ["checkpoint-10", "checkpoint-12"]
+    assert all(verify_folder(out / name).ok for name in local)
+    assert sorted(f.name for f in list_remote_folders(target)) == ["checkpoint-10", "checkpoint-12", "checkpoint-3"]
+    assert all(f.sealed for f in list_remote_folders(target))
+    assert verify_folder(remote / "checkpoint-3").ok and (remote / "README.txt").exists()
+    assert "training finished at step 12/12; saved checkpoint-12 (sealed and verified)" in stream.getvalue()
