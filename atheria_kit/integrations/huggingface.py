@@ -396,10 +396,10 @@ class AtheriaCallback(TrainerCallback):
         if self.stop.get("reason"):
             why = f"stop requested ({self.stop['reason']})"
         elif self.stop.get("next"):
-            parts = [f"the next step (~{fmt_duration(self.stop['next'])})",
-                     f"the final save (~{fmt_duration(self.stop['save'])})"]
+            parts = [f"the next step ({_about(self.stop['next'])})",
+                     f"the final save ({_about(self.stop['save'])})"]
             if self.stop.get("sync"):
-                parts.append(f"the final copy (~{fmt_duration(self.stop['sync'])})")
+                parts.append(f"the final copy ({_about(self.stop['sync'])})")
             why = f"{', '.join(parts[:-1])} and {parts[-1]} would not fit in the {fmt_duration(self.stop['left'])} left"
         else:
             why = f"only {fmt_duration(self.stop['left'])} of this session's budget is left"
@@ -438,6 +438,12 @@ class AtheriaCallback(TrainerCallback):
                                              f"stops on its own before the limit")
         elif self.live is not None:
             self.live.alert(alert.metric, alert.message)
+
+
+def _about(seconds: float) -> str:
+    """``~41 s``, or ``<1 s`` (no "about" in front of a bound), as the session's stop line writes it."""
+    text = fmt_duration(seconds)
+    return text if text.startswith("<") else f"~{text}"
 
 
 def _point(step: int, loss: float) -> LivePoint:
