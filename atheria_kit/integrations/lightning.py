@@ -16,12 +16,15 @@ What Lightning alone does not give a notebook run on a borrowed GPU, and this mo
   else downloaded (:func:`~atheria_kit.sync.resume_from_best_source`), and an unreachable remote is not empty;
 - the live view, the resource monitor and a short end report.
 
-How Lightning's paths map to the kit's files: the checkpoint bytes are committed once in the *store*
-(``directory``: ``ckpt-<n>.pt`` + sidecar + ``manifest.json``, where ``n`` counts saves, so that ``last.ckpt`` and
-a top-k file saved at the same global step stay two records), and the path Lightning asked for is made a hard
-link to that file (a verified copy where hard links are impossible, e.g. another filesystem). So Lightning's
-own logic (file-exists checks, version counters, ``ckpt_path="last"``, ``LightningModule.load_from_checkpoint``)
-sees an ordinary checkpoint at its path, while the kit sees its manifest. Overwriting a path re-points the link
+How Lightning's paths map to the kit's files: the checkpoint (Lightning's own dict, serialized by ``torch.save``)
+is written once into the *store* (``directory``) as ``ckpt-<n>.pt`` the way the kit writes its own: a temporary
+file hashed while written, its integrity sidecar, fsync, rename; then it is listed in the store's
+``manifest.json`` through :meth:`CheckpointManager.load_state_dict`, which checks its bytes again. ``n`` counts
+saves, so that ``last.ckpt`` and a top-k file saved at the same global step stay two records. The path Lightning
+asked for is then made a hard link to that file (an atomic copy where hard links are impossible, e.g. another
+filesystem). So Lightning's own logic (file-exists checks, version counters, ``ckpt_path="last"``,
+``LightningModule.load_from_checkpoint``) sees an ordinary checkpoint at its path, while the kit sees its
+manifest. Overwriting a path re-points the link
 (the old file is never written again); :meth:`AtheriaCheckpointIO.remove_checkpoint` unlinks the path and
 releases its record, which the store then deletes. Which path names which record is stored inside every
 checkpoint (``checkpoint["atheria_kit"]["paths"]``), so it travels with the remote copy.
@@ -30,11 +33,13 @@ checkpoint (``checkpoint["atheria_kit"]["paths"]``), so it travels with the remo
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import os
 import random
 import shutil
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,8 +50,18 @@ from typing import Any
 import torch
 
 from atheria_kit import _io
+from atheria_kit._manifest import SIDECAR_SUFFIX as SIDECAR
 from atheria_kit.budget import TimeBudget
-from atheria_kit.checkpoint import CheckpointLoadError, CheckpointManager, CheckpointRecord, DiskStorage
+from atheria_kit.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    CheckpointLoadError,
+    CheckpointManager,
+    CheckpointRecord,
+    CheckpointWriteError,
+    DiskStorage,
+    checkpoint_filename,
+)
 from atheria_kit.integrations import require
 from atheria_kit.retention import CheckpointInfo, RetentionPolicy
 from atheria_kit.say import Say
@@ -74,6 +89,13 @@ STOP_FILENAME = "atheria-stop.ckpt"
 _STATE_VERSION = 1
 
 
+def _versions() -> dict[str, str]:
+    import atheria_kit
+
+    return {"torch": str(torch.__version__), "lightning": str(L.__version__),
+            "atheria_kit": str(getattr(atheria_kit, "__version__", "unknown"))}
+
+
 def _norm(path: str | os.PathLike) -> str:
     return os.path.normpath(os.path.abspath(os.fspath(path)))
 
@@ -91,11 +113,7 @@ class LinkedDiskStorage(DiskStorage):
 
     def remove(self, name: str) -> None:
         path = self.path(name)
-        try:
-            links = path.stat().st_nlink
-        except FileNotFoundError:
-            raise
-        if links > 1:
+        if path.stat().st_nlink > 1:
             path.unlink()
             _io.fsync_dir(path.parent)
             return
@@ -141,14 +159,16 @@ class AtheriaCheckpointIO(CheckpointIO):
         self.allow_pickle = bool(allow_pickle)
         self.safe_globals = list(safe_globals)
         self.link = bool(link)
+        if budget is not None and not callable(getattr(budget, "record_save", None)):
+            raise ValueError(f"budget={budget!r} is invalid; expected a TimeBudget (with record_save) or None")
+        self.budget = budget
+        self._subscribers: list[Callable[[CheckpointRecord, Path], None]] = []
         self._released: set[int] = set()
         self.manager = CheckpointManager(
             self.directory,
             policy=_KeepUnreleased(self._released),
             monitor="global_step",
             mode="max",
-            async_save=False,  # Lightning expects the file in place when save_checkpoint returns
-            budget=budget,
             allow_pickle=self.allow_pickle,
             storage=storage if storage is not None else LinkedDiskStorage(self.directory),
         )
@@ -173,24 +193,64 @@ class AtheriaCheckpointIO(CheckpointIO):
             logger.info("not saving %s: %s", target, self.frozen)
             return
         t0 = time.perf_counter()
+        storage = self.manager.storage
         newest = self.manager.newest_step()
         step = max([-1 if newest is None else newest, *self._released]) + 1
+        while storage.exists(checkpoint_filename(step)) or storage.exists(checkpoint_filename(step) + SIDECAR):
+            step += 1  # a killed write's leftover name: committed names are never reused
+        name = checkpoint_filename(step)
         paths = dict(self.paths)
         paths[target] = step
         payload = dict(checkpoint)
         payload[CHECKPOINT_KEY] = {"version": _STATE_VERSION, "path": target, "step": step, "paths": paths}
-        global_step = int(checkpoint.get("global_step", 0) or 0)
+        global_step = max(0, int(checkpoint.get("global_step", 0) or 0))
         metrics = {"global_step": float(global_step), "epoch": float(checkpoint.get("epoch", 0) or 0)}
-        self.manager.save(payload, step, episode=max(0, global_step), metrics=metrics, blocking=True)
-        rec = next(r for r in self.manager.records() if r.step == step)
+        now, versions, lineage = time.time(), _versions(), self.manager.lineage
+        buf = io.BytesIO()
+        torch.save(payload, buf)  # Lightning's own format: the file at its path is an ordinary checkpoint
+        del payload
+        view = buf.getbuffer()
+        chunks = (view[i:i + _io.CHUNK_BYTES] for i in range(0, len(view), _io.CHUNK_BYTES))
+
+        def seal(result: Any) -> None:  # the integrity proof lands before the checkpoint gets its name
+            storage.write_integrity(name, result, step=step, revision=0, lineage=lineage, episode=global_step,
+                                    metrics=metrics, time=now, versions=versions)
+
+        try:
+            result = storage.write_checkpoint(name, chunks, seal)
+        except OSError as e:
+            raise CheckpointWriteError(storage.path(name), e) from e
+        finally:
+            del chunks, view
+        rec = CheckpointRecord(name, step, global_step, metrics, result.size, result.sha256, now, versions,
+                               storage.path(name), blake3=result.blake3, lineage=lineage)
+        # Listed through the manager's public merge, which checks the bytes once more and writes the manifest.
+        self.manager.load_state_dict({"version": FORMAT_VERSION, "monitor": self.manager.monitor,
+                                      "mode": self.manager.mode, "records": [rec.to_json()]})
+        if not any(r.file == name for r in self.manager.records()):
+            raise CheckpointError(f"checkpoint {rec.path} was written but did not verify; it is not listed")
         previous = self.paths.get(target)
         self._place(rec.path, target)
         self.paths[target] = step
         if previous is not None and previous != step:
             self._release(previous)
+        seconds = time.perf_counter() - t0
+        if self.budget is not None:
+            self.budget.record_save(seconds)
         self.last_saved = rec
         self.saves += 1
-        self.save_seconds += time.perf_counter() - t0
+        self.save_seconds += seconds
+        for callback in list(self._subscribers):
+            try:
+                callback(rec, self.manager.manifest_path)
+            except Exception:
+                logger.exception("checkpoint subscriber %r failed", callback)
+
+    def subscribe(self, callback: Callable[[CheckpointRecord, Path], None]) -> None:
+        """Call ``callback(record, manifest_path)`` after each save (``SyncWorker.attach(plugin)`` uses this)."""
+        if not callable(callback):
+            raise ValueError(f"callback={callback!r} is invalid; expected a callable")
+        self._subscribers.append(callback)
 
     def _place(self, source: Path, target: str) -> None:
         """Make ``target`` name the bytes of the committed ``source``: a hard link, or an atomic copy."""
@@ -303,6 +363,16 @@ class AtheriaCheckpointIO(CheckpointIO):
                     self.paths[str(p)] = step
         return state
 
+    def forget_unnamed(self, before: int) -> list[int]:
+        """Release the store records older than step ``before`` that no Lightning path names (their paths were
+        removed after the checkpoint being resumed was written, or never linked); returns their steps."""
+        named = set(self.paths.values())
+        stale = [r.step for r in self.manager.records() if r.step < before and r.step not in named]
+        if stale:
+            self._released.update(stale)
+            self.prune()
+        return stale
+
     def remove_checkpoint(self, path: Any) -> None:
         target = _norm(path)
         if self.frozen is not None:
@@ -373,6 +443,7 @@ class AtheriaCallback(Callback):
         final_sync_timeout: float = 120.0,
         stop_filename: str = STOP_FILENAME,
         restore_rng: bool = True,
+        handle_signals: bool = False,
     ) -> None:
         if not isinstance(checkpoint_io, AtheriaCheckpointIO):
             raise ValueError(f"checkpoint_io={checkpoint_io!r} is invalid; expected an AtheriaCheckpointIO")
@@ -391,6 +462,8 @@ class AtheriaCallback(Callback):
         self.final_sync_timeout = float(final_sync_timeout)
         self.stop_filename = stop_filename
         self.restore_rng = bool(restore_rng)
+        self.handle_signals = bool(handle_signals)
+        self._signals_installed = False
         #: Why this run stopped early (None while running or after a normal end).
         self.stop_reason: str | None = None
         #: The Lightning path of the budget stop's checkpoint, once written.
@@ -427,8 +500,19 @@ class AtheriaCallback(Callback):
                 "Trainer(plugins=[checkpoint_io], callbacks=[callback]) (or Trainer(**prepare(...).trainer_kwargs)); "
                 f"this Trainer uses {type(trainer.strategy.checkpoint_io).__name__}")
         self.checkpoint_io.frozen = None
+        self.stop_reason = None
         self._started = time.monotonic()
         self._steps = 0
+        if (self.handle_signals and self.budget is not None and stage == "fit"
+                and threading.current_thread() is threading.main_thread()):
+            # SIGTERM/SIGINT become "save and stop at the next batch end" (Kaggle and Colab send SIGTERM first).
+            self.budget.install_signal_handlers()
+            self._signals_installed = True
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self._signals_installed and self.budget is not None:
+            self.budget.uninstall_signal_handlers()
+            self._signals_installed = False
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """Carry ModelCheckpoint rankings over to the current dirpath and put the files they name back."""
@@ -439,6 +523,12 @@ class AtheriaCallback(Callback):
             if not isinstance(cb, ModelCheckpoint) or cb.state_key not in states or cb.dirpath is None:
                 continue
             states[cb.state_key] = self._carry_rankings(cb, dict(states[cb.state_key]))
+        io_ = self.checkpoint_io
+        # An earlier session's stop checkpoint has served its purpose once resumed from (this session writes its own).
+        for p in [p for p in io_.paths if Path(p).name == self.stop_filename]:
+            io_.remove_checkpoint(p)
+        if isinstance(own.get("step"), int):
+            io_.forget_unnamed(before=own["step"])
 
     def _carry_rankings(self, cb: ModelCheckpoint, state: dict[str, Any]) -> dict[str, Any]:
         old_dir = state.get("dirpath") or cb.dirpath
@@ -458,6 +548,8 @@ class AtheriaCallback(Callback):
             if rec is None:
                 logger.warning("ranking entry %s has no verified checkpoint left in the store; dropped", path)
                 return None
+            if moved:  # the old dirpath is no longer this run's: its files stay, untouched, but are not managed
+                self.checkpoint_io.paths.pop(p, None)
             self.checkpoint_io.paths[_norm(new)] = rec.step
             if not os.path.isfile(new) or self.checkpoint_io.resolve(new) is not rec:
                 self.checkpoint_io._place(rec.path, _norm(new))
@@ -490,9 +582,14 @@ class AtheriaCallback(Callback):
         state["dirpath"] = new_dir
         return state
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self._resumed_from is not None:
             logger.info("resumed at epoch %d, global step %d", trainer.current_epoch, trainer.global_step)
+        if self.live is not None and getattr(self.live, "total", None) is None:
+            total = trainer.estimated_stepping_batches
+            if isinstance(total, (int, float)) and math.isfinite(total):
+                self.live.total = int(total)
+                self.live.done = trainer.global_step
 
     # -------------------------------------------------------------------------------- budget
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
@@ -576,7 +673,7 @@ class AtheriaCallback(Callback):
         elapsed = time.monotonic() - self._started
         cb = trainer.checkpoint_callback
         best = ""
-        if cb is not None and getattr(cb, "best_model_path", ""):
+        if cb is not None and getattr(cb, "best_model_path", "") and os.path.isfile(cb.best_model_path):
             score = cb.best_model_score
             shown = f" ({cb.monitor}={float(score):.4g})" if score is not None and cb.monitor else ""
             best = f"; best: {cb.best_model_path}{shown}"
@@ -623,6 +720,11 @@ class LightningSetup:
         """``plugins`` and ``callbacks`` for ``lightning.Trainer(...)``."""
         return {"plugins": [self.checkpoint_io], "callbacks": [self.callback, *self.extra_callbacks]}
 
+    @property
+    def fit_kwargs(self) -> dict[str, Any]:
+        """``ckpt_path`` (None on a new run) and ``weights_only=True`` for ``trainer.fit(model, ..., **fit_kwargs)``."""
+        return {"ckpt_path": self.ckpt_path, "weights_only": True}
+
     def close(self, timeout: float | None = 60.0) -> None:
         """Stop the sync worker (after a last bounded sync) and the monitor; the store stays as it is."""
         if self.sync is not None:
@@ -656,6 +758,7 @@ def prepare(
     unavailable: str = "raise",
     retry_seconds: float = 60.0,
     final_sync_timeout: float = 120.0,
+    handle_signals: bool = True,
     wait: Callable[[float], Any] = time.sleep,
 ) -> LightningSetup:
     """Resume from the newest verified checkpoint and wire the plugin and callback for ``lightning.Trainer``.
@@ -685,7 +788,7 @@ def prepare(
     plugin = AtheriaCheckpointIO(store, budget=tb, allow_pickle=allow_pickle, safe_globals=safe_globals)
     worker = None
     if target is not None:
-        worker = SyncWorker(store, target, on_alert=lambda kind, message: speak.warning(message)).attach(plugin.manager)
+        worker = SyncWorker(store, target, on_alert=lambda kind, message: speak.warning(message)).attach(plugin)
         tb.final_sync_estimate = _sync_estimate(worker)
     ckpt_path = None
     if found.found:
@@ -714,7 +817,7 @@ def prepare(
             mon.add_status_provider("sync", worker.status)
         mon.start()
     cb = AtheriaCallback(plugin, budget=tb, sync=worker, say=speak, live=view, monitor=mon,
-                         final_sync_timeout=final_sync_timeout)
+                         final_sync_timeout=final_sync_timeout, handle_signals=handle_signals)
     return LightningSetup(plugin, cb, ckpt_path, tb, worker, found, list(callbacks))
 
 

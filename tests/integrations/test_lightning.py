@@ -171,6 +171,9 @@ def test_a_budget_stop_at_an_epoch_end_saves_a_verified_checkpoint_and_the_resum
     assert newest is not None and newest.metrics["global_step"] == 16.0
     assert os.path.samefile(newest.path, tmp_path / "checkpoints" / "epoch=1-step=16.ckpt")
 
+    # Lightning's path holds an ordinary Lightning checkpoint: plain Lightning loads it without the kit.
+    assert same_weights(Tiny.load_from_checkpoint(stop_file, weights_only=True), tr1.lightning_module)
+
     model, tr2, _, say2 = kit_run(tmp_path, steps=None)
     assert any(line.startswith(f"resumed from {newest.file} (local copy, verified) at epoch 1, global step 16")
                for line in say2.lines)
@@ -334,10 +337,15 @@ def test_rankings_survive_a_restart_into_a_changed_directory(tmp_path):
     assert sorted(Path(p).name for p in cb_b.best_k_models) == expected_k
     assert Path(cb_b.best_model_path) == tmp_path / "b" / expected_best
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == expected_k
-    # The store holds only what Lightning still names: the two kept files and the stop checkpoint in ``a``.
-    kept_steps = set(kit2.checkpoint_io.paths.values())
-    assert {r.step for r in kit2.checkpoint_io.manager.records()} <= kept_steps | {
-        kit2.checkpoint_io.manager.newest_step()}
+    # The store holds exactly what Lightning still names: the two kept files in ``b``. Session 1's stop file was
+    # removed once resumed from; its ranked files stay in ``a`` with their bytes (hard links are never truncated).
+    io2 = kit2.checkpoint_io
+    assert sorted(io2.paths) == sorted(str(tmp_path / "b" / n) for n in expected_k)
+    assert {r.step for r in io2.manager.records()} == set(io2.paths.values())
+    assert all(io2.manager.verify(r) is None for r in io2.manager.records())
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(Path(p).name for p in ranked_in_a)
+    for p in ranked_in_a:
+        assert torch.load(p, weights_only=True)["global_step"] > 0  # still complete checkpoints
 
 
 # ------------------------------------------------------------------------------------- corrupt / safe
@@ -369,6 +377,20 @@ def test_a_corrupt_checkpoint_is_skipped_with_a_warning_and_the_resume_falls_bac
     assert any(newest.file in r.getMessage() for r in caplog.records)
     assert any("global step 8" in line for line in say2.lines if line.startswith("resumed from"))
     assert tr2.global_step == 16
+
+
+def test_a_checkpoint_dir_on_another_filesystem_gets_verified_copies(tmp_path, other_fs_dir):
+    """Hard links cannot cross filesystems (a Drive mount, /dev/shm): Lightning's files are then atomic copies of
+    the store's, and top-k deletion still releases the store's records."""
+    _, tr, kit, _ = kit_run(tmp_path, steps=None, epochs=3,
+                            callbacks=[ModelCheckpoint(dirpath=str(other_fs_dir), save_top_k=1)])
+    assert tr.global_step == 24
+    files = sorted(p.name for p in other_fs_dir.iterdir())
+    assert files == ["epoch=2-step=24.ckpt"]
+    rec = kit.checkpoint_io.resolve(other_fs_dir / files[0])
+    assert rec is not None and kit.checkpoint_io.manager.verify(rec) is None
+    assert (other_fs_dir / files[0]).read_bytes() == rec.path.read_bytes()
+    assert [r.step for r in kit.checkpoint_io.manager.records()] == [rec.step]
 
 
 def test_loading_is_weights_only_and_extra_classes_are_allowed_one_by_one(tmp_path):
