@@ -157,7 +157,25 @@ class AtheriaCallback(TrainerCallback):
             return found
         cb = cls(**kwargs)
         trainer.add_callback(cb)
+        cb._guard(trainer)
         return cb
+
+    def _guard(self, trainer: Any) -> None:
+        """Wrap ``trainer.train`` so that a run that raises still stops the monitor thread, gives the signal
+        handlers back, sends what is sealed (bounded) and says which checkpoint is kept: the Trainer calls no
+        callback when training fails."""
+        train = trainer.train
+
+        def guarded_train(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return train(*args, **kwargs)
+            except BaseException as exc:
+                self._after_error(trainer.state, exc)
+                raise
+
+        guarded_train.__wrapped__ = train  # type: ignore[attr-defined]
+        guarded_train.__doc__ = train.__doc__
+        trainer.train = guarded_train
 
     @classmethod
     def of(cls, trainer: Any) -> AtheriaCallback | None:
@@ -267,8 +285,12 @@ class AtheriaCallback(TrainerCallback):
             self.monitor.add_alert_callback(self._on_monitor_alert)
             self.monitor.start()
         if state.is_world_process_zero and self.live_view != "off":
+            # Points arrive every logging_steps: the refresh rhythms are multiples of it, or they would never match.
+            every = max(1, int(state.logging_steps or 1))
+            total = state.max_steps or 100
             self.live = LiveView(state.max_steps or None, initial=state.global_step, mode=self.live_view,
-                                 update_every=max(1, (state.max_steps or 100) // 50), title="training",
+                                 update_every=every * max(1, math.ceil(total / 50 / every)),
+                                 text_every=every * max(1, math.ceil(total / 20 / every)), title="training",
                                  metric_name=None, display=self._display, stream=self._stream)
             for step, loss in self.curve:
                 self.live.points.append(_point(step, loss))
@@ -354,22 +376,44 @@ class AtheriaCallback(TrainerCallback):
         self._mark = self._clock()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        synced = self._wind_down("stopped" if self.stop is not None else "done")
+        self.end_line = self._end_line(state, synced)
+        self.say(self.end_line)
+        self.say(self.report_line(state))
+
+    def _wind_down(self, outcome: str) -> bool | None:
+        """Send what is sealed (bounded wait), stop the monitor, restore signal handlers, close the live view.
+        Returns whether the copy is complete (None without a remote)."""
         synced = None
-        if self.pusher is not None:
+        if self.pusher is not None and not self.pusher.closed:
             timeout = self.final_sync_timeout
             if timeout is None:
                 timeout = max(30.0, 3.0 * self.budget.final_sync_seconds)
+                if math.isfinite(self.budget.remaining):  # waiting past the session's end helps nobody
+                    timeout = min(timeout, max(5.0, self.budget.remaining - 1.0))
             synced = self.pusher.close(timeout)
             self._pusher_state = self.pusher.state_dict()
         if self.monitor is not None:
             self.monitor.stop()
+            self.monitor = None
         self.budget.uninstall_signal_handlers()
-        stopped = self.stop is not None
         if self.live is not None:
-            self.live.close(outcome="stopped" if stopped else "done")
-        self.end_line = self._end_line(state, synced)
-        self.say(self.end_line)
-        self.say(self.report_line(state))
+            self.live.close(outcome=outcome)
+            self.live = None
+        return synced
+
+    def _after_error(self, state: Any, exc: BaseException) -> None:
+        synced = self._wind_down("error")
+        kept = f"the last verified checkpoint ({self.last_saved or self._resumed_name()}) is kept" \
+            if (self.last_saved or self.resumed_from) else "no checkpoint had been saved yet"
+        remote = self.remote_line(synced)
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        self.end_line = (f"training stopped at step {state.global_step}: {what}; {kept}"
+                         + (f"; {remote}" if remote else "") + ". Fix the cause, then Run all again to continue")
+        self.say.error(self.end_line)
+
+    def _resumed_name(self) -> str | None:
+        return self.resumed_from.folder.name if self.resumed_from is not None else None
 
     # ------------------------------------------------------------------------------------------ lines
     def remote_line(self, synced: bool | None = None) -> str | None:

@@ -243,3 +243,27 @@ def test_rotation_by_save_total_limit_keeps_folders_verified_and_prunes_only_thi
     assert all(f.sealed for f in list_remote_folders(target))
     assert verify_folder(remote / "checkpoint-3").ok and (remote / "README.txt").exists()
     assert "training finished at step 12/12; saved checkpoint-12 (sealed and verified)" in stream.getvalue()
+
+
+class Boom(TrainerCallback):
+    """The user's code fails at step 5 (after checkpoint-4 was saved)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 5:
+            raise RuntimeError("boom")
+
+
+def test_a_run_that_fails_says_which_checkpoint_is_kept_and_gives_back_the_signal_handlers(tmp_path):
+    out, remote = tmp_path / "out", tmp_path / "drive"
+    before = signal.getsignal(signal.SIGINT)
+    trainer = tiny_trainer(out, max_steps=MAX_STEPS, save_steps=4, callbacks=[Boom()])
+    stream = io.StringIO()
+    prepare(trainer, remote=DirectoryTarget(remote), say=Say(stream), live_view="off", monitor=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    said = stream.getvalue()
+    assert ("training stopped at step 5: RuntimeError: boom; the last verified checkpoint (checkpoint-4) is kept; "
+            f"copy on {remote} holds checkpoint-4 (verified)") in said
+    assert signal.getsignal(signal.SIGINT) is before
+    assert AtheriaCallback.of(trainer).monitor is None  # its thread was stopped
+    assert verify_folder(remote / "checkpoint-4").ok
