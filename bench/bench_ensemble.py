@@ -137,13 +137,7 @@ def turnover(args: argparse.Namespace) -> None:
     print(f"\nturnover control chosen on training months {TRAIN[0]} .. {TRAIN[1]} only ({len(report.candidates)} "
           f"candidates x 3 symbols, monthly walk-forward, >= 52 trades a year on every symbol; "
           f"{time.perf_counter() - t0:.0f} s)")
-    folds = report.folds.copy()
-    for col in ("test_return", "no_control_return", "buy_and_hold_return"):
-        folds[col] = folds[col].map(_pct)
-    for col in ("test_trades_per_year", "no_control_trades_per_year"):
-        folds[col] = folds[col].map(lambda v: f"{v:,.0f}")
-    folds["test_cost_per_year"] = folds["test_cost_per_year"].map(lambda v: f"{100 * v:.0f}%")
-    print(folds.to_string(index=False))
+    print(report.folds_table().to_string(index=False))
     print(f"chosen on all training months: {selection.label(report.chosen)}; without the activity floor: "
           f"{selection.label(report.unconstrained)}")
     from atheria_kit.stats import summarize_overfitting

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,12 +80,28 @@ def window_metrics(result: BacktestResult, start: pd.Timestamp, end: pd.Timestam
     }
 
 
-def evaluate(runs: Mapping[str, tuple[pd.DataFrame, EnsembleRun]], candidates: Sequence[TurnoverControl],
+#: A series' positions under a candidate: ``positions(control) -> signal`` in {-1, 0, 1} per bar of its bars.
+PositionsFn = Callable[[TurnoverControl], np.ndarray]
+
+
+def evaluate(runs: Mapping[str, tuple[pd.DataFrame, EnsembleRun | PositionsFn]], candidates: Sequence[TurnoverControl],
              windows: Mapping[str, tuple[pd.Timestamp, pd.Timestamp]], *, config: BacktestConfig | None = None,
              threshold: float = 0.1, bar_minutes: float | None = None) -> pd.DataFrame:
-    """:func:`window_metrics` of every candidate on every symbol and window: one row per (candidate, symbol,
-    window), ``candidate`` being the index in ``candidates``. ``runs`` maps symbols to (bars, ensemble run)."""
+    """:func:`window_metrics` of every candidate on every series and window: one row per (candidate, symbol,
+    window), ``candidate`` being the index in ``candidates``. ``runs`` maps each series' name to its bars and
+    either the ensemble's run over them (its score through :func:`control_turnover` at ``threshold``) or a
+    function giving the series' positions under a candidate (any other signal: the walk-forward's P(up))."""
     return _evaluate(runs, candidates, windows, config, threshold, bar_minutes)[0]
+
+
+def _positions_fn(name: str, run: EnsembleRun | PositionsFn, threshold: float, cost: float) -> PositionsFn:
+    """The positions function of one series: given, or the ensemble run's score through the controller."""
+    if callable(run):
+        return run
+    if run.score is None or run.volatility is None:
+        raise ValueError(f"runs[{name!r}] has no score/volatility; expected DynamicEnsemble.run's output")
+    score, vol = run.score.to_numpy(), run.volatility.to_numpy()
+    return lambda cand: control_turnover(score, vol, config=cand, threshold=threshold, cost=cost)
 
 
 def _evaluate(runs, candidates, windows, config, threshold, bar_minutes,
@@ -96,12 +112,10 @@ def _evaluate(runs, candidates, windows, config, threshold, bar_minutes,
     rows = []
     kept: dict[int, list[pd.Series]] = {}
     for sym, (bars, run) in runs.items():
-        if run.score is None or run.volatility is None:
-            raise ValueError(f"runs[{sym!r}] has no score/volatility; expected DynamicEnsemble.run's output")
+        positions = _positions_fn(sym, run, threshold, cfg.cost)
         ppy = bars_per_year(bar_minutes if bar_minutes else infer_interval(bars))
-        score, vol = run.score.to_numpy(), run.volatility.to_numpy()
         for i, cand in enumerate(candidates):
-            res = backtest(bars, control_turnover(score, vol, config=cand, threshold=threshold, cost=cfg.cost), cfg)
+            res = backtest(bars, positions(cand), cfg)
             for name, (start, end) in windows.items():
                 rows.append({"candidate": i, "symbol": sym, "window": name,
                              **window_metrics(res, start, end, ppy)})
@@ -146,6 +160,16 @@ class SelectionReport:
     training: tuple[pd.Timestamp, pd.Timestamp]
     trial_returns: pd.DataFrame
 
+    def folds_table(self) -> pd.DataFrame:
+        """:attr:`folds` for reading: returns and costs in percent, trades a year rounded."""
+        out = self.folds.copy()
+        for col in ("test_return", "no_control_return", "buy_and_hold_return"):
+            out[col] = out[col].map(lambda v: f"{100 * v:+.1f}%")
+        for col in ("test_trades_per_year", "no_control_trades_per_year"):
+            out[col] = out[col].map(lambda v: f"{v:,.0f}")
+        out["test_cost_per_year"] = out["test_cost_per_year"].map(lambda v: f"{100 * v:.0f}%")
+        return out
+
 
 def month_starts(start: pd.Timestamp, end: pd.Timestamp, months: int = 1) -> list[pd.Timestamp]:
     """Calendar-month boundaries from ``start`` to ``end`` (both included), every ``months`` months."""
@@ -156,12 +180,13 @@ def month_starts(start: pd.Timestamp, end: pd.Timestamp, months: int = 1) -> lis
     return out
 
 
-def walk_forward_selection(runs: Mapping[str, tuple[pd.DataFrame, EnsembleRun]], train_start: str | pd.Timestamp,
+def walk_forward_selection(runs: Mapping[str, tuple[pd.DataFrame, EnsembleRun | PositionsFn]], train_start: str | pd.Timestamp,
                            train_end: str | pd.Timestamp, *, candidates: Iterable[TurnoverControl] = DEFAULT_GRID,
                            config: BacktestConfig | None = None, threshold: float = 0.1, fold_months: int = 1,
                            min_train_months: int = 2, min_trades_per_year: float = 52.0,
                            bar_minutes: float | None = None) -> SelectionReport:
-    """Select turnover settings on ``[train_start, train_end)`` only (see the module docstring)."""
+    """Select turnover settings on ``[train_start, train_end)`` only (see the module docstring). ``runs``: as
+    :func:`evaluate` reads them (an ensemble run, or a positions function per series)."""
     require_int("min_train_months", min_train_months, minimum=1)
     require_positive("min_trades_per_year", min_trades_per_year, allow_zero=True)
     cands = tuple(candidates)

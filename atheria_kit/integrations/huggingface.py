@@ -281,7 +281,9 @@ class AtheriaCallback(TrainerCallback):
             if self._pusher_state:
                 self.pusher.load_state_dict(self._pusher_state)
         if self.use_monitor and self.monitor is None:
-            self.monitor = ResourceMonitor(interval=max(1.0, MIN_INTERVAL), budget=self.budget)
+            # An unlimited budget (local runs) has no time line to show (and an infinite "left" cannot be printed).
+            timed = self.budget if math.isfinite(self.budget.limit_seconds) else None
+            self.monitor = ResourceMonitor(interval=max(1.0, MIN_INTERVAL), budget=timed)
             self.monitor.add_alert_callback(self._on_monitor_alert)
             self.monitor.start()
         if state.is_world_process_zero and self.live_view != "off":

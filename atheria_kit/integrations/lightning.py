@@ -593,6 +593,13 @@ class AtheriaCallback(Callback):
 
     # -------------------------------------------------------------------------------- budget
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.stop_reason is not None:
+            # Lightning went on after should_stop (min_epochs/min_steps not reached): saves must go on too.
+            self.say.once("lightning-min-epochs", "Lightning did not stop at the time budget (min_epochs or min_steps "
+                          "is not reached yet), so the run goes on past the budget stop and may be killed by the "
+                          "session limit; lower min_epochs/min_steps to let the budget stop it", kind="warning")
+            self.checkpoint_io.frozen = None
+            self.stop_reason = None
         if self.budget is not None:
             if self._unit:
                 self.budget.abandon_unit()
@@ -681,7 +688,7 @@ class AtheriaCallback(Callback):
         outcome = "stopped for the time budget" if self.stop_reason is not None else "finished"
         self.say(f"{outcome}: {self._steps} training steps this session in {fmt_duration(elapsed)} "
                  f"(epoch {trainer.current_epoch}, global step {trainer.global_step}); {store.saves} checkpoint(s) "
-                 f"saved, {len(store.manager.records())} verified in {store.directory}{best}{remote}")
+                 f"saved this session, {len(store.manager.records())} kept in {store.directory}{best}{remote}")
         if self.live is not None:
             with contextlib.suppress(Exception):
                 self.live.close(status=outcome, outcome="stopped" if self.stop_reason else "done")

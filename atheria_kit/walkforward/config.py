@@ -89,14 +89,13 @@ class WalkForwardConfig:
     trade_threshold: float = 0.5
     fee: float = 0.001
     slippage: float = 0.0005
-    # money view's turnover control (ensemble.turnover, on the score 2 P(up) - 1); all of the first three at 0 = off
-    min_hold_bars: int = 64  # a position is held at least this many bars (the ensemble's default)
-    # held while the score stays above threshold - deadband: 0.1 = P(up) may fall 0.05 below the trade threshold.
-    # Narrower than the ensemble's 0.2, whose P(up) band of 0.1 is wider than out-of-sample P(up) usually spreads.
-    deadband: float = 0.1
-    # enter only when |2 P(up) - 1| x sigma x sqrt(max(min_hold_bars, 1)) > cost_multiple x round-trip cost. 1, not
-    # the ensemble's 2: a probability already states the share of the move, there is no IC to fold in.
-    cost_multiple: float = 1.0
+    # money view's turnover control (ensemble.turnover, on the score 2 P(up) - 1); all of the first three at 0 = off.
+    # Defaults chosen by walk-forward on out-of-sample predictions of 2021-08..2022-06 (shared 1h BTC/ETH/BNB),
+    # before the shipped sample begins: bench/bench_walkforward_turnover.py, numbers in docs/walk-forward.md.
+    min_hold_bars: int = 0  # a position is held at least this many bars
+    deadband: float = 0.0  # held while the score stays above threshold - deadband (0.1 = P(up) 0.05 below it)
+    # enter only when |2 P(up) - 1| x sigma x sqrt(max(min_hold_bars, 1)) > cost_multiple x round-trip cost
+    cost_multiple: float = 0.5
     cost_vol_window: int = 96  # bars of log returns in the cost-aware entry's volatility (the ensemble's default)
     seed: int = 0
     resume: bool = False

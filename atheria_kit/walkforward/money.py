@@ -77,15 +77,21 @@ class ControlledSignals:
         self.long_short = TurnoverController(control, threshold=self.t, cost=cost)
         self.long_flat = TurnoverController(control, threshold=self.t + self.k, cost=cost)
 
-    def steps(self, proba: np.ndarray, sigma: np.ndarray) -> dict[str, np.ndarray]:
-        """The signals of the next bars, given their P(up) and volatility (see :func:`volatility`)."""
+    def steps(self, proba: np.ndarray, sigma: np.ndarray,
+              rules: Sequence[str] = CONTROLLED) -> dict[str, np.ndarray]:
+        """The signals of the next bars for ``rules``, given their P(up) and volatility (see :func:`volatility`).
+        A rule left out is not stepped (its controller's state stays where it was)."""
         s = 2.0 * np.asarray(proba, dtype=np.float64) - 1.0
         v = np.asarray(sigma, dtype=np.float64)
-        shifted = np.maximum(s + self.k, -(self.t + self.k))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scaled = np.where(shifted != 0, v * np.abs(s) / np.abs(shifted), v)
-        return {"long_flat": self.long_flat.steps(shifted, scaled).astype(np.float64),
-                "long_short": self.long_short.steps(s, v).astype(np.float64)}
+        out = {}
+        if "long_flat" in rules:
+            shifted = np.maximum(s + self.k, -(self.t + self.k))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scaled = np.where(shifted != 0, v * np.abs(s) / np.abs(shifted), v)
+            out["long_flat"] = self.long_flat.steps(shifted, scaled).astype(np.float64)
+        if "long_short" in rules:
+            out["long_short"] = self.long_short.steps(s, v).astype(np.float64)
+        return out
 
 
 class ReturnStats:

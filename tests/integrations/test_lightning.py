@@ -97,14 +97,15 @@ def budget(steps: int | None) -> TimeBudget:
     return TimeBudget(seconds, clock=Clock(), reserve_seconds=0.0, initial_save_seconds=1.0)
 
 
-def kit_run(root: Path, steps: int | None, *, epochs: int = 3, remote=None, callbacks=(), say: Say | None = None):
+def kit_run(root: Path, steps: int | None, *, epochs: int = 3, remote=None, callbacks=(), say: Say | None = None,
+            **trainer_kwargs):
     """One session under the kit: prepare, fit (resuming when the store has a checkpoint); returns its pieces."""
     L.seed_everything(0, verbose=False)
     tb = budget(steps)
     say = say or Say(stream=io.StringIO())
     kit = prepare(root / "store", budget=tb, remote=remote, say=say, live="off", monitor=False, retry_seconds=0)
     model = Tiny(tb._clock)
-    kwargs = kit.trainer_kwargs
+    kwargs = kit.trainer_kwargs | trainer_kwargs
     kwargs["callbacks"] += list(callbacks)
     tr = trainer(root, epochs, **kwargs)
     tr.fit(model, *loaders(), ckpt_path=kit.ckpt_path, weights_only=True)
@@ -202,6 +203,16 @@ def test_a_mid_epoch_budget_stop_resumes_where_lightning_can(tmp_path, reference
     assert tr2.global_step == 24
     assert kit2.callback._steps == 12
     assert max_difference(model, reference) < 5.0  # the same training, not a diverged one
+
+
+def test_when_min_epochs_keeps_lightning_going_the_stop_is_undone_with_a_warning(tmp_path, reference):
+    """``min_epochs`` makes Lightning ignore ``should_stop``: the run then goes on (and keeps saving) instead of
+    training on with a frozen store, and the user is told why the budget did not stop it."""
+    model, tr, kit, say = kit_run(tmp_path, steps=12, min_epochs=3)
+    assert tr.global_step == 24
+    assert any("Lightning did not stop at the time budget (min_epochs or min_steps" in line for line in say.lines)
+    assert kit.checkpoint_io.manager.records()[-1].metrics["global_step"] == 24.0
+    assert max_difference(model, reference) < 5.0
 
 
 # ----------------------------------------------------------------------------------------- kill -9

@@ -139,7 +139,7 @@ def test_settings_from_flags_and_their_validation():
     config = config_from_args(args, environ={})
     assert config.turnover == TurnoverControl(min_hold_bars=8, deadband=0.05, cost_multiple=1.5, vol_window=48)
     default = WalkForwardConfig()
-    assert (default.min_hold_bars, default.deadband, default.cost_multiple, default.cost_vol_window) == (64, 0.1, 1.0,
+    assert (default.min_hold_bars, default.deadband, default.cost_multiple, default.cost_vol_window) == (0, 0.0, 0.5,
                                                                                                           96)
     assert not default.turnover.is_off
     assert WalkForwardConfig(min_hold_bars=0, deadband=0.0, cost_multiple=0.0).turnover.is_off
