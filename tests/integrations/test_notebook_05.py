@@ -20,7 +20,7 @@ def run_all(tmp_path: Path, name: str, **parameters) -> str:
     out = tmp_path / f"{name}.ipynb"
     papermill.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", cwd=str(tmp_path),
                                execution_timeout=240, progress_bar=False,
-                               parameters={"SMOKE": True, "LIVE_VIEW": "text", **parameters})
+                               parameters={"SMOKE": True, **parameters})
     cells = json.loads(out.read_text())["cells"]
     errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors
