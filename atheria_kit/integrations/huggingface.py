@@ -136,6 +136,7 @@ class AtheriaCallback(TrainerCallback):
         self.stop: dict[str, Any] | None = None  # the numbers behind a budget stop
         self.last_saved: str | None = None
         self.end_line: str | None = None
+        self.trained: str | None = None  # the model's class and trainable parameters, for the report
         self._eval_seconds = 0.0
         self._mark = clock()
         self._local_names: set[str] = set()
@@ -275,6 +276,10 @@ class AtheriaCallback(TrainerCallback):
                 self._load_folder_state(folder)
         self.lineage = self.lineage or new_lineage()
         self.sessions += 1
+        model = kwargs.get("model")
+        if model is not None:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            self.trained = f"{type(model).__name__} ({trainable:,} trainable parameters)"
         self._session_start_step = state.global_step
         if self.target is not None and state.is_world_process_zero and (self.pusher is None or self.pusher.closed):
             self.pusher = FolderPusher(self.target, self.lineage, on_alert=self._on_push_alert)
@@ -459,8 +464,8 @@ class AtheriaCallback(TrainerCallback):
     def report_line(self, state: Any) -> str:
         """A short report: steps this session and in all, loss at the start and end, eval, time used."""
         done = state.global_step - self._session_start_step
-        parts = [f"report: {done} step(s) this session ({self.sessions} session(s) in all), "
-                 f"step {state.global_step}/{state.max_steps}"]
+        parts = [f"report: {self.trained or 'model'}: {done} step(s) this session ({self.sessions} session(s) in "
+                 f"all), step {state.global_step}/{state.max_steps}"]
         if self.curve:
             parts.append(f"loss {self.curve[0][1]:.4g} -> {self.curve[-1][1]:.4g}")
         if self.evals:

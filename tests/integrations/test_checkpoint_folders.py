@@ -104,7 +104,9 @@ def test_a_pushed_folder_arrives_files_first_and_seal_last_and_restores_verified
     assert sorted(target.order[:-1]) == ["checkpoint-8/model.safetensors", "checkpoint-8/optimizer.pt",
                                          "checkpoint-8/sub/extra.json"]
     fresh = tmp_path / "fresh"
+    (fresh / ".tmp-restore-checkpoint-8.deadbeef").mkdir(parents=True)  # a download killed in an earlier session
     check = restore_newest_remote(target, fresh)
+    assert sorted(p.name for p in fresh.iterdir()) == ["checkpoint-8"]
     assert check.ok and check.folder == fresh / "checkpoint-8"
     assert (fresh / "checkpoint-8" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
 
