@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from atheria_kit._validation import require_positive
 from atheria_kit.budget import TimeBudget
 from atheria_kit.integrations import require
 from atheria_kit.integrations.checkpoint_folders import (
@@ -97,6 +98,7 @@ class AtheriaCallback(TrainerCallback):
 
     ``remote``: where verified copies go (folder, fsspec URL or :class:`~atheria_kit.sync.SyncTarget`; None: none).
     ``max_training_hours``/``max_training_seconds``/``budget``: this session's time (default: the platform's limit).
+    ``remote_retry_seconds``: how long an unreachable remote is retried at the start.
     ``remote_unavailable``: "stop" (default) refuses to start a new run when the remote cannot be read and no local
     checkpoint exists (it may hold this run); "ignore" goes on with what is local. ``save_at_end`` saves the final
     step (so "Run all" after the end finds the run complete). ``live_view``: "auto", "widget", "text" or "off".
@@ -106,6 +108,7 @@ class AtheriaCallback(TrainerCallback):
                  max_training_hours: float | None = None, max_training_seconds: float | None = None,
                  budget: TimeBudget | None = None, environment: Any = None, save_at_end: bool = True,
                  remote_unavailable: str = "stop", remote_timeout: float = 60.0,
+                 remote_retry_seconds: float = 60.0,
                  final_sync_timeout: float | None = None, live_view: str = "auto", monitor: bool = True,
                  handle_signals: bool = True, say: Say | None = None, stream: Any = None, display: Any = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -119,7 +122,8 @@ class AtheriaCallback(TrainerCallback):
         self.say = say if say is not None else Say(stream)
         self.save_at_end = bool(save_at_end)
         self.remote_unavailable = remote_unavailable
-        self.remote_timeout = float(remote_timeout)
+        self.remote_timeout = require_positive("remote_timeout", remote_timeout)
+        self.remote_retry_seconds = require_positive("remote_retry_seconds", remote_retry_seconds, allow_zero=True)
         self.final_sync_timeout = final_sync_timeout
         self.live_view, self.use_monitor, self.handle_signals = live_view, bool(monitor), bool(handle_signals)
         self._stream, self._display, self._clock = stream, display, clock
@@ -196,14 +200,14 @@ class AtheriaCallback(TrainerCallback):
         remote_step, problem = None, None
         if self.target is not None:
             try:
-                sealed = [f for f in list_remote_folders(self.target, timeout=self.remote_timeout) if f.sealed]
+                sealed = [f for f in self._list_remote_with_retries() if f.sealed]
                 remote_step = sealed[0].step if sealed else None
             except SourceUnavailableError as exc:
                 problem = str(exc)
         chosen, source = local, "local copy"
         if problem is not None:
             if local is None and self.remote_unavailable == "stop":
-                err = RemoteUnavailableError([self.target.name], problem, self.remote_timeout)
+                err = RemoteUnavailableError([self.target.name], problem, self.remote_retry_seconds)
                 raise UserError(f"{err} Nothing was trained.") from None
             self.say.warning(f"{self.target.name} cannot be read ({problem}); continuing from what is here")
         elif remote_step is not None and (local is None or remote_step > (local.step or 0)):
@@ -211,7 +215,7 @@ class AtheriaCallback(TrainerCallback):
                 got = restore_newest_remote(self.target, out, warn=self.say.warning, timeout=self.remote_timeout)
             except SourceUnavailableError as exc:
                 if local is None and self.remote_unavailable == "stop":
-                    err = RemoteUnavailableError([self.target.name], str(exc), self.remote_timeout)
+                    err = RemoteUnavailableError([self.target.name], str(exc), self.remote_retry_seconds)
                     raise UserError(f"{err} Nothing was trained.") from None
                 self.say.warning(f"{self.target.name} failed during the download ({exc}); continuing from what is here")
                 got = None
@@ -230,6 +234,21 @@ class AtheriaCallback(TrainerCallback):
         self.say(f"resumed from {chosen.folder.name} ({source}, verified) at step {chosen.step}, "
                  f"session {self.sessions + 1} of this run")
         return str(chosen.folder)
+
+    def _list_remote_with_retries(self) -> list[Any]:
+        """The remote's folders; an unreachable remote (a Drive mount still coming up, a timeout) is retried with
+        backoff for ``remote_retry_seconds`` before :class:`SourceUnavailableError` is raised."""
+        deadline, delay = self._clock() + self.remote_retry_seconds, 1.0
+        while True:
+            try:
+                return list_remote_folders(self.target, timeout=self.remote_timeout)
+            except SourceUnavailableError as exc:
+                left = deadline - self._clock()
+                if left <= 0:
+                    raise
+                logger.info("remote %s unreachable (%s); retrying in %.0f s", self.target.name, exc, min(delay, left))
+                time.sleep(min(delay, left))
+                delay = min(delay * 2.0, 30.0)
 
     def _remote_label(self) -> str:
         name = self.target.name if self.target is not None else ""

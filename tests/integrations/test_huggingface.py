@@ -142,7 +142,7 @@ def test_an_unreachable_remote_at_start_is_not_taken_for_an_empty_one(tmp_path):
     out, mount = tmp_path / "out", tmp_path / "drive"  # Drive not mounted: MyDrive is missing
     target = DirectoryTarget(mount / "MyDrive" / "run", mount_root=mount)
     trainer = tiny_trainer(out, max_steps=MAX_STEPS)
-    stream, kw = quiet(remote=target)
+    stream, kw = quiet(remote=target, remote_retry_seconds=0)
     with pytest.raises(UserError, match=r"could not be read .* Nothing was trained"):
         prepare(trainer, **kw)
     assert not out.exists() or not any(out.iterdir())
@@ -152,7 +152,7 @@ def test_an_unreachable_remote_at_start_is_not_taken_for_an_empty_one(tmp_path):
     local.train()
     seal_folder(out / "checkpoint-4", lineage="run-a")
     trainer = tiny_trainer(out, max_steps=MAX_STEPS)
-    stream, kw = quiet(remote=DirectoryTarget(mount / "MyDrive" / "run", mount_root=mount))
+    stream, kw = quiet(remote=DirectoryTarget(mount / "MyDrive" / "run", mount_root=mount), remote_retry_seconds=0)
     assert prepare(trainer, **kw) == str(out / "checkpoint-4")
     assert "cannot be read" in stream.getvalue() and "continuing from what is here" in stream.getvalue()
 
