@@ -147,7 +147,8 @@ def _median_step(tmp: Path, pad: float, steps: int, with_kit: bool, box: dict[st
 
 def bench_step_overhead(tmp: Path, quick: bool) -> list[str]:
     lines = ["Per-step overhead (median interval between training batch ends; runs interleaved):"]
-    for pad, steps, rounds in ((0.0, 200 if quick else 600, 2 if quick else 3), (0.05, 40 if quick else 100, 2)):
+    for pad, steps, rounds in ((0.0, 200 if quick else 600, 2 if quick else 5), (0.05, 40 if quick else 100,
+                                                                                  2 if quick else 3)):
         bare, kit = [], []
         box = {"seconds": 0.0, "calls": 0.0}
         for _ in range(rounds):

@@ -51,6 +51,7 @@ import torch
 
 from atheria_kit import _io
 from atheria_kit._manifest import SIDECAR_SUFFIX as SIDECAR
+from atheria_kit._validation import require_int
 from atheria_kit.budget import TimeBudget
 from atheria_kit.checkpoint import (
     FORMAT_VERSION,
@@ -427,8 +428,11 @@ class AtheriaCallback(Callback):
     ``budget`` (a :class:`TimeBudget`) is asked after each training batch; ``sync`` (a
     :class:`~atheria_kit.sync.SyncWorker` attached to the plugin's store) gets a final sync, bounded by
     ``final_sync_timeout`` seconds; ``say`` prints the lines a user must see; ``live`` is a
-    :class:`~atheria_kit.live.LiveView` (or None); ``monitor`` a started
-    :class:`~atheria_kit.monitor.ResourceMonitor` (or None), stopped at the end.
+    :class:`~atheria_kit.live.LiveView` (or None), fed every ``live_every`` steps; ``monitor`` a started
+    :class:`~atheria_kit.monitor.ResourceMonitor` (or None), stopped at the end. ``restore_rng`` saves the Python,
+    NumPy and torch RNG states in each checkpoint and restores them on resume (what makes the next epoch's
+    shuffle equal to an uninterrupted run's); ``handle_signals`` turns SIGTERM/SIGINT during ``fit`` into a save
+    and stop at the next batch end (a second Ctrl-C interrupts).
     """
 
     def __init__(
@@ -444,6 +448,7 @@ class AtheriaCallback(Callback):
         stop_filename: str = STOP_FILENAME,
         restore_rng: bool = True,
         handle_signals: bool = False,
+        live_every: int = 10,
     ) -> None:
         if not isinstance(checkpoint_io, AtheriaCheckpointIO):
             raise ValueError(f"checkpoint_io={checkpoint_io!r} is invalid; expected an AtheriaCheckpointIO")
@@ -463,6 +468,7 @@ class AtheriaCallback(Callback):
         self.stop_filename = stop_filename
         self.restore_rng = bool(restore_rng)
         self.handle_signals = bool(handle_signals)
+        self.live_every = require_int("live_every", live_every, minimum=1)
         self._signals_installed = False
         #: Why this run stopped early (None while running or after a normal end).
         self.stop_reason: str | None = None
@@ -608,19 +614,21 @@ class AtheriaCallback(Callback):
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._steps += 1
-        if self.live is not None:
+        budget = self.budget
+        if budget is not None and self._unit:
+            budget.end_unit()
+            self._unit = False
+        if self.live is not None and self._steps % self.live_every == 0:
+            # Only every few steps: reading the loss waits for the GPU, which Lightning itself does only to log.
             loss = _loss_of(outputs)
             if loss is not None:
                 self.live.update(trainer.global_step - 1, loss, status=f"epoch {trainer.current_epoch}")
-        if self.budget is None:
+        if budget is None or self.stop_reason is not None:
             return
-        if self._unit:
-            self.budget.end_unit()
-            self._unit = False
-        if self.stop_reason is not None or trainer.should_stop:
+        if budget.can_start():  # False too once a stop was requested (a signal) or only the save time is left
             return
-        if self.budget.can_start() and not self.budget.must_save_now():
-            return
+        if trainer.should_stop:
+            return  # something else (EarlyStopping) already ends the run, and Lightning's own saves follow
         self.stop_reason = self.budget.stop_reason or "time budget"
         trainer.should_stop = True
         last = batch_idx + 1 >= trainer.num_training_batches
@@ -665,10 +673,10 @@ class AtheriaCallback(Callback):
         saved = f"saved {path} (store file {rec.file}, verified)" if rec is not None else f"saved {path}"
         self.say(f"stopped at {where}: {why}; {saved}{remote}; press Run all in the next session to continue")
 
-    def _final_sync(self) -> str:
+    def _final_sync(self, timeout: float | None = None) -> str:
         if self.sync is None:
             return ""
-        ok = self.sync.sync_now(timeout=self.final_sync_timeout)
+        ok = self.sync.sync_now(timeout=self.final_sync_timeout if timeout is None else timeout)
         state = self.sync.remote_state()
         if ok:
             return f"; remote copy at {self.sync.target.name} is up to date"
@@ -676,7 +684,10 @@ class AtheriaCallback(Callback):
 
     # -------------------------------------------------------------------------------- end
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        remote = "" if self.stop_reason is not None else self._final_sync()
+        timeout = self.final_sync_timeout
+        if self.stop_reason is not None and self.budget is not None:  # what the budget still allows
+            timeout = min(timeout, max(0.0, self.budget.remaining - self.budget.reserve_seconds))
+        remote = self._final_sync(timeout)
         elapsed = time.monotonic() - self._started
         cb = trainer.checkpoint_callback
         best = ""
@@ -799,7 +810,11 @@ def prepare(
         tb.final_sync_estimate = _sync_estimate(worker)
     ckpt_path = None
     if found.found:
+        listed = plugin.manager.records()
         rec = plugin.manager.latest()
+        for bad in (r for r in reversed(listed) if rec is None or r.step > rec.step):
+            speak.warning(f"{bad.path} failed verification ({plugin.manager.verify(bad) or 'unreadable'}); skipped"
+                          + (f", resuming from the previous verified checkpoint {rec.file}" if rec else ""))
         if rec is not None:
             ckpt_path = str(rec.path)
             where = "local copy" if found.source == "local" else f"copy downloaded from {found.source}"

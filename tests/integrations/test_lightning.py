@@ -386,6 +386,9 @@ def test_a_corrupt_checkpoint_is_skipped_with_a_warning_and_the_resume_falls_bac
         model, tr2, _, say2 = kit_run(tmp_path, steps=None, epochs=2,
                                       callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_top_k=-1)])
     assert any(newest.file in r.getMessage() for r in caplog.records)
+    assert any(line.startswith(f"⚠ {newest.path} failed verification (blake3 mismatch (corrupted)); skipped, "
+                               "resuming from the previous verified checkpoint ckpt-0000000000.pt")
+               for line in say2.lines)
     assert any("global step 8" in line for line in say2.lines if line.startswith("resumed from"))
     assert tr2.global_step == 16
 
