@@ -323,17 +323,28 @@ class AtheriaCallback(TrainerCallback):
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             self.budget.install_signal_handlers()
         self._mark = self._clock()
+        self._restart_unit()
 
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not self._in_step:
-            self.budget.start_unit()
-            self._in_step = True
+    # A unit is one optimizer step including the loading of its batches: it runs from the end of the previous
+    # step (or of the log, evaluation or save that followed it) to this step's end. Logs, evaluations and saves
+    # restart it, so their time is not taken for step time (saves and evaluations have their own estimates).
+    def _restart_unit(self) -> None:
+        if self._in_step:
+            self.budget.abandon_unit()
+        self.budget.start_unit()
+        self._in_step = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._in_step:
             self.budget.end_unit()
             self._in_step = False
         self._mark = self._clock()
+        try:
+            self._decide(args, state, control)
+        finally:
+            self._restart_unit()
+
+    def _decide(self, args: Any, state: Any, control: Any) -> None:
         if state.max_steps and state.global_step >= state.max_steps:
             if self.save_at_end:
                 control.should_save = True
@@ -369,6 +380,7 @@ class AtheriaCallback(TrainerCallback):
                                  extra={k: float(v) for k, v in logs.items()
                                         if k not in ("loss", "epoch") and isinstance(v, (int, float))})
         self._mark = self._clock()
+        self._restart_unit()
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     **kwargs: Any) -> None:
@@ -377,6 +389,7 @@ class AtheriaCallback(TrainerCallback):
         self.evals.append((state.global_step, {k: float(v) for k, v in (metrics or {}).items()
                                                if isinstance(v, (int, float))}))
         self._mark = now
+        self._restart_unit()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
@@ -400,6 +413,7 @@ class AtheriaCallback(TrainerCallback):
                 self.pusher.prune(rotated)
             self.pusher.submit(folder)
         self._mark = self._clock()
+        self._restart_unit()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         synced = self._wind_down("stopped" if self.stop is not None else "done")
@@ -410,6 +424,9 @@ class AtheriaCallback(TrainerCallback):
     def _wind_down(self, outcome: str) -> bool | None:
         """Send what is sealed (bounded wait), stop the monitor, restore signal handlers, close the live view.
         Returns whether the copy is complete (None without a remote)."""
+        if self._in_step:
+            self.budget.abandon_unit()
+            self._in_step = False
         synced = None
         if self.pusher is not None and not self.pusher.closed:
             timeout = self.final_sync_timeout
