@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,10 +48,24 @@ def run(args: argparse.Namespace) -> int:
     if args.max_minutes is not None and not args.max_minutes >= 0:
         raise ValueError(f"--max-minutes={args.max_minutes!r} is invalid; expected a number >= 0")
     max_seconds = None if args.max_minutes is None else args.max_minutes * 60
-    summary = engine.run(resume=args.resume, max_cycles=args.max_cycles, max_seconds=max_seconds, on_cycle=report)
+    # SIGTERM (a platform shutting down, `kill`, the Telegram bot's /stop_training) stops like Ctrl-C: the run log
+    # says stopped and the last cycle's checkpoint is where the next run continues.
+    # (Only the main thread may set handlers.)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        summary = engine.run(resume=args.resume, max_cycles=args.max_cycles, max_seconds=max_seconds,
+                             on_cycle=report)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(f"replay {summary['status']}: equity {summary['equity']:.4f} trades {summary['trades']} "
           f"win rate {summary['win_rate']:.1%} max drawdown {summary['max_drawdown']:.2%}", flush=True)
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
