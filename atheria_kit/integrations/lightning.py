@@ -11,6 +11,8 @@ What Lightning alone does not give a notebook run on a borrowed GPU, and this mo
 - **top-k rankings that survive a restart and a changed directory** (Lightning #18687): ``ModelCheckpoint``'s
   ``best_k_models``/``best_model_path``/``last_model_path`` are carried over to the new ``dirpath`` and the files
   they name are put back there, so the resumed run keeps deleting the right files and knows its best;
+- **an exact mid-epoch resume** with :class:`ResumableLoader` around the training loader (Lightning restarts a
+  plain loader at its first batch); the callback also restores the RNG states, so an epoch-end resume is exact too;
 - **a remote copy and a fresh-VM resume**: the store is mirrored by the kit's
   :class:`~atheria_kit.sync.SyncWorker`; :func:`prepare` resumes from the newest verified copy, local first,
   else downloaded (:func:`~atheria_kit.sync.resume_from_best_source`), and an unreachable remote is not empty;
@@ -78,6 +80,7 @@ __all__ = [
     "AtheriaCheckpointIO",
     "LightningSetup",
     "LinkedDiskStorage",
+    "ResumableLoader",
     "prepare",
 ]
 
@@ -390,6 +393,83 @@ class AtheriaCheckpointIO(CheckpointIO):
         self.manager.raise_pending_error()
 
 
+# ------------------------------------------------------------------------------------------- loader
+
+_RESUMABLE = "atheria_resumable"
+
+
+class ResumableLoader:
+    """A training ``DataLoader`` that a mid-epoch resume continues exactly (Lightning #19764, #20550).
+
+    Lightning restarts a plain loader at its first batch when it resumes mid-epoch, so the rest of that epoch sees
+    other batches than an uninterrupted run. This wrapper is a stateful loader for Lightning: its state holds the
+    torch RNG state at the start of the epoch's iteration (which fixes the shuffle and the workers' seeds) and how
+    many batches were trained on (set by :class:`AtheriaCallback` from Lightning's own batch progress, so that a
+    fetcher reading ahead never counts a batch that was not trained on). On resume it replays the same permutation, skips the consumed batches (they
+    are loaded and dropped, not trained on) and puts the RNG back where the checkpoint left it. Exact when batches
+    are drawn in the main process without random augmentation, or by workers (their seeds replay); a dataset that
+    draws from the global RNG in the main process sees the skipped batches' draws again.
+    """
+
+    def __init__(self, loader: Iterable[Any]) -> None:
+        if not hasattr(loader, "__iter__") or not hasattr(loader, "__len__"):
+            raise ValueError(f"loader={loader!r} is invalid; expected a sized iterable such as a DataLoader")
+        self.loader = loader
+        self._epoch_rng: torch.Tensor | None = None
+        self._yielded = 0
+        self._pending: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Any:
+        return self._iterate()
+
+    def _iterate(self) -> Any:
+        pending, self._pending = self._pending, None
+        skip = int(pending["consumed"]) if pending is not None else 0
+        if pending is not None and 0 < skip < len(self):
+            resume_rng = torch.get_rng_state()  # where the checkpoint left the RNG (restored by the callback)
+            torch.set_rng_state(pending["rng"])
+            self._epoch_rng = pending["rng"].clone()
+            iterator = iter(self.loader)
+            self._yielded = 0
+            for _ in range(skip):
+                next(iterator)
+                self._yielded += 1
+            torch.set_rng_state(resume_rng)
+        else:  # a new epoch (also after a checkpoint written at an epoch's end)
+            self._epoch_rng = torch.get_rng_state()
+            iterator = iter(self.loader)
+            self._yielded = 0
+        for batch in iterator:
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {_RESUMABLE: _STATE_VERSION, "rng": self._epoch_rng if self._epoch_rng is not None
+                else torch.get_rng_state(), "consumed": self._yielded}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get(_RESUMABLE) != _STATE_VERSION:
+            raise ValueError(f"ResumableLoader state version={state_dict.get(_RESUMABLE)!r} is invalid; "
+                             f"expected {_STATE_VERSION}")
+        self._pending = dict(state_dict)
+
+
+def _set_consumed(checkpoint: dict[str, Any]) -> None:
+    """Write Lightning's count of consumed batches into each ResumableLoader state of ``checkpoint``."""
+    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    progress = (fit.get("epoch_loop.batch_progress") or {}).get("current") or {}
+    states = (fit.get("state_dict") or {}).get("combined_loader") or []
+    if "processed" not in progress:
+        return
+    for state in states:
+        if isinstance(state, dict) and state.get(_RESUMABLE) is not None:
+            # ``processed``: batches trained on (a save in on_train_batch_end has not counted its batch completed)
+            state["consumed"] = int(progress["processed"])
+
+
 # ------------------------------------------------------------------------------------------ callback
 
 
@@ -519,6 +599,9 @@ class AtheriaCallback(Callback):
         if self._signals_installed and self.budget is not None:
             self.budget.uninstall_signal_handlers()
             self._signals_installed = False
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        _set_consumed(checkpoint)
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """Carry ModelCheckpoint rankings over to the current dirpath and put the files they name back."""

@@ -34,6 +34,7 @@ from atheria_kit.integrations.lightning import (  # noqa: E402
     STOP_FILENAME,
     AtheriaCallback,
     AtheriaCheckpointIO,
+    ResumableLoader,
     prepare,
 )
 from atheria_kit.say import Say  # noqa: E402
@@ -98,7 +99,7 @@ def budget(steps: int | None) -> TimeBudget:
 
 
 def kit_run(root: Path, steps: int | None, *, epochs: int = 3, remote=None, callbacks=(), say: Say | None = None,
-            **trainer_kwargs):
+            resumable: bool = False, **trainer_kwargs):
     """One session under the kit: prepare, fit (resuming when the store has a checkpoint); returns its pieces."""
     L.seed_everything(0, verbose=False)
     tb = budget(steps)
@@ -108,7 +109,8 @@ def kit_run(root: Path, steps: int | None, *, epochs: int = 3, remote=None, call
     kwargs = kit.trainer_kwargs | trainer_kwargs
     kwargs["callbacks"] += list(callbacks)
     tr = trainer(root, epochs, **kwargs)
-    tr.fit(model, *loaders(), ckpt_path=kit.ckpt_path, weights_only=True)
+    train, val = loaders()
+    tr.fit(model, ResumableLoader(train) if resumable else train, val, **kit.fit_kwargs)
     kit.close(timeout=30)
     return model, tr, kit, say
 
@@ -187,11 +189,11 @@ def test_a_mid_epoch_budget_stop_resumes_where_lightning_can(tmp_path, reference
     nothing written after it (Lightning's epoch-end saves after ``should_stop`` are held back, since they would
     claim the epoch done), so the resumed session runs exactly the 12 missing steps.
 
-    Not bit-identical: Lightning restarts a plain ``DataLoader`` at its first batch when it resumes mid-epoch
-    (Lightning #19764, #20550; it warns "resuming from a checkpoint that ended before the epoch ended"), so the
-    last 4 batches of epoch 1 are drawn from a new shuffle. Measured on this model: the largest weight differs
-    from the uninterrupted run's by about 0.66 (the weights themselves are of order 1). An end-of-epoch stop is
-    exact (test above)."""
+    Not bit-identical with a plain ``DataLoader``: Lightning restarts it at its first batch when it resumes
+    mid-epoch (Lightning #19764, #20550; it warns "resuming from a checkpoint that ended before the epoch ended"),
+    so the last 4 batches of epoch 1 are drawn from a new shuffle. Measured on this model: the largest weight
+    differs from the uninterrupted run's by about 0.66 (the weights themselves are of order 1). Wrapped in
+    ``ResumableLoader`` it is exact (next test); an end-of-epoch stop is exact either way (test above)."""
     _, tr1, kit1, say1 = kit_run(tmp_path, steps=12)
     assert tr1.global_step == 12
     assert any("stopped at epoch 1, after batch 4/8 (global step 12)" in line for line in say1.lines)
@@ -213,6 +215,20 @@ def test_when_min_epochs_keeps_lightning_going_the_stop_is_undone_with_a_warning
     assert any("Lightning did not stop at the time budget (min_epochs or min_steps" in line for line in say.lines)
     assert kit.checkpoint_io.manager.records()[-1].metrics["global_step"] == 24.0
     assert max_difference(model, reference) < 5.0
+
+
+def test_a_mid_epoch_stop_with_a_resumable_loader_resumes_bit_identically(tmp_path, reference):
+    """The same mid-epoch stop, with the training loader wrapped in ``ResumableLoader``: the resumed session
+    replays epoch 1's shuffle, skips its 4 trained batches, and ends with the uninterrupted run's weights exactly.
+    A second stop in the resumed epoch (after 2 more steps) still resumes exactly."""
+    _, tr1, _, _ = kit_run(tmp_path, steps=12, resumable=True)
+    assert tr1.global_step == 12
+    _, tr2, _, say2 = kit_run(tmp_path, steps=2, resumable=True)
+    assert tr2.global_step == 14
+    assert any("stopped at epoch 1, after batch 6/8 (global step 14)" in line for line in say2.lines)
+    model, tr3, kit3, _ = kit_run(tmp_path, steps=None, resumable=True)
+    assert tr3.global_step == 24 and kit3.callback._steps == 10
+    assert same_weights(model, reference)
 
 
 # ----------------------------------------------------------------------------------------- kill -9
