@@ -1,0 +1,5 @@
+import sys
+
+from atheria_kit.bot.cli import main
+
+sys.exit(main())
