@@ -16,6 +16,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("walkforward", "atheria_kit.walkforward.cli", "walk-forward direction models"),
     ("monitor", "atheria_kit.watch", "watch a running or finished run"),
     ("replay", "atheria_kit.replay.cli", "multi-symbol historical replay"),
+    ("live", "atheria_kit.live_trading.cli", "live paper trading on Binance kline streams"),
 )
 
 
