@@ -8,8 +8,6 @@ from typing import Any
 
 import torch
 
-torch.set_num_threads(1)  # two shared cores: threads fighting over them cost more than they give
-
 VOCAB, SEQ = 64, 16
 
 
