@@ -44,6 +44,7 @@ import shutil
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -559,6 +560,13 @@ class AtheriaCallback(Callback):
         self._steps = 0
         self._started = time.monotonic()
         self._resumed_from: str | None = None
+        # Validation during fit, in the budget's time: it runs between training batches, so the batch forecast
+        # does not see it; a stop must leave room for the validation that follows the next batch.
+        self._val_runs: deque[float] = deque(maxlen=3)
+        self._val_batch = 0.0  # longest sanity-check validation batch: the estimate before a full run is seen
+        self._val_started: float | None = None
+        self._val_batch_started: float | None = None
+        self._limit_val_batches: Any = None
 
     # -------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -695,6 +703,51 @@ class AtheriaCallback(Callback):
             self.budget.start_unit()
             self._unit = True
 
+    # ---------------------------------------------------------------------------- validation time
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.budget is not None and not trainer.sanity_checking:
+            self._val_started = self.budget.elapsed
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.budget is not None and self._val_started is not None:
+            self._val_runs.append(max(0.0, self.budget.elapsed - self._val_started))
+            self._val_started = None
+
+    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        if self.budget is not None and trainer.sanity_checking:
+            self._val_batch_started = self.budget.elapsed
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if self.budget is not None and trainer.sanity_checking and self._val_batch_started is not None:
+            self._val_batch = max(self._val_batch, self.budget.elapsed - self._val_batch_started)
+            self._val_batch_started = None
+
+    def validation_estimate(self, trainer: Any) -> float:
+        """Seconds a validation run is expected to take: the longest of the last runs (with a margin), else the
+        sanity check's slowest batch times the number of validation batches, else 0."""
+        if self._val_runs:
+            return max(self._val_runs) * 1.25
+        batches = sum(n for n in trainer.num_val_batches if math.isfinite(n)) if trainer.num_val_batches else 0
+        return self._val_batch * 1.25 * batches
+
+    def _validation_after(self, trainer: Any, batch_number: int) -> bool:
+        """Whether Lightning validates right after training batch ``batch_number`` (1-based; past the end of this
+        epoch: the next epoch's batch ``batch_number - num_training_batches``)."""
+        if not trainer.enable_validation:
+            return False
+        epoch = trainer.current_epoch
+        if batch_number > trainer.num_training_batches:
+            epoch, batch_number = epoch + 1, batch_number - trainer.num_training_batches
+        every = trainer.check_val_every_n_epoch
+        if every is not None and (epoch + 1) % every != 0:
+            return False
+        if batch_number >= trainer.num_training_batches:
+            return True
+        check = trainer.val_check_batch
+        return isinstance(check, int) and check > 0 and batch_number % check == 0
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._steps += 1
         budget = self.budget
@@ -708,21 +761,30 @@ class AtheriaCallback(Callback):
                 self.live.update(trainer.global_step - 1, loss, status=f"epoch {trainer.current_epoch}")
         if budget is None or self.stop_reason is not None:
             return
+        validation = 0.0
         if budget.can_start():  # False too once a stop was requested (a signal) or only the save time is left
-            return
+            if self.budget.remaining == math.inf or not self._validation_after(trainer, batch_idx + 2):
+                return
+            validation = self.validation_estimate(trainer)
+            if budget.remaining - budget.end_reserve - (budget.unit_forecast or 0.0) >= validation:
+                return
         if trainer.should_stop:
             return  # something else (EarlyStopping) already ends the run, and Lightning's own saves follow
         self.stop_reason = self.budget.stop_reason or "time budget"
         trainer.should_stop = True
         last = batch_idx + 1 >= trainer.num_training_batches
-        if last:
+        if last and not self.stop_reason.startswith("signal"):
             # End of the epoch: save after Lightning's epoch-end work (validation, ModelCheckpoint), which resumes
             # cleanly; see on_train_epoch_end.
             self._stop_at_epoch_end = True
             return
         self._save_and_say(trainer, where=f"epoch {trainer.current_epoch}, after batch {batch_idx + 1}/"
                                          f"{trainer.num_training_batches} (global step {trainer.global_step})",
-                           freeze=True)
+                           freeze=True, validation=validation)
+        # Lightning validates once more when should_stop is set mid-epoch; the saved state does not need it, and the
+        # time it takes is what the budget just said is missing. Restored at the end of fit.
+        self._limit_val_batches = trainer.limit_val_batches
+        trainer.limit_val_batches = 0
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self._stop_at_epoch_end:
@@ -736,7 +798,7 @@ class AtheriaCallback(Callback):
             return Path(cb.dirpath)
         return Path(trainer.default_root_dir) / "checkpoints"
 
-    def _save_and_say(self, trainer: Any, *, where: str, freeze: bool) -> None:
+    def _save_and_say(self, trainer: Any, *, where: str, freeze: bool, validation: float = 0.0) -> None:
         forecast = self.budget.unit_forecast if self.budget is not None else None
         left = self.budget.remaining if self.budget is not None else math.inf
         save_est = self.budget.save_estimate if self.budget is not None else 0.0
@@ -749,8 +811,9 @@ class AtheriaCallback(Callback):
             # epoch finished and the resume would skip its remaining batches.
             self.checkpoint_io.frozen = f"the run stopped for the time budget at {where}; its checkpoint is {path}"
         remote = self._final_sync()
-        why = (f"the next step (~{fmt_duration(forecast)}) and the final save (~{fmt_duration(save_est)}) would not "
-               f"fit in the {fmt_duration(left)} left") if forecast else (self.stop_reason or "stop requested")
+        val = f", the validation after it (~{fmt_duration(validation)})" if validation > 0 else ""
+        why = (f"the next step (~{fmt_duration(forecast)}){val} and the final save (~{fmt_duration(save_est)}) would "
+               f"not fit in the {fmt_duration(left)} left") if forecast else (self.stop_reason or "stop requested")
         if self.stop_reason and self.stop_reason.startswith("signal"):
             why = f"stop requested ({self.stop_reason})"
         saved = f"saved {path} (store file {rec.file}, verified)" if rec is not None else f"saved {path}"
@@ -767,6 +830,8 @@ class AtheriaCallback(Callback):
 
     # -------------------------------------------------------------------------------- end
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._limit_val_batches is not None:
+            trainer.limit_val_batches, self._limit_val_batches = self._limit_val_batches, None
         timeout = self.final_sync_timeout
         if self.stop_reason is not None and self.budget is not None:  # what the budget still allows
             timeout = min(timeout, max(0.0, self.budget.remaining - self.budget.reserve_seconds))

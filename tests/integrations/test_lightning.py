@@ -58,10 +58,11 @@ class Clock:
 class Tiny(L.LightningModule):
     """A small MLP trained with SGD + momentum (optimizer state matters for an exact resume)."""
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, val_seconds: float = 0.0) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
         self.clock = clock
+        self.val_seconds = val_seconds
 
     def training_step(self, batch, batch_idx):
         if self.clock is not None:
@@ -72,6 +73,8 @@ class Tiny(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
+        if self.clock is not None:
+            self.clock.t += self.val_seconds
         x, y = batch
         self.log("val_loss", ((self.net(x) - y) ** 2).mean())
 
@@ -99,13 +102,14 @@ def budget(steps: int | None) -> TimeBudget:
 
 
 def kit_run(root: Path, steps: int | None, *, epochs: int = 3, remote=None, callbacks=(), say: Say | None = None,
-            resumable: bool = False, **trainer_kwargs):
+            resumable: bool = False, seconds: float | None = None, val_seconds: float = 0.0, **trainer_kwargs):
     """One session under the kit: prepare, fit (resuming when the store has a checkpoint); returns its pieces."""
     L.seed_everything(0, verbose=False)
-    tb = budget(steps)
+    tb = budget(steps) if seconds is None else TimeBudget(seconds, clock=Clock(), reserve_seconds=0.0,
+                                                          initial_save_seconds=1.0)
     say = say or Say(stream=io.StringIO())
     kit = prepare(root / "store", budget=tb, remote=remote, say=say, live="off", monitor=False, retry_seconds=0)
-    model = Tiny(tb._clock)
+    model = Tiny(tb._clock, val_seconds)
     kwargs = kit.trainer_kwargs | trainer_kwargs
     kwargs["callbacks"] += list(callbacks)
     tr = trainer(root, epochs, **kwargs)
@@ -228,6 +232,24 @@ def test_a_mid_epoch_stop_with_a_resumable_loader_resumes_bit_identically(tmp_pa
     assert any("stopped at epoch 1, after batch 6/8 (global step 14)" in line for line in say2.lines)
     model, tr3, kit3, _ = kit_run(tmp_path, steps=None, resumable=True)
     assert tr3.global_step == 24 and kit3.callback._steps == 10
+    assert same_weights(model, reference)
+
+
+def test_the_stop_leaves_room_for_the_validation_that_follows_the_next_batch(tmp_path, reference):
+    """Each validation batch takes 300 s (600 s per validation, the sanity check included), each step 100 s, and
+    the budget is 3050 s. After step 15 (t = 2700 s) the next step would fit, but the validation after it would
+    not: the callback stops there, mid-epoch, instead of running into the limit during that validation (at
+    t = 3400 s), and skips the validation Lightning would run after a mid-epoch stop. The resumed run is exact."""
+    _, tr1, kit1, say1 = kit_run(tmp_path, steps=None, seconds=3050.0, val_seconds=300.0, resumable=True)
+    assert tr1.global_step == 15
+    stop_line = next(line for line in say1.lines if line.startswith("stopped at"))
+    assert "stopped at epoch 1, after batch 7/8 (global step 15): the next step (~" in stop_line
+    assert "the validation after it (~12 min)" in stop_line  # 1.25 x the measured 600 s
+    assert kit1.budget.elapsed == 2700.0  # no validation ran after the stop
+    assert tr1.limit_val_batches == 1.0  # restored for the user's later trainer.validate()
+
+    model, tr2, _, _ = kit_run(tmp_path, steps=None, resumable=True)
+    assert tr2.global_step == 24
     assert same_weights(model, reference)
 
 
