@@ -25,6 +25,7 @@ order (``catch_up="process"``) or only added to the history (``"skip"``).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ import numpy as np
 import pandas as pd
 import requests
 from websockets.exceptions import WebSocketException
+from websockets.sync.client import connect as ws_connect
 
 from atheria_kit._validation import require_choice, require_int, require_positive
 from atheria_kit.live_trading.config import INTERVALS
@@ -145,7 +147,7 @@ class BinanceKlineFeed:
                  store: HistoryStore, steps_total: int | None = None, window: int = 600, warmup_bars: int = 600,
                  catch_up: str = "process", stale_after_s: float | None = None,
                  max_connection_s: float = 23.5 * 3600, poll_s: float = 1.0, backoff: Backoff | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Any] | None = None, random: Callable[[], float] = _random.random,
                  session: Any = None, connect: Callable[..., Any] | None = None,
                  on_start: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -167,7 +169,7 @@ class BinanceKlineFeed:
         self.max_connection_s = require_positive("max_connection_s", max_connection_s)
         self.poll_s = require_positive("poll_s", poll_s)
         self.backoff = backoff or Backoff()
-        self._clock, self._wall, self._random = clock, wall_clock, random
+        self._clock, self._random = clock, random
         self._stop = threading.Event()
         self._sleep = sleep if sleep is not None else self._stop.wait
         self._session = session
@@ -339,9 +341,9 @@ class BinanceKlineFeed:
     def _open_ws(self) -> Any:
         if self._connect_fn is not None:
             return self._connect_fn(self._stream_url())
-        from websockets.sync.client import connect
-
-        return connect(self._stream_url(), open_timeout=10, close_timeout=2, max_size=2**22)
+        # legacy=True (websockets >= 17): a plain connection whose lifetime the feed manages (it reconnects itself)
+        legacy = {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
+        return ws_connect(self._stream_url(), open_timeout=10, close_timeout=2, max_size=2**22, **legacy)
 
     def _connect(self) -> None:
         """(Re)connect and backfill every symbol from REST, retrying with backoff until it works or a stop."""
