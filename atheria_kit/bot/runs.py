@@ -121,7 +121,12 @@ def saved_checkpoint(run_dir: Path) -> str:
     directory = next((d for d in candidates if (d / "manifest.json").is_file()), None)
     if directory is None:
         return "no checkpoint yet: the next run starts from the beginning"
-    manager = CheckpointManager(directory, async_save=False)
+    try:  # rank as the run did (no warning about a different ranking; nothing is saved here anyway)
+        manifest = json.loads((directory / "manifest.json").read_text())
+        ranking = {"monitor": str(manifest["monitor"]), "mode": str(manifest["mode"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        ranking = {}
+    manager = CheckpointManager(directory, async_save=False, **ranking)
     try:
         record = manager.latest()
     finally:
@@ -248,12 +253,15 @@ class RunManager:
                 f"refused: a {COMMAND_OF[kind]} run is already running (pid {current.pid}, started "
                 f"{_duration(self._clock() - current.started_at)} ago, folder {current.run_dir}). One run of each "
                 f"kind at a time: send /stop_training {kind} first.")
+        run_dir = self.run_dir(kind)
+        if kind == "live":  # the options are checked first: a mistake is answered as such
+            argv, settings = self._live_argv(options, run_dir)
         if CLI_OF[kind] not in self.commands:
             raise RunRefused(f"refused: this installation has no `atheria {CLI_OF[kind]}` command, so "
                              f"/{COMMAND_OF[kind]} cannot start a run.")
-        run_dir = self.run_dir(kind)
         run_dir.mkdir(parents=True, exist_ok=True)
-        argv, settings = self._hist_argv(options, run_dir) if kind == "hist" else self._live_argv(options, run_dir)
+        if kind == "hist":
+            argv, settings = self._hist_argv(options, run_dir)
         log_file = run_dir / f"{COMMAND_OF[kind]}.log"
         env = dict(self.env, PYTHONUNBUFFERED="1")
         with open(log_file, "ab") as log:
@@ -368,10 +376,16 @@ class RunManager:
         self.records.pop(kind, None)
         run_dir = Path(record.run_dir)
         how = "killed (SIGKILL)" if kill else "stopped cleanly"
-        ended = f"{how} after {_duration(self._clock() - started)}" + ("" if code is None else f", exit code {code}")
-        again = f"/{COMMAND_OF[kind]} continues from it." if kind == "hist" else ""
+        if not kill and code == -signal.SIGTERM:  # the command line did not handle SIGTERM: no stop of its own
+            how = "ended by SIGTERM without a clean stop of its own"
+        # 130: the command lines' exit status after a stop by signal (Ctrl-C's convention)
+        unusual = code is not None and code not in (0, 130)
+        ended = f"{how} after {_duration(self._clock() - started)}" + (f", exit code {code}" if unusual else "")
+        last = _log_tail(Path(record.log_file), 1).strip()
+        said = f" Its last line: {last}" if last and last != "interrupted" else ""
         return StopReport(kind, True, code, f"{COMMAND_OF[kind]} {ended}. {saved_checkpoint(run_dir)}. "
-                                            f"{self._progress_line(run_dir)} {again}".strip())
+                                            f"{self._progress_line(run_dir)}{said} /{COMMAND_OF[kind]} continues "
+                                            "from it.")
 
     @staticmethod
     def _progress_line(run_dir: Path) -> str:
@@ -398,7 +412,7 @@ class RunManager:
             status = progress.get("status", "unknown")
             failed = (code not in (None, 0)) or status in ("error", "running", "unknown")
             head = (f"{COMMAND_OF[kind]} ended after {_duration(self._clock() - record.started_at)}: "
-                    f"{'FAILED' if failed else status}" + ("" if code is None else f" (exit code {code})") + ".")
+                    f"{'FAILED' if failed else status}" + ("" if code in (None, 0) else f" (exit code {code})") + ".")
             text = f"{head} {self._progress_line(run_dir)}"
             if failed:
                 text += f"\nLast lines of {record.log_file}:\n{_log_tail(Path(record.log_file))}"
