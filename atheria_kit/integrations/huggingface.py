@@ -54,6 +54,7 @@ from atheria_kit.say import Say, UserError
 from atheria_kit.session_messages import fmt_duration, sessions_left
 from atheria_kit.sync.resume import RemoteUnavailableError
 from atheria_kit.sync.targets import DirectoryTarget, FsspecTarget, SourceUnavailableError, SyncTarget
+from atheria_kit.sync.worker import run_bounded
 
 _transformers = require("transformers", integration="huggingface")
 TrainerCallback = _transformers.TrainerCallback
@@ -148,6 +149,7 @@ class AtheriaCallback(TrainerCallback):
         self._session_start_step = 0
         self._folder_bytes = 0
         self._in_step = False
+        self._target_closed = False
         self._pusher_state: dict[str, Any] | None = None
         if self.target is not None:
             self.budget.final_sync_estimate = lambda: (self.pusher.estimate_seconds(self._folder_bytes)
@@ -300,7 +302,10 @@ class AtheriaCallback(TrainerCallback):
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             self.trained = f"{type(model).__name__} ({trainable:,} trainable parameters)"
         self._session_start_step = state.global_step
-        if self.target is not None and state.is_world_process_zero and (self.pusher is None or self.pusher.closed):
+        if self._target_closed:
+            self.say.warning(f"{self.target.name} was closed when the previous train() stopped: this run is not "
+                             f"copied; call prepare() on a new Trainer with a new remote to copy it")
+        elif self.target is not None and state.is_world_process_zero and (self.pusher is None or self.pusher.closed):
             self.pusher = FolderPusher(self.target, self.lineage, on_alert=self._on_push_alert)
             if self._pusher_state:
                 self.pusher.load_state_dict(self._pusher_state)
@@ -420,6 +425,16 @@ class AtheriaCallback(TrainerCallback):
         self.end_line = self._end_line(state, synced)
         self.say(self.end_line)
         self.say(self.report_line(state))
+        if self.stop is not None and self.target is not None:
+            self._close_target()
+
+    def _close_target(self) -> None:
+        """After a stop the session is about to end: close the remote (Drive: ``flush_and_unmount``, which is what
+        forces writes through the mount to Drive), waiting at most ``remote_timeout``."""
+        problem = run_bounded(self.target.close, self.remote_timeout, f"closing {self.target.name}")
+        self._target_closed = True
+        if problem is not None:
+            self.say.warning(f"{problem}; the local checkpoint is complete and verified")
 
     def _wind_down(self, outcome: str) -> bool | None:
         """Send what is sealed (bounded wait), stop the monitor, restore signal handlers, close the live view.

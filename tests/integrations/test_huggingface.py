@@ -137,8 +137,10 @@ def test_a_short_budget_stops_with_a_verified_checkpoint_and_a_line_and_the_resu
 
 def test_a_fresh_vm_resumes_from_the_newest_verified_remote_copy(tmp_path):
     out, remote = tmp_path / "out", tmp_path / "drive"
-    _, said = stopped_run(out, remote=DirectoryTarget(remote))
+    closed: list[str] = []  # Drive's flush_and_unmount would run here: what forces the copy to Drive
+    _, said = stopped_run(out, remote=DirectoryTarget(remote, on_close=lambda: closed.append("flushed")))
     assert f"copy on {remote} holds checkpoint-7 (verified)" in said
+    assert closed == ["flushed"]
     shutil.rmtree(out)  # a new VM: the local disk is gone
 
     trainer, resume, said = resumed_run(out, remote=DirectoryTarget(remote))
