@@ -173,8 +173,7 @@ def test_stale_commands_are_answered_but_not_carried_out(tmp_path, api):
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def test_one_replay_at_a_time_and_stop_leaves_a_verified_checkpoint_it_continues_from(tmp_path, api, caplog,
-                                                                                          replay_yaml):
+def test_one_replay_at_a_time_and_stop_leaves_a_verified_checkpoint(tmp_path, api, caplog, replay_yaml):
     caplog.set_level(logging.DEBUG)
     bot = make_bot(tmp_path, api, replay_yaml=replay_yaml)
     run_dir = tmp_path / "runs" / "hist"
@@ -195,7 +194,7 @@ def test_one_replay_at_a_time_and_stop_leaves_a_verified_checkpoint_it_continues
 
     wait_until(first_cycle_logged, what="the first cycle's checkpoint")
     (status,) = ask(api, bot, "/training_status")
-    assert f"train_hist: running (pid {pid}" in status and "[replay]" in status and "cycles (" in status
+    assert f"train_hist: running (pid {pid}" in status and "[replay]" in status and "/132 cycles (" in status
     assert "train_live: no run yet" in status
 
     replies = ask(api, bot, "/stop_training")
@@ -210,23 +209,43 @@ def test_one_replay_at_a_time_and_stop_leaves_a_verified_checkpoint_it_continues
     assert f"checkpoint cycle {saved} saved and verified (equity " in replies[1]
     assert f"Run log: stopped at cycle {saved}/132." in replies[1]  # 13,147 bars in cycles of 100
     assert replies[1].endswith("/train_hist continues from it.")
-
-    (changed,) = ask(api, bot, "/train_hist --cycle_size 200")
-    assert changed.startswith(f"refused: the replay in {run_dir} continues only with its own settings "
-                              "(cycle_size_bars=100 -> 200)")
-
-    (resumed,) = ask(api, bot, "/train_hist --max_cycles 1")
-    assert resumed.startswith("train_hist continuing from its last checkpoint (pid ")
-    bot.runs._procs["hist"].wait(120)
-    bot.poll_once()  # reports the run that ended by itself to the chat that started it
-    ended = api.replies(CHAT)[-1]
-    assert ended.startswith("train_hist ended after ") and ": stopped." in ended
-    assert f"Run log: stopped at cycle {saved + 1}/132." in ended
-    assert f"checkpoint cycle {saved + 1} saved and verified" in ended
     assert bot.runs.records == {}
     (idle,) = ask(api, bot, "/stop_training hist")
     assert idle == "nothing to stop: no train_hist run is running."
     assert_no_token(tmp_path, caplog.text, "\n".join(api.replies()))
+
+
+@pytest.mark.slow
+def test_a_replay_that_ends_is_reported_and_continues_only_with_its_own_settings(tmp_path, api, replay_yaml):
+    bot = make_bot(tmp_path, api, replay_yaml=replay_yaml)
+    for cycle in (1, 2):
+        (started,) = ask(api, bot, "/train_hist --max_cycles 1")
+        how = "started" if cycle == 1 else "continuing from its last checkpoint"
+        assert started.startswith(f"train_hist {how} (pid ")
+        bot.runs._procs["hist"].wait(120)
+        bot.poll_once()  # reports the run that ended by itself to the chat that started it
+        ended = api.replies(CHAT)[-1]
+        assert ended.startswith("train_hist ended after ") and ": stopped." in ended
+        assert f"Run log: stopped at cycle {cycle}/132. checkpoint cycle {cycle} saved and verified" in ended
+        if cycle == 1:
+            (changed,) = ask(api, bot, "/train_hist --cycle_size 200")
+            assert changed.startswith(f"refused: the replay in {tmp_path / 'runs' / 'hist'} continues only with "
+                                      "its own settings (cycle_size_bars=100 -> 200)")
+            assert "add --restart to start over" in changed
+
+
+def test_a_run_that_fails_is_reported_with_the_end_of_its_output(tmp_path, api):
+    config = tmp_path / "missing.yaml"
+    config.write_text('historical:\n  data: "/nonexistent/{symbol}_1h.csv"\n')
+    bot = make_bot(tmp_path, api, replay_yaml=config)
+    ask(api, bot, "/train_hist")
+    assert bot.runs._procs["hist"].wait(120) == 2
+    bot.poll_once()
+    failed = api.replies(CHAT)[-1]
+    assert failed.startswith("train_hist ended after ") and ": FAILED (exit code 2)." in failed
+    log = tmp_path / "runs" / "hist" / "train_hist.log"
+    assert f"Last lines of {log}:" in failed
+    assert "data['BTCUSDT']='/nonexistent/BTCUSDT_1h.csv' is invalid; no such file" in failed
 
 
 def test_a_restarted_bot_neither_reruns_old_commands_nor_loses_its_run(tmp_path, api, replay_yaml):

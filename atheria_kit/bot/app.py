@@ -23,6 +23,7 @@ from atheria_kit.bot.api import BotApiClient, BotApiError, IncomingMessage, pars
 from atheria_kit.bot.commands import Command, CommandError, help_text, parse_command
 from atheria_kit.bot.runs import COMMAND_OF, KINDS, RunManager, RunRefused
 from atheria_kit.bot.state import BotState
+from atheria_kit.notify import redact
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,9 @@ class TelegramBot:
             self.reply(message.chat_id, str(exc))
         except ValueError as exc:  # a configuration file the run needs is wrong
             self.reply(message.chat_id, f"refused: {exc}")
+        except Exception as exc:  # one failing command must not end the bot (or go unanswered)
+            logger.exception("/%s failed", command.name)
+            self.reply(message.chat_id, redact(f"/{command.name} failed: {type(exc).__name__}: {exc}"))
 
     def dispatch(self, command: Command, chat_id: int) -> None:
         if command.name == "help":
