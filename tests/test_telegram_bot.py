@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -232,6 +233,14 @@ def test_a_replay_that_ends_is_reported_and_continues_only_with_its_own_settings
             assert changed.startswith(f"refused: the replay in {tmp_path / 'runs' / 'hist'} continues only with "
                                       "its own settings (cycle_size_bars=100 -> 200)")
             assert "add --restart to start over" in changed
+    ask(api, bot, "/train_hist")
+    pid = bot.runs.records["hist"].pid
+    replies = ask(api, bot, "/stop_training hist --kill")
+    assert replies[0] == "stopping train_hist (SIGKILL); waiting up to 60 s…"
+    assert not psutil.pid_exists(pid)  # waited for (reaped) before the reply
+    assert replies[1].startswith("train_hist killed (SIGKILL) after ")
+    assert "checkpoint cycle 2 saved and verified" in replies[1] or "checkpoint cycle 3 saved and verified" in \
+        replies[1]  # the kill may land before or after the third run's first cycle
 
 
 def test_a_run_that_fails_is_reported_with_the_end_of_its_output(tmp_path, api):
@@ -280,6 +289,21 @@ def test_network_errors_are_retried_with_growing_back_off_and_a_rate_limit_is_ob
     assert [bot.poll_once() for _ in range(5)] == [0, 0, 0, 0, 1]
     assert sleeps == [1.0, 2.0, 4.0, 7.0]  # 1, 2, 4 s (jitter pinned at its top), then Telegram's retry_after
     assert len(api.replies()) == 1
+
+
+def test_a_second_bot_polling_with_the_same_token_is_named_in_the_log(tmp_path, api, caplog):
+    sleeps: list[float] = []
+    first = make_bot(tmp_path / "a", api, sleeps=sleeps)
+    first.poll_timeout = 20
+    second = make_bot(tmp_path / "b", api)
+    waiting = threading.Thread(target=first.poll_once)
+    waiting.start()
+    api.wait_polls(1)  # the first bot's long poll is open
+    second.poll_once()  # Telegram ends the older poll with 409 Conflict
+    waiting.join(30)
+    assert not waiting.is_alive() and sleeps == [1.0]
+    assert "HTTP 409: Conflict: terminated by other getUpdates request" in caplog.text
+    assert "another bot instance is polling with this token?" in caplog.text
 
 
 def test_the_loop_gives_up_after_max_failures_and_at_once_on_a_rejected_token(tmp_path, api):
