@@ -406,10 +406,11 @@ class ResumableLoader:
     other batches than an uninterrupted run. This wrapper is a stateful loader for Lightning: its state holds the
     torch RNG state at the start of the epoch's iteration (which fixes the shuffle and the workers' seeds) and how
     many batches were trained on (set by :class:`AtheriaCallback` from Lightning's own batch progress, so that a
-    fetcher reading ahead never counts a batch that was not trained on). On resume it replays the same permutation, skips the consumed batches (they
-    are loaded and dropped, not trained on) and puts the RNG back where the checkpoint left it. Exact when batches
-    are drawn in the main process without random augmentation, or by workers (their seeds replay); a dataset that
-    draws from the global RNG in the main process sees the skipped batches' draws again.
+    fetcher reading ahead never counts a batch that was not trained on). On resume it replays the same
+    permutation, skips the consumed batches (they are loaded and dropped, not trained on) and puts the RNG back
+    where the checkpoint left it. Exact when batches are drawn in the main process without random augmentation,
+    or by workers (their seeds replay); a dataset that draws from the global RNG in the main process sees the
+    skipped batches' draws again. Skipping costs the loading time of those batches.
     """
 
     def __init__(self, loader: Iterable[Any]) -> None:
@@ -567,6 +568,7 @@ class AtheriaCallback(Callback):
         self._val_started: float | None = None
         self._val_batch_started: float | None = None
         self._limit_val_batches: Any = None
+        self._val_estimate = 0.0
 
     # -------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -575,6 +577,7 @@ class AtheriaCallback(Callback):
             state["rng"] = _rng_state()
         if self.budget is not None:
             state["budget"] = self.budget.state_dict()
+            state["validation_seconds"] = list(self._val_runs)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -585,6 +588,7 @@ class AtheriaCallback(Callback):
             _set_rng_state(state_dict["rng"])
         if self.budget is not None and "budget" in state_dict:
             self.budget.load_state_dict(state_dict["budget"])
+            self._val_runs.extend(float(v) for v in state_dict.get("validation_seconds", ()))
 
     # -------------------------------------------------------------------------------- setup
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -680,6 +684,8 @@ class AtheriaCallback(Callback):
         return state
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.budget is not None:  # after the sanity check: its batches give the first estimate
+            self._val_estimate = self.validation_estimate(trainer)
         if self._resumed_from is not None:
             logger.info("resumed at epoch %d, global step %d", trainer.current_epoch, trainer.global_step)
         if self.live is not None and getattr(self.live, "total", None) is None:
@@ -712,6 +718,7 @@ class AtheriaCallback(Callback):
         if self.budget is not None and self._val_started is not None:
             self._val_runs.append(max(0.0, self.budget.elapsed - self._val_started))
             self._val_started = None
+            self._val_estimate = self.validation_estimate(trainer)
 
     def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
@@ -763,11 +770,12 @@ class AtheriaCallback(Callback):
             return
         validation = 0.0
         if budget.can_start():  # False too once a stop was requested (a signal) or only the save time is left
-            if self.budget.remaining == math.inf or not self._validation_after(trainer, batch_idx + 2):
+            estimate = self._val_estimate
+            if estimate <= 0 or budget.remaining - budget.end_reserve - (budget.unit_forecast or 0.0) >= estimate:
+                return  # (cheap checks first: this runs after every step)
+            if not self._validation_after(trainer, batch_idx + 2):
                 return
-            validation = self.validation_estimate(trainer)
-            if budget.remaining - budget.end_reserve - (budget.unit_forecast or 0.0) >= validation:
-                return
+            validation = estimate
         if trainer.should_stop:
             return  # something else (EarlyStopping) already ends the run, and Lightning's own saves follow
         self.stop_reason = self.budget.stop_reason or "time budget"
