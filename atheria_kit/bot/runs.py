@@ -352,6 +352,9 @@ class RunManager:
         if options.get("symbols"):
             argv += ["--symbols", ",".join(options["symbols"])]
             settings["symbols"] = list(options["symbols"])
+        if options.get("restart"):
+            argv.append("--no-resume")
+        settings["resumed"] = not options.get("restart") and (run_dir / "checkpoints" / "manifest.json").is_file()
         return argv + self.live_args, settings
 
     # ------------------------------------------------------------------ stop
