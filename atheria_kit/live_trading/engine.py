@@ -167,7 +167,7 @@ class LiveRun:
                       f"processed one are {what}; {where}")
         else:
             self._say(f"live: starting at the bar opening {_iso(info['next_open_ms'])} after "
-                      f"{info['warmup_bars']} warm-up bars; {where}; {plan}")
+                      f"{info['warmup_bars']} warm-up bars in all; {where}; {plan}")
 
     def _checkpoint_stop(self, engine: ReplayEngine) -> dict[str, Any]:
         """A checkpoint of the engine after its last processed bar (the engine closed its files: they hold every
