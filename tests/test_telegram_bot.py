@@ -330,8 +330,9 @@ def test_the_command_line_bot_answers_stops_on_sigterm_and_writes_no_token(tmp_p
                              "--poll-timeout", "5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
-        api.push(77, "/help")
+        api.push(77, "/help@atheria_test_bot")
         api.wait_for_reply(lambda t: t.startswith("Commands:"), timeout=60)
+        api.push(CHAT, "/training_status@another_bot")  # in a group, for another bot: left alone
         last = api.push(CHAT, "/training_status")
         status = api.wait_for_reply(lambda t: "train_hist: no run yet" in t, timeout=60)
         n = len(api.polls)
@@ -342,14 +343,16 @@ def test_the_command_line_bot_answers_stops_on_sigterm_and_writes_no_token(tmp_p
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
-    assert f"chats 77, {CHAT}" in out and out.rstrip().endswith("bot stopped")
+    assert f"bot @atheria_test_bot polling {api.url} for chats 77, {CHAT}" in out
+    assert out.rstrip().endswith("bot stopped")
+    assert len([t for t in api.replies() if "train_hist: no run yet" in t]) == 1
     assert "<pre>" in api.sent()[-1]["text"] and api.sent()[-1]["parse_mode"] == "HTML" and status
     state = BotState(runs_dir / "telegram_bot_state.json")
     assert state.load() and state.offset == last + 1
     assert_no_token(runs_dir, out)
 
 
-def test_the_command_line_refuses_to_start_without_token_or_chats(tmp_path):
+def test_the_command_line_refuses_to_start_without_a_valid_token_or_chats(tmp_path, api):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATHERIA_TELEGRAM")}
     env["PYTHONPATH"] = str(REPO_ROOT)
     cmd = [sys.executable, "-m", "atheria_kit.bot", "--runs-dir", str(tmp_path)]
@@ -361,6 +364,14 @@ def test_the_command_line_refuses_to_start_without_token_or_chats(tmp_path):
     assert bad_chat.returncode == 2 and "--chat-id='@me' is invalid; expected a numeric Telegram chat id" in \
         bad_chat.stderr
     assert_no_token(bad_chat.stderr + bad_chat.stdout)
+    wrong = "111:not-the-bots-token"
+    rejected = subprocess.run(cmd + ["--chat-id", "1"], env={**env, "ATHERIA_TELEGRAM_TOKEN": wrong,
+                                                             "ATHERIA_TELEGRAM_BASE_URL": api.url},
+                              capture_output=True, text=True, timeout=60)
+    assert rejected.returncode == 1
+    assert "Telegram rejected the token (getMe: HTTP 401: Unauthorized); check ATHERIA_TELEGRAM_TOKEN" in \
+        rejected.stderr
+    assert wrong not in rejected.stderr + rejected.stdout
 
 
 @pytest.mark.skipif("live" not in available_commands(), reason="this build has no `atheria live`")

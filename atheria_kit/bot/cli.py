@@ -116,10 +116,20 @@ def run(args: argparse.Namespace) -> int:
     if args.rest_url:
         live_args += ["--rest-url", args.rest_url]
     client = BotApiClient(token, base_url=args.base_url or lookup(ENV_TELEGRAM_BASE_URL) or TELEGRAM_API)
+    try:  # checks the token at once, and names the bot so that "/cmd@other_bot" in a group is left alone
+        username = (client.call("getMe", {}) or {}).get("username")
+    except BotApiError as exc:
+        if exc.permanent:
+            print(f"bot: error: Telegram rejected the token ({exc}); check {ENV_TELEGRAM_TOKEN}", file=sys.stderr)
+            return 1
+        logger.warning("getMe failed (%s); starting anyway, commands addressed to other bots are not told apart",
+                       exc)
+        username = None
     manager = RunManager(runs_dir, replay_config=args.replay_config, live_config=args.live_config,
                          live_args=live_args, stop_timeout=args.stop_timeout)
     state = BotState(Path(args.state) if args.state else runs_dir / STATE_FILE)
-    bot = TelegramBot(client, chats, manager, state, poll_timeout=args.poll_timeout, max_age=args.max_age)
+    bot = TelegramBot(client, chats, manager, state, poll_timeout=args.poll_timeout, max_age=args.max_age,
+                      bot_username=username)
     stop = threading.Event()
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -127,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
-    print(f"bot polling {client.base_url} for chats {', '.join(map(str, sorted(chats)))}; runs in {runs_dir}",
+    print(f"bot @{username or '?'} polling {client.base_url} for chats {', '.join(map(str, sorted(chats)))}; runs in {runs_dir}",
           flush=True)
     try:
         bot.run(stop)

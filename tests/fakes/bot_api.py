@@ -3,7 +3,7 @@
 The notifiers and the bot take a base URL, so the real ``requests`` code path runs against this stand-in.
 
 Besides ``sendMessage`` (and ntfy's topic POSTs), it serves ``getUpdates`` long polling as Telegram documents
-it (https://core.telegram.org/bots/api#getupdates): updates carry increasing ``update_id``; ``offset`` returns
+it (https://core.telegram.org/bots/api#getupdates), and ``getMe`` (the bot's own user, ``username``): updates carry increasing ``update_id``; ``offset`` returns
 updates from that id on and confirms (forgets) every update below it; a negative offset keeps only the last
 ``-offset`` updates; ``limit`` (1-100, default 100) caps the batch; ``timeout`` (seconds) holds the request open
 until an update arrives or the time is up (then ``[]``); a second ``getUpdates`` while one waits ends the first
@@ -30,8 +30,9 @@ class BotApi:
     for them: ``("500",)``, ``("429", retry_after)``, ``("drop",)`` (connection closed without an answer).
     """
 
-    def __init__(self, token: str = TOKEN) -> None:
+    def __init__(self, token: str = TOKEN, username: str = "atheria_test_bot") -> None:
         self.token = token
+        self.username = username
         self.requests: list[dict] = []
         self.script: list[tuple] = []  # ("ok",), ("429", retry_after), ("500",), ("hang",)
         self.release = threading.Event()
@@ -63,6 +64,13 @@ class BotApi:
                 if path.endswith("/getUpdates"):
                     params = json.loads(body) if body else {}
                     self._get_updates(path, params)
+                    return
+                if path.endswith("/getMe"):
+                    if path != f"/bot{api.token}/getMe":
+                        self._reply(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+                    else:
+                        self._reply(200, {"ok": True, "result": {"id": int(api.token.split(":")[0]), "is_bot": True,
+                                                                 "first_name": "Atheria", "username": api.username}})
                     return
                 with api._cond:
                     api.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
