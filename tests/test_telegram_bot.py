@@ -249,12 +249,19 @@ def test_a_run_that_fails_is_reported_with_the_end_of_its_output(tmp_path, api):
     bot = make_bot(tmp_path, api, replay_yaml=config)
     ask(api, bot, "/train_hist")
     assert bot.runs._procs["hist"].wait(120) == 2
-    bot.poll_once()
-    failed = api.replies(CHAT)[-1]
-    assert failed.startswith("train_hist ended after ") and ": FAILED (exit code 2)." in failed
     log = tmp_path / "runs" / "hist" / "train_hist.log"
-    assert f"Last lines of {log}:" in failed
-    assert "data['BTCUSDT']='/nonexistent/BTCUSDT_1h.csv' is invalid; no such file" in failed
+    # A bot started after the run ended (the first one died meanwhile) reports it from the state file...
+    restarted = make_bot(tmp_path, api, replay_yaml=config)
+    restarted.poll_once()
+    # ...and so does the bot that started it, which also knows the exit status of its child.
+    bot.poll_once()
+    while_away, failed = api.replies(CHAT)[-2:]
+    assert while_away.startswith("train_hist ended after ") and ": FAILED." in while_away
+    assert failed.startswith("train_hist ended after ") and ": FAILED (exit code 2)." in failed
+    for report in (while_away, failed):
+        assert f"Last lines of {log}:" in report
+        assert "data['BTCUSDT']='/nonexistent/BTCUSDT_1h.csv' is invalid; no such file" in report
+    assert restarted.runs.records == {} and bot.runs.records == {}
 
 
 def test_a_restarted_bot_neither_reruns_old_commands_nor_loses_its_run(tmp_path, api, replay_yaml):

@@ -197,14 +197,15 @@ class RunManager:
         return {"runs": {k: asdict(r) for k, r in self.records.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Adopt the runs a previous bot started that still run; forget the others."""
+        """Adopt the runs a previous bot started: those still running, and those that ended while no bot was
+        watching (the next :meth:`reap` reports how they ended, without an exit code: they were not our children)."""
         self.records = {}
         for kind, raw in dict(state.get("runs") or {}).items():
             if kind not in KINDS:
                 continue
             record = RunRecord.from_json(raw)
+            self.records[kind] = record  # one that ended meanwhile is reported by the next reap()
             if self._alive(record):
-                self.records[kind] = record
                 logger.info("found the %s run started earlier (pid %d) still running", kind, record.pid)
 
     def run_dir(self, kind: str) -> Path:
