@@ -959,6 +959,9 @@ def prepare(
     target = _target(remote) if remote is not None else None
     found = resume_from_best_source(store, [target] if target is not None else [], fetch="all",
                                     unavailable=unavailable, retry_seconds=retry_seconds, wait=wait)
+    if found.unavailable:
+        speak.warning(f"{', '.join(found.unavailable)} could not be read (unavailable='ignore'): a newer checkpoint "
+                      "there was not considered")
     plugin = AtheriaCheckpointIO(store, budget=tb, allow_pickle=allow_pickle, safe_globals=safe_globals)
     worker = None
     if target is not None:

@@ -344,6 +344,14 @@ def test_an_unreachable_remote_at_start_stops_the_start_instead_of_starting_over
     with pytest.raises(RemoteUnavailableError):
         prepare(tmp_path / "store", budget=60.0, remote=target, say=Say(stream=io.StringIO()), live="off",
                 monitor=False, retry_seconds=0)
+    # Going on without it is an explicit choice, and it is said.
+    say = Say(stream=io.StringIO())
+    kit = prepare(tmp_path / "store", budget=60.0, remote=target, say=say, live="off", monitor=False,
+                  retry_seconds=0, unavailable="ignore")
+    kit.close(timeout=0)
+    assert say.lines[0] == (f"⚠ {mount / 'run1'} could not be read (unavailable='ignore'): a newer checkpoint there "
+                            "was not considered")
+    assert say.lines[1].startswith("new run: no checkpoint found in")
 
 
 # -------------------------------------------------------------------------------------- rankings
