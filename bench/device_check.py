@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             later = len(chosen) - i - 1
             limit = min(args.timeout_per_check or default_limit, left - FLOOR_SECONDS * later)
             print(f"{number}. {what} (limit {max(limit, 0):.0f} s)", flush=True)
-            if limit < 10:
+            if limit < 5:
                 row = Row(number, name, "skipped", detail=f"{left:.0f} s of --total-seconds left, "
                           f"{later} checks after this one")
                 rows.append(row)

@@ -114,7 +114,8 @@ def resume_trial(ctx: Ctx, device: str, amp: bool, name: str, *, steps: int, sav
     if killed_after is None:
         why = "timed out" if time.monotonic() >= deadline else "ended"
         return Row("1", name, "timeout" if why == "timed out" else "error",
-                   detail=f"the run to kill {why} before committing step {kill_after}: {victim_lines.tail()}")
+                   detail=f"the run to kill {why} before committing step {kill_after}: "
+                   f"{victim_lines.tail() or 'no output yet'}")
     t0 = time.monotonic()
     res, res_lines = start(cmd + ["--ckpt", str(base / "killed"), "--resume", "--out", str(base / "resumed.pt")],
                            env=env)
@@ -663,6 +664,16 @@ CHECKS: dict[str, tuple[str, Callable[[Ctx], None]]] = {
 }
 
 
+#: Test hook: a check named in this variable prints one row, then hangs in a subprocess it waits on forever, as a
+#: collective waiting for a dead rank does. Only tests set it (the driver must kill the whole process group).
+HANG_HOOK = "ATHERIA_DEVICE_CHECK_HANG"
+
+
+def _hang(number: str) -> None:
+    emit(Row(number, "hook: a row finished before the hang", "info"))
+    subprocess.run([sys.executable, "-c", "import time; time.sleep(3600)"], check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="one check of bench/device_check.py")
     p.add_argument("name", choices=sorted(CHECKS))
@@ -673,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(args.quick, Path(args.workdir), time.monotonic() + args.seconds)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     number, fn = CHECKS[args.name]
+    if os.environ.get(HANG_HOOK) == args.name:
+        _hang(number)
     try:
         fn(ctx)
     except Exception as exc:
