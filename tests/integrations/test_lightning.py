@@ -439,6 +439,31 @@ def test_a_corrupt_checkpoint_is_skipped_with_a_warning_and_the_resume_falls_bac
     assert tr2.global_step == 16
 
 
+def test_lightning_own_last_checkpoint_logic_keeps_working(tmp_path, reference):
+    """``save_last=True`` re-saves ``last.ckpt`` every epoch: each save re-points the path to a new store file and
+    the old one is released, so the store holds exactly ``last.ckpt`` and the top-1 file. A new process's
+    ``fit(ckpt_path="last")`` (Lightning's own lookup of ``last.ckpt`` in the dirpath) loads it through the store,
+    verified, and training continues to the uninterrupted run's weights."""
+    ck = tmp_path / "ck"
+    _, tr1, kit1, _ = kit_run(tmp_path, steps=None, epochs=2,
+                              callbacks=[ModelCheckpoint(dirpath=str(ck), save_last=True, save_top_k=1)])
+    assert sorted(p.name for p in ck.iterdir()) == ["epoch=1-step=16.ckpt", "last.ckpt"]
+    io1 = kit1.checkpoint_io
+    assert sorted(io1.resolve(ck / n).step for n in ("epoch=1-step=16.ckpt", "last.ckpt")) == sorted(
+        r.step for r in io1.manager.records())
+    assert torch.load(ck / "last.ckpt", weights_only=True)["global_step"] == 16
+
+    L.seed_everything(0, verbose=False)
+    io2 = AtheriaCheckpointIO(tmp_path / "store")
+    model = Tiny()
+    tr2 = trainer(tmp_path, 3, plugins=[io2], callbacks=[AtheriaCallback(io2),
+                                                         ModelCheckpoint(dirpath=str(ck), save_last=True)])
+    train, val = loaders()
+    tr2.fit(model, train, val, ckpt_path="last", weights_only=True)
+    assert tr2.global_step == 24
+    assert same_weights(model, reference)
+
+
 def test_a_checkpoint_dir_on_another_filesystem_gets_verified_copies(tmp_path, other_fs_dir):
     """Hard links cannot cross filesystems (a Drive mount, /dev/shm): Lightning's files are then atomic copies of
     the store's, and top-k deletion still releases the store's records."""
