@@ -45,7 +45,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench._device.protocol import BAD_RESULTS, Row, finish, start, torch_cuda_build  # noqa: E402
+from bench._device.protocol import BAD_RESULTS, Row, finish, kill, start, torch_cuda_build  # noqa: E402
 
 #: (number, name, what, default time limit in seconds on the GPU machine)
 CHECKS: tuple[tuple[str, str, str, float], ...] = (
@@ -138,14 +138,17 @@ def run_check(number: str, name: str, limit: float, workdir: Path, quick: bool, 
     t0, cpu0 = time.monotonic(), _children_cpu()
     proc, reader = start(cmd, env=env, cwd=str(REPO_ROOT), own_group=True)
     rows: list[Row] = []
-    for line in reader.until(t0 + limit):
-        row = Row.parse(line)
-        if row is not None:
-            rows.append(row)
-            show(row)
-        elif verbose:
-            print(f"      {line}", flush=True)
-    rc, _ = finish(proc, reader, t0 + limit, group=True)
+    try:
+        for line in reader.until(t0 + limit):
+            row = Row.parse(line)
+            if row is not None:
+                rows.append(row)
+                show(row)
+            elif verbose:
+                print(f"      {line}", flush=True)
+        rc, _ = finish(proc, reader, t0 + limit, group=True)
+    finally:  # also on Ctrl-C: the check runs in its own session, which the terminal's SIGINT does not reach
+        kill(proc, group=True)  # and whatever the check started and left behind
     took = time.monotonic() - t0
     extra = None
     if rc is None:

@@ -143,15 +143,15 @@ def start(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | None 
 
 
 def kill(proc: subprocess.Popen[str], *, group: bool = False) -> None:
-    """SIGKILL ``proc`` (with ``group``: its whole process group, which it leads) and reap it."""
-    if proc.poll() is None:
-        try:
-            if group:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-        except ProcessLookupError:
-            pass
+    """SIGKILL ``proc`` and reap it. With ``group``: its whole process group (which it leads), even when ``proc``
+    itself has ended, so that nothing it started outlives it."""
+    try:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        elif proc.poll() is None:
+            proc.kill()
+    except (ProcessLookupError, PermissionError):  # nothing left in the group
+        pass
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:  # a process stuck in the kernel (uninterruptible I/O): leave it
