@@ -193,7 +193,11 @@ class AtheriaCheckpointIO(CheckpointIO):
                             "expected None")
         if not isinstance(checkpoint, Mapping):
             raise ValueError(f"checkpoint={type(checkpoint).__name__} is invalid; expected a dict")
-        target = _norm(path)
+        if "://" in os.fspath(path) and not os.fspath(path).startswith("file://"):
+            raise ValueError(f"path={os.fspath(path)!r} is invalid for AtheriaCheckpointIO; expected a local path "
+                             "(set ModelCheckpoint(dirpath=...) to a local folder and pass the remote to "
+                             "prepare(remote=...), which mirrors the verified store there)")
+        target = _norm(os.fspath(path).removeprefix("file://"))
         if self.frozen is not None:
             logger.info("not saving %s: %s", target, self.frozen)
             return

@@ -488,6 +488,11 @@ def test_loading_is_weights_only_and_extra_classes_are_allowed_one_by_one(tmp_pa
     assert trusted.load_checkpoint(path)["hyper_parameters"]["data"] == pathlib.PurePosixPath("/data")
 
 
+def test_a_remote_dirpath_is_refused_with_the_way_to_a_remote_copy(tmp_path):
+    with pytest.raises(ValueError, match=r"path='s3://bucket/run/x.ckpt' is invalid .*prepare\(remote=...\)"):
+        AtheriaCheckpointIO(tmp_path / "store").save_checkpoint({"global_step": 1}, "s3://bucket/run/x.ckpt")
+
+
 def test_the_callback_refuses_a_trainer_without_its_plugin(tmp_path):
     io_ = AtheriaCheckpointIO(tmp_path / "store")
     tr = trainer(tmp_path, 1, callbacks=[AtheriaCallback(io_)])
