@@ -315,6 +315,9 @@ def _fork_entry(rank: int, fn: Callable[..., Any], args: tuple, kwargs: dict, jo
     _redirect_output(pipes[rank][1])
     os.close(pipes[rank][1])
     _die_with_parent()
+    # A forked child of a process that ran a parallel CPU op deadlocks in its own first one: the OpenMP pool's
+    # threads were not copied. One thread is safe, and it is what torchrun gives each rank by default too.
+    torch.set_num_threads(1)
     _set_rank_env(rank, job.n, job.port)
     _run_rank(Path(workdir), lambda: fn(*args, **kwargs), rank=rank, local_rank=rank, world=job.n,
               backend=job.backend)
@@ -643,11 +646,12 @@ class _Output:
                 del self.fds[fd]
                 return
             text = self.pending[label] + self.decoders[label].decode(chunk)
-            pos = 0
-            for match in self._LINE.finditer(text):
+            lines = list(self._LINE.finditer(text))
+            if lines and lines[-1].end() == len(text) and text.endswith("\r"):
+                lines.pop()  # maybe the first half of a "\r\n" split across two reads: the next read decides
+            for match in lines:
                 self._emit(label, match.group(1))
-                pos = match.end()
-            self.pending[label] = text[pos:]
+            self.pending[label] = text[lines[-1].end():] if lines else text
 
     def _emit(self, label: int | str, line: str) -> None:
         body = line.rstrip("\r\n")

@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from atheria_kit.launch import LaunchError, _cuda_driver_mapped, launch
+from atheria_kit.launch import LaunchError, _cuda_driver_mapped, _Output, launch
 from atheria_kit.say import UserError
 
 SIMULATED_CUDA = {"cuda_initialized": lambda: True}  # forces the torchrun fallback
@@ -138,6 +138,21 @@ def test_a_loaded_cuda_driver_counts_as_cuda_in_use(tmp_path):
     assert _cuda_driver_mapped(str(maps))
 
 
+def test_output_lines_are_prefixed_whole_and_progress_bars_keep_their_carriage_returns():
+    read, write = os.pipe()
+    out = Lines()
+    output = _Output(out, {read: 3})
+    for chunk in (b"one\r\ntw", b"o\r", b"\nthree\rfo", "ur \u00e9".encode()[:-1], "ur \u00e9".encode()[-1:]):
+        os.write(write, chunk)
+        output.pump(0, [])
+    os.close(write)
+    output.drain()
+    # "\r\n" split across two reads is one line end; a lone "\r" (a progress bar) redraws the prefixed line.
+    assert out.getvalue() == "[rank 3] one\n[rank 3] two\n[rank 3] three\r[rank 3] four \u00e9\n"
+    assert list(output.tails[3]) == ["one", "two", "three", "four \u00e9"]
+    os.close(read)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Fork path
 
@@ -156,6 +171,19 @@ def test_fork_path_runs_every_rank_in_one_process_group(tmp_path):
     assert records[0]["env"]["MASTER_PORT"] == records[1]["env"]["MASTER_PORT"]
     assert sorted(out.lines()) == ["[rank 0] hello from rank 0 of 2", "[rank 1] hello from rank 1 of 2"]
     assert not dist.is_initialized()  # the caller's process never joins the group
+
+
+def parallel_cpu_work() -> float:
+    big = torch.randn(600, 600, generator=torch.Generator().manual_seed(dist.get_rank()))
+    return float((big @ big).tanh().sum())
+
+
+def test_fork_path_ranks_compute_after_the_kernel_used_its_cpu_thread_pool():
+    # A notebook has run torch ops before it launches; a forked rank that used the copied OpenMP pool would hang.
+    warm = torch.randn(600, 600)
+    (warm @ warm).tanh()
+    big = torch.randn(600, 600, generator=torch.Generator().manual_seed(0))
+    assert launch(parallel_cpu_work, nprocs=2, stream=Lines()) == pytest.approx(float((big @ big).tanh().sum()))
 
 
 def test_fork_path_failed_rank_stops_the_others_and_is_named(tmp_path):
@@ -336,3 +364,21 @@ def test_notebook_functions_that_cannot_run_from_source_are_refused_before_anyth
     exec(compile("def lost():\n    return 1\n", "<string>", "exec"), unregistered)
     with pytest.raises(UserError, match="source code is not available"):
         launch(unregistered["lost"], nprocs=2, **SIMULATED_CUDA)
+
+
+@pytest.mark.slow  # a Jupyter kernel and a torchrun start: ~30 s on 2 shared cores
+def test_both_paths_work_from_a_real_jupyter_kernel(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    cells = [
+        "import torch.distributed as dist\nfrom atheria_kit.launch import launch\n\n"
+        "def train(scale):\n    import torch\n    total = torch.tensor([dist.get_rank() + 1.0])\n"
+        "    dist.all_reduce(total)\n    print(f'sum {total.item()}')\n    return total.item() * scale",
+        "print('fork', launch(train, 10.0, nprocs=2))",
+        "print('torchrun', launch(train, 10.0, nprocs=2, cuda_initialized=lambda: True))",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(nb, timeout=180, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    for cell, path in ((nb.cells[1], "fork"), (nb.cells[2], "torchrun")):
+        lines = "".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stdout").splitlines()
+        assert sorted(lines) == ["[rank 0] sum 3.0", "[rank 1] sum 3.0", f"{path} 30.0"], cell.outputs
