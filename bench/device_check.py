@@ -24,8 +24,11 @@ Each check runs in its own process under a time limit (``--timeout-per-check``, 
 rest is reported as a timeout, so the script never hangs. Rows print as they finish; one table closes the run.
 Exit status 1 when a row reads FAIL, error or timeout.
 
-    .venv/bin/python bench/device_check.py              # the GPU machine: ~3.5 minutes on one H200
-    .venv/bin/python bench/device_check.py --quick      # CPU rows here in well under a minute
+    .venv/bin/python bench/device_check.py              # the GPU machine (estimated ~3 minutes on one H200;
+                                                        # every limit together stays under --total-seconds 270)
+    .venv/bin/python bench/device_check.py --quick      # the CPU rows: ~45 s of CPU time on 2 cores
+
+Needs only torch, numpy, psutil, nvidia-ml-py and the kit (no network): the GPU machine runs it offline.
     .venv/bin/python bench/device_check.py --only 1,nvml --timeout-per-check 90
 """
 

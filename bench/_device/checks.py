@@ -273,11 +273,12 @@ def check_stall(ctx: Ctx) -> None:
         pg = _init_single_rank_group(ctx.workdir, cuda)
     except Exception as exc:  # DCP's rows say so; the others still run
         pg, pg_error = None, f"{type(exc).__name__}: {exc}"
+    kit_way = f"kit save ({'pinned, ' if cuda else ''}reused buffers)"
     rate = None  # seconds per byte of one whole size (all three ways), from the sizes done so far
     for nbytes in sizes:
         label = f"{size_name(nbytes)} on {device}"
         if rate is not None and rate * nbytes * 1.3 > ctx.left():
-            for way in ("torch.save", "DCP async_save", "kit save"):
+            for way in ("torch.save", "DCP async_save", kit_way):
                 emit(Row("2", f"stall {label}: {way}", "skipped",
                          detail=f"would take ~{rate * nbytes:.0f} s; {ctx.left():.0f} s of this check left"))
             continue
@@ -304,7 +305,7 @@ def check_stall(ctx: Ctx) -> None:
         blocked, durable = _stall_kit(state, folder / "kit")
         best_other = min(ts, dcp_warm)
         verdict = "ok" if blocked[1] <= best_other else "WARN"
-        emit(Row("2", f"stall {label}: kit save (pinned, reused buffers)", verdict,
+        emit(Row("2", f"stall {label}: {kit_way}", verdict,
                  f"{seconds(blocked[1])} (2nd save)",
                  f"torch.save {seconds(ts)}; DCP {seconds(dcp_warm) if math.isfinite(dcp_warm) else 'n/a'}",
                  f"1st save (allocates {'pinned ' if cuda else ''}buffers) {seconds(blocked[0])}; until committed "
