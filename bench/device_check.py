@@ -27,10 +27,10 @@ Exit status 1 when a row reads FAIL, error or timeout.
     .venv/bin/python bench/device_check.py              # the GPU machine (estimated ~3 minutes on one H200;
                                                         # every limit together stays under --total-seconds 270)
     .venv/bin/python bench/device_check.py --quick      # the CPU rows: ~45 s of CPU time on 2 cores
+    .venv/bin/python bench/device_check.py --only 1,nvml --timeout-per-check 90
 
 Needs nothing beyond the kit and its dependencies (torch, numpy, psutil, nvidia-ml-py; scikit-learn for row 5)
 and no network: the GPU machine runs it offline.
-    .venv/bin/python bench/device_check.py --only 1,nvml --timeout-per-check 90
 """
 
 from __future__ import annotations
