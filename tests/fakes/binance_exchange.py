@@ -331,7 +331,8 @@ def _rest_handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
 
 def main() -> None:
     """``python -m tests.fakes.binance_exchange --symbols BTCUSDT,ETHUSDT --bars N --position P``: serve until
-    killed, printing the URLs; each line ``publish K`` on stdin closes K more bars (for notebooks and manual runs)."""
+    stdin ends, printing the URLs. Commands on stdin: ``publish K`` closes K more bars; ``run K SECONDS`` closes K
+    bars, one every SECONDS (an exchange's pace, for benchmarks); ``drop`` aborts the connections."""
     import argparse
     import sys
 
@@ -347,6 +348,15 @@ def main() -> None:
             cmd = line.split()
             if cmd[:1] == ["publish"]:
                 fake.publish(int(cmd[1]) if len(cmd) > 1 else 1)
+                print(f"position {fake.position}", flush=True)
+            elif cmd[:1] == ["run"]:
+                import time
+
+                pace = float(cmd[2])
+                for _ in range(int(cmd[1])):
+                    t0 = time.monotonic()
+                    fake.publish(1)
+                    time.sleep(max(0.0, pace - (time.monotonic() - t0)))
                 print(f"position {fake.position}", flush=True)
             elif cmd[:1] == ["drop"]:
                 fake.drop()
