@@ -6,6 +6,14 @@ from the *global* torch RNG, which shifts every later dropout mask. :class:`Resu
 records the generator state at the start of each epoch and how many batches were handed out; on
 resume it redraws the same permutation and starts the sampler at the next batch (no data is loaded
 and thrown away), and the DataLoader's own seed draw never touches the global RNG.
+
+Data-parallel (``num_replicas`` > 1, by default from an initialised ``torch.distributed``): every rank draws the
+same permutation (the same seed on every rank; rank 0's is broadcast when none is given) and takes every
+``num_replicas``-th index of it, like ``DistributedSampler``. After ``k`` batches on each rank the job has consumed
+exactly the first ``k x batch_size x num_replicas`` indices of the permutation, so the position saved is that global
+count: a run saved on two processes resumes on one (or the other way round) at the same sample, with nothing of the
+interrupted epoch seen twice or skipped. With the same global batch (``batch_size x num_replicas``) the batches hold
+the same samples on any number of processes.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from atheria_kit._validation import require_int
+from atheria_kit.distributed import RankContext
 
 __all__ = ["ResumableLoader"]
 
@@ -60,6 +69,8 @@ class ResumableLoader:
         seed: int | None = None,
         shuffle: bool = True,
         drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
         **loader_kwargs: Any,
     ) -> None:
         if not isinstance(dataset, Sized):
@@ -70,9 +81,17 @@ class ResumableLoader:
             raise ValueError(f"ResumableLoader sets {reserved} itself; pass generator=/seed=/shuffle= instead")
         if generator is not None and seed is not None:
             raise ValueError("pass either generator= or seed=, not both")
+        ctx = RankContext.current()
+        self.num_replicas = require_int("num_replicas", ctx.world_size if num_replicas is None else num_replicas,
+                                        minimum=1)
+        self.rank = ctx.rank if rank is None else rank
+        if not 0 <= require_int("rank", self.rank, minimum=0) < self.num_replicas:
+            raise ValueError(f"rank={self.rank!r} is invalid; expected 0 <= rank < num_replicas={self.num_replicas}")
         if generator is None:
             if seed is None:
                 seed = int(torch.empty((), dtype=torch.int64).random_().item())
+                if num_replicas is None and ctx.distributed:
+                    seed = ctx.broadcast(seed)  # one permutation for all ranks
             generator = torch.Generator().manual_seed(require_int("seed", seed, minimum=0))
         self.dataset = dataset
         self.batch_size = batch_size
@@ -80,7 +99,8 @@ class ResumableLoader:
         self.drop_last = bool(drop_last)
         self.generator = generator
         self.epoch = 0
-        self.batch = 0  # batches of the current epoch already handed out
+        self._pass_batches = 0  # batches handed out on this rank since the current pass over the epoch began
+        self._start = 0  # indices of the epoch's permutation the whole job had consumed when that pass began
         self._sampler = _OffsetSampler()
         # The loader draws its worker base seed from `generator`, never from the global RNG.
         self.loader = DataLoader(
@@ -91,9 +111,33 @@ class ResumableLoader:
         self._resume_state: torch.Tensor | None = None  # generator state to continue with after a load
 
     def __len__(self) -> int:
-        """Batches in a full epoch."""
-        n = len(self.dataset)
+        """Batches of a full epoch on this rank."""
+        n = self._per_rank(len(self.dataset))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _per_rank(self, n: int) -> int:
+        """Indices of ``n`` remaining that this rank takes: the tail is padded (or dropped with ``drop_last``) so
+        every rank gets the same number, as ``DistributedSampler`` does."""
+        w = self.num_replicas
+        return n // w if self.drop_last else math.ceil(n / w)
+
+    @property
+    def consumed(self) -> int:
+        """Indices of the current epoch's permutation the whole job has consumed (all ranks together)."""
+        return min(len(self.dataset), self._start + self._pass_batches * self.batch_size * self.num_replicas)
+
+    @property
+    def batch(self) -> int:
+        """Batches of the current epoch handed out (global batches of ``batch_size x num_replicas`` samples)."""
+        return math.ceil(self.consumed / (self.batch_size * self.num_replicas))
+
+    def _shard(self, remaining: list[int]) -> list[int]:
+        w = self.num_replicas
+        if w == 1:
+            return remaining
+        n = self._per_rank(len(remaining)) * w
+        padded = (remaining * (n // max(len(remaining), 1) + 1))[:n] if remaining else []
+        return padded[self.rank:n:w]
 
     def _epoch_order(self) -> torch.Tensor:
         n = len(self.dataset)
@@ -101,7 +145,8 @@ class ResumableLoader:
 
     def __iter__(self) -> Iterator[Any]:
         gen = self.generator
-        if self.batch > 0 and self._epoch_start_state is not None:
+        self._start, self._pass_batches = self.consumed, 0
+        if self._start > 0 and self._epoch_start_state is not None:
             # Same permutation as when the epoch began, then continue the stream where it was.
             after = self._resume_state if self._resume_state is not None else gen.get_state()
             gen.set_state(self._epoch_start_state)
@@ -111,23 +156,25 @@ class ResumableLoader:
             order = self._epoch_order()
             after = gen.get_state()
         self._resume_state = None
-        self._sampler.indices = order[self.batch * self.batch_size:].tolist()
+        self._sampler.indices = self._shard(order[self._start:].tolist())
         iterator = iter(self.loader)
         # Creating the iterator drew a worker seed from `gen`; undo it so the stream is the same
         # whether an epoch started fresh or after a resume (and with or without persistent workers).
         gen.set_state(after)
         for batch in iterator:
-            self.batch += 1
+            self._pass_batches += 1
             yield batch
         self.epoch += 1
-        self.batch = 0
+        self._pass_batches = self._start = 0
         self._epoch_start_state = None
 
     def state_dict(self) -> dict[str, Any]:
         current = self.generator.get_state()
         return {
             "epoch": self.epoch,
-            "batch": self.batch,
+            "batch": self.batch,  # global batches of the epoch (readers of older states use it)
+            "consumed": self.consumed,
+            "num_replicas": self.num_replicas,
             "num_samples": len(self.dataset),
             "batch_size": self.batch_size,
             "shuffle": self.shuffle,
@@ -137,10 +184,11 @@ class ResumableLoader:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expected = {
-            "num_samples": len(self.dataset), "batch_size": self.batch_size,
-            "shuffle": self.shuffle, "drop_last": self.drop_last,
-        }
+        expected = {"num_samples": len(self.dataset), "shuffle": self.shuffle, "drop_last": self.drop_last}
+        if state.get("num_replicas", 1) == self.num_replicas:
+            # another number of processes may use another per-rank batch (the same global batch is the user's
+            # choice); on the same number a changed batch size would change the batches
+            expected["batch_size"] = self.batch_size
         for key, value in expected.items():
             if state.get(key) != value:
                 raise ValueError(
@@ -148,7 +196,10 @@ class ResumableLoader:
                     "an exact resume needs the same value"
                 )
         self.epoch = require_int("ResumableLoader.epoch", state["epoch"], minimum=0)
-        self.batch = require_int("ResumableLoader.batch", state["batch"], minimum=0)
+        consumed = state["consumed"] if "consumed" in state else (
+            require_int("ResumableLoader.batch", state["batch"], minimum=0) * int(state["batch_size"]))
+        self._start = require_int("ResumableLoader.consumed", consumed, minimum=0)
+        self._pass_batches = 0
         self._epoch_start_state = state["epoch_start_state"].clone()
         self._resume_state = state["generator_state"].clone()
         self.generator.set_state(self._resume_state)

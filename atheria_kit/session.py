@@ -9,11 +9,18 @@
 
 It wires platform detection, the time budget, the resource monitor, checkpoints, persistence, the live view, the
 run log and the report. "Run all" again in the next session and it continues from the newest complete checkpoint.
+
+Under ``torch.distributed`` (data-parallel, one process per GPU) every rank runs the same lines. Rank 0 measures,
+holds the lease, writes checkpoints and the run log, syncs, shows the live view and speaks; each decision (does the
+next episode fit, is this the last one, save now) is made there and broadcast, so all ranks stop at the same
+episode; a save gathers every rank's RNG streams into the one checkpoint, and a resume loads that checkpoint on rank 0
+and hands it to every rank (see :mod:`atheria_kit.distributed` and ``docs/distributed.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import os
@@ -32,6 +39,7 @@ from atheria_kit import session_messages as msg
 from atheria_kit._io import TMP_PREFIX
 from atheria_kit.budget import TimeBudget
 from atheria_kit.checkpoint import CheckpointError, CheckpointManager, CheckpointWriteError, DiskStorage
+from atheria_kit.distributed import RankContext, unwrap_model
 from atheria_kit.export import export_model
 from atheria_kit.lease import FileLeaseStore, Lease
 from atheria_kit.live import LivePoint, LiveView
@@ -43,7 +51,13 @@ from atheria_kit.say import Say, UserError
 from atheria_kit.session_config import SessionConfig, SessionPaths
 from atheria_kit.session_outputs import OutputsInput, resource_rows, write_outputs
 from atheria_kit.session_sync import SessionSync, kaggle_input_sources
-from atheria_kit.state import capture_rng_state, collect_state, restore_state
+from atheria_kit.state import (
+    capture_rng_state,
+    collect_state,
+    restore_rng_state,
+    restore_state,
+    seed_everything,
+)
 from atheria_kit.sync import RemoteUnavailableError as SyncUnavailable
 from atheria_kit.sync import ResumeResult, resume_from_best_source
 
@@ -126,8 +140,9 @@ def default_root(env: Environment) -> Path:
     return env.work_dir / "atheria"
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def default_device(local_rank: int = 0) -> torch.device:
+    """This process's device: its own GPU (``local_rank``) when there is one, else the CPU."""
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
 class TrainingSession:
@@ -152,12 +167,14 @@ class TrainingSession:
     ) -> None:
         self.config = config or SessionConfig()
         cfg = self.config
-        self.say = Say(stream)
+        self.ranks = RankContext.current()
+        # One voice: rank 0 prints; the other ranks' lines are kept (say.lines) but not shown.
+        self.say = Say(stream) if self.ranks.is_main else Say(io.StringIO())
         self.environment = environment or detect_environment()
         self._clock, self._wall_clock = clock, wall_clock
         root = Path(cfg.root).expanduser() if cfg.root else default_root(self.environment)
         self.paths = SessionPaths.under(root.resolve(), cfg.experiment_name)
-        self.device = default_device()
+        self.device = default_device(self.ranks.local_rank)
         self.lease: Lease | None = None
         self.sync: Any = None
         self.monitor: ResourceMonitor | None = None
@@ -165,15 +182,28 @@ class TrainingSession:
         self._places: list[str] = [str(self.paths.checkpoints)]
         try:
             self._start(remote, storage, notifier, display, stream)
-        except BaseException:
+        except BaseException as exc:
             self._abort_start()
+            # the other ranks wait for rank 0's start: tell them it failed, so none hangs in the first collective
+            with contextlib.suppress(Exception):
+                self.ranks.broadcast(f"{type(exc).__name__}: {exc}")
             raise
+        failed = self.ranks.broadcast(None)
+        if failed is not None:
+            self._abort_start()
+            raise UserError(f"rank 0 could not start the session ({failed}); see rank 0's output")
         log.info("session for %r in %s (%s, device %s, budget %.0f s)", cfg.experiment_name, self.paths.root,
                  self.environment.kind, self.device, self.budget.limit_seconds)
 
     def _start(self, remote: Any, storage: DiskStorage | None, notifier: Any, display: Any, stream: Any) -> None:
         """Everything before training, in the order that loses nothing: folders, lease, archive, remote, resume."""
         cfg, clock, wall_clock = self.config, self._clock, self._wall_clock
+        main = self.ranks.is_main
+        self.checkpoints: CheckpointManager | None = None
+        self._runlog: RunLog | None = None
+        if not main:
+            self._start_follower(clock, wall_clock)
+            return
         for p in (self.paths.checkpoints, self.paths.logs, self.paths.exports, self.paths.lease.parent):
             _prepare_folder(p)
         # One session per run folder: a second notebook on it refuses before touching anything.
@@ -191,12 +221,7 @@ class TrainingSession:
         if cfg.start_over:
             self._archive_local()
 
-        # The budget's fixed reserve and first save estimate (60 s each) suit hours-long sessions; a short demo
-        # budget scales them down so that it still trains.
-        limit = min(cfg.budget_seconds, self.environment.session_limit_seconds or math.inf)
-        self.budget = TimeBudget(cfg.budget_seconds, environment=self.environment, clock=clock,
-                                 wall_clock=wall_clock, reserve_seconds=min(60.0, 0.02 * limit),
-                                 initial_save_seconds=min(60.0, 0.05 * limit))
+        self.budget = self._make_budget(clock, wall_clock)
         self.monitor = ResourceMonitor(interval=max(cfg.monitor_interval, MIN_INTERVAL), budget=self.budget)
         self.sync = _open_sync(cfg, self.environment, remote, self.paths, self.say)
         if self.sync is not None:
@@ -224,7 +249,40 @@ class TrainingSession:
         # Messages go out from a background thread behind a rate limit: a slow or dead server never holds up
         # an episode, and a burst (many short episodes) arrives as one message.
         self._notes = _run_notifier(self.notifier, cfg)
+        self._init_run_state(display, stream)
+        try:
+            self._runlog = _open_runlog(self.paths.logs, cfg, clock, wall_clock)
+        except OSError as exc:
+            raise SessionStorageError(_storage_message(
+                self.paths.logs, exc, "Nothing was trained. Free space or choose a writable folder, then run again"
+            )) from None
+        self._alert_lock = threading.Lock()
+        self.monitor.add_alert_callback(self._on_monitor_alert)
+        if cfg.handle_signals and threading.current_thread() is threading.main_thread():
+            self.budget.install_signal_handlers()
+        self.monitor.start()
 
+    def _make_budget(self, clock: Callable[[], float], wall_clock: Callable[[], float]) -> TimeBudget:
+        # The budget's fixed reserve and first save estimate (60 s each) suit hours-long sessions; a short demo
+        # budget scales them down so that it still trains.
+        cfg = self.config
+        limit = min(cfg.budget_seconds, self.environment.session_limit_seconds or math.inf)
+        return TimeBudget(cfg.budget_seconds, environment=self.environment, clock=clock, wall_clock=wall_clock,
+                          reserve_seconds=min(60.0, 0.02 * limit), initial_save_seconds=min(60.0, 0.05 * limit))
+
+    def _start_follower(self, clock: Callable[[], float], wall_clock: Callable[[], float]) -> None:
+        """A rank other than 0: no lease, remote, checkpoint files, run log, monitor or messages of its own; it
+        follows rank 0's decisions. Its signal handlers turn a SIGTERM into a stop request that rank 0 hears."""
+        self.budget = self._make_budget(clock, wall_clock)
+        self.notifier = None
+        self._notes = _run_notifier(None, self.config)
+        self._saved: list[dict[str, Any]] = []
+        self._init_run_state(None, None)
+        if self.config.handle_signals and threading.current_thread() is threading.main_thread():
+            self.budget.install_signal_handlers()
+
+    def _init_run_state(self, display: Any, stream: Any) -> None:
+        """Counters and records of the run (restored from the checkpoint by :meth:`restore`)."""
         self._objects: dict[str, Any] = {}
         self.start_episode = 0
         self.episode = 0  # episodes completed so far (across sessions)
@@ -244,19 +302,8 @@ class TrainingSession:
         self._rng_at_episode_end: dict[str, Any] | None = None
         self._live: LiveView | None = None
         self._display, self._stream = display, stream
-        try:
-            self._runlog = _open_runlog(self.paths.logs, cfg, clock, wall_clock)
-        except OSError as exc:
-            raise SessionStorageError(_storage_message(
-                self.paths.logs, exc, "Nothing was trained. Free space or choose a writable folder, then run again"
-            )) from None
-        self._session_started_at = wall_clock()
-        self._session_t0 = clock()
-        self._alert_lock = threading.Lock()
-        self.monitor.add_alert_callback(self._on_monitor_alert)
-        if cfg.handle_signals and threading.current_thread() is threading.main_thread():
-            self.budget.install_signal_handlers()
-        self.monitor.start()
+        self._session_started_at = self._wall_clock()
+        self._session_t0 = self._clock()
 
     def _abort_start(self) -> None:
         """Undo a start that failed: nothing was trained, so nothing is synced; the lease is given back."""
@@ -338,12 +385,13 @@ class TrainingSession:
         """
         if not objects:
             raise ValueError("restore() needs the objects to checkpoint, e.g. restore(model=model, optimizer=opt)")
-        self._objects = dict(objects)
+        # a DistributedDataParallel model is saved as the module inside, so the checkpoint loads on any GPU count
+        self._objects = {name: unwrap_model(obj) for name, obj in objects.items()}
         cfg = self.config
-        loaded = self.checkpoints.load("latest") if cfg.auto_resume else None
+        loaded, state = self._load_latest() if cfg.auto_resume else (None, None)
         redo = 0
-        if loaded is not None:
-            extra = restore_state(self._objects, loaded.state)
+        if state is not None:
+            extra = self._restore_everywhere(state)
             run = extra.get("run", {})
             self.episode = int(run.get("episode", 0))
             self.global_step = int(run.get("global_step", 0))
@@ -358,16 +406,19 @@ class TrainingSession:
             self._last_saved_episode = self.episode
             if self.episode >= cfg.total_episodes:
                 self._saved_reason = "done"  # a complete run: its checkpoint needs no second copy
-            self._say_skipped(loaded.record)
+            if loaded is not None:
+                self._say_skipped(loaded.record)
         # One history: what the run log recorded after this checkpoint is redone, so it leaves the log.
-        redo = self._guard_storage(lambda: self._runlog.rewind(self.episode), "the run log", self.paths.logs) or 0
+        if self._runlog is not None:
+            redo = self._guard_storage(lambda: self._runlog.rewind(self.episode), "the run log",
+                                       self.paths.logs) or 0
         self.start_episode = self.episode
         self.sessions.append({
             "index": len(self.sessions) + 1, "started_at": self._session_started_at, "duration_seconds": None,
             "first_episode": self.episode, "last_episode": None, "end_reason": None,
             "platform": self.environment.kind, "device": str(self.device),
         })
-        if loaded is not None and self.episode >= cfg.total_episodes:
+        if state is not None and self.episode >= cfg.total_episodes:
             self.say(msg.complete_line(self.episode, cfg.total_episodes))
         elif loaded is not None:
             self.say(msg.resume_line(loaded.record.file, self._copy_label(loaded.record.file),
@@ -376,6 +427,12 @@ class TrainingSession:
             self.say(msg.new_run_line(self._places, cfg.total_episodes, self.budget.limit_seconds))
             if redo:  # an earlier session logged episodes but died before its first checkpoint
                 self.say(msg.unsaved_redo_line(redo))
+        if self.ranks.distributed:
+            self.say(f"data-parallel: {self.ranks.world_size} processes ({self.ranks.backend}); rank 0 saves, syncs "
+                     "and reports, every rank stops at the same episode")
+        if not self.ranks.is_main:
+            self._live = LiveView(cfg.total_episodes, initial=self.episode, mode="text", stream=io.StringIO())
+            return self.episode
         self._live = LiveView(
             cfg.total_episodes, initial=self.episode, mode=cfg.live_view,
             update_every=cfg.plot_every, metric_name=cfg.monitor if cfg.monitor != "loss"
@@ -390,6 +447,32 @@ class TrainingSession:
             self._notes.started(total=cfg.total_episodes, platform=self.environment.kind)
         return self.episode
 
+    def _load_latest(self) -> tuple[Any, dict[str, Any] | None]:
+        """The newest valid checkpoint: (its LoadedCheckpoint on rank 0, its state on every rank).
+
+        Rank 0 reads and verifies it; under torch.distributed it hands the state to the other ranks, so every rank
+        restores the same checkpoint even if a newer file appeared meanwhile."""
+        loaded = self.checkpoints.load("latest") if self.checkpoints is not None else None
+        state = loaded.state if loaded is not None else None
+        if self.ranks.distributed:
+            state = self.ranks.broadcast(state)
+        return loaded, state
+
+    def _restore_everywhere(self, state: Mapping[str, Any], *, rng: bool = True) -> dict[str, Any]:
+        """Load ``state`` into the registered objects; with ``rng``, this rank's RNG streams as saved.
+
+        A checkpoint saved by N processes holds N streams (``run.rng_ranks``); rank r takes stream r. A rank the
+        checkpoint has no stream for (more processes than when it was saved) starts a new stream seeded from the
+        episode and its rank: the run goes on correctly, but not bit-identically to one on the old process count."""
+        extra = restore_state(self._objects, state, rng=False)
+        if rng:
+            streams = extra.get("run", {}).get("rng_ranks") or [state["rng"]]
+            if self.ranks.rank < len(streams):
+                restore_rng_state(streams[self.ranks.rank])
+            else:
+                seed_everything(int(extra.get("run", {}).get("episode", 0)) * 100_003 + self.ranks.rank)
+        return extra
+
     def _copy_label(self, file: str) -> str:
         """Which copy a resumed checkpoint came from: "Drive copy", "local copy", ..."""
         res = self._resume
@@ -400,6 +483,8 @@ class TrainingSession:
 
     def _say_skipped(self, used: Any) -> None:
         """Name every newer checkpoint that was passed over (damaged, unsafe), so a fallback is never silent."""
+        if self.checkpoints is None:
+            return
         bad = getattr(self.checkpoints, "_bad", {})
         for rec in self.checkpoints.records():
             if rec.step > used.step or (rec.step == used.step and rec.file != used.file and rec.file in bad):
@@ -412,14 +497,7 @@ class TrainingSession:
         if self._live is None:
             raise RuntimeError("call restore(model=..., optimizer=...) before episodes()")
         while self.episode < self.config.total_episodes and self._end_reason is None:
-            if self.lease is not None and self.lease.error is not None:
-                self._fail(f"{self.lease.error}", "Another session now trains this run; stop one of them")
-                break
-            if self.budget.stop_requested:
-                self._end_reason = "stopped"
-                break
-            if not self.budget.can_start():
-                self._stop_for_budget()
+            if self._decide_start() is not None:
                 break
             ep = self.episode
             self._logged = False
@@ -438,6 +516,24 @@ class TrainingSession:
         if self._end_reason is None:
             self._end_reason = "done"
 
+    def _decide_start(self) -> str | None:
+        """Whether the next episode starts (None) or why not; decided on rank 0 and followed by every rank."""
+        stop = self.ranks.any(self.budget.stop_requested)  # a SIGTERM may reach any rank first
+        reason = None
+        if self.ranks.is_main:
+            if self.lease is not None and self.lease.error is not None:
+                self._fail(f"{self.lease.error}", "Another session now trains this run; stop one of them")
+                reason = "error"
+            elif stop:
+                reason = "stopped"
+            elif not self.budget.can_start():
+                self._stop_for_budget()
+                reason = "budget"
+        reason = self.ranks.broadcast(reason)
+        if reason is not None and self._end_reason is None:
+            self._end_reason = reason
+        return reason
+
     def log(self, loss: float | torch.Tensor, **metrics: float | torch.Tensor) -> None:
         """Record the finished episode's loss and metrics; save, sync and refresh the live view as scheduled.
 
@@ -446,6 +542,7 @@ class TrainingSession:
         the run with end reason ``error``: the last good checkpoint stays, and the next run resumes from it.
         """
         values = {"loss": _to_float(loss), **{k: _to_float(v) for k, v in metrics.items()}}
+        values = self.ranks.mean(values)  # data-parallel: the episode's figures over all ranks
         ep = self.episode
         self._end_unit()
         if not math.isfinite(values["loss"]):
@@ -453,7 +550,7 @@ class TrainingSession:
             self._handle_nan(ep, values["loss"])
             return
         self._logged = True
-        if self._end_reason == "error":
+        if self._end_reason == "error" and not self.ranks.distributed:
             return
         self.episode = ep + 1
         self.global_step += 1
@@ -461,23 +558,35 @@ class TrainingSession:
         record = {"episode": ep, "session": len(self.sessions), "time": self._wall_clock(), **values}
         self.history.append(record)
         self._guard_storage(lambda: self._log_record(record), "the run log", self.paths.logs)
-        if self._end_reason == "error":
+        if self._end_reason == "error" and not self.ranks.distributed:
             return  # the storage failed: no further writes, the last good checkpoint stays as it is
         status = self.status_line()
-        if self._live is not None:
+        if self._live is not None and self.ranks.is_main:
             self._live.update(ep, values["loss"], values.get(self.config.monitor) if self.config.monitor != "loss"
                               else None, status=status,
                               extra={k: v for k, v in values.items() if k not in ("loss", self.config.monitor)})
         # Decide now whether this was the session's last episode, so that its save is the final one (and carries
         # the end reason): finish() then writes no second copy of the same episode.
-        if self.episode >= self.config.total_episodes:
-            self._end_reason = "done"
-        elif self.budget.stop_requested:
-            self._end_reason = "stopped"
-        elif not self.budget.can_start():
-            self._stop_for_budget()
+        stop = self.ranks.any(self.budget.stop_requested)
+        if self.ranks.is_main:
+            if self._end_reason is not None:
+                pass  # an error while writing the run log
+            elif self.episode >= self.config.total_episodes:
+                self._end_reason = "done"
+            elif stop:
+                self._end_reason = "stopped"
+            elif not self.budget.can_start():
+                self._stop_for_budget()
+            save = self._end_reason != "error" and (self.episode % self.config.save_every_episodes == 0
+                                                    or self._end_reason is not None or self.budget.should_save_now())
+            decision = (self._end_reason, save)
+        else:
+            decision = None
+        self._end_reason, save = self.ranks.broadcast(decision) if self.ranks.distributed else decision
+        if self._end_reason == "error":
+            return  # the storage failed: no further writes, the last good checkpoint stays as it is
         final = self._end_reason is not None
-        if self.episode % self.config.save_every_episodes == 0 or final or self.budget.should_save_now():
+        if save:
             self._guard_storage(lambda: self._save(blocking=final), "a checkpoint")
         self._notes.progress(self.episode, self.config.total_episodes,
                              {k: v for k, v in values.items() if isinstance(v, float)})
@@ -521,7 +630,7 @@ class TrainingSession:
             return
         self._end_reason = "error"
         self._error = what
-        if hasattr(self, "checkpoints"):
+        if getattr(self, "checkpoints", None) is not None:
             with contextlib.suppress(Exception):  # a save still in flight may yet land: name the newest that did
                 self.checkpoints.wait(timeout=60.0)
         kept = self._newest_file()
@@ -532,7 +641,7 @@ class TrainingSession:
             self._live.alert("error", what)
 
     def _newest_file(self) -> str | None:
-        recs = self.checkpoints.records() if hasattr(self, "checkpoints") else []
+        recs = self.checkpoints.records() if getattr(self, "checkpoints", None) is not None else []
         return recs[-1].file if recs else None
 
     def _handle_nan(self, ep: int, value: float) -> None:
@@ -552,23 +661,29 @@ class TrainingSession:
             return
         # the last good state may still be on its way to disk (asynchronous save): let it land, or "latest" is an
         # older checkpoint, or none at all, and the poisoned parameters would stay
-        if self._guard_storage(self.checkpoints.wait, "a checkpoint") is None:
+        landed = self.checkpoints is None or self._guard_storage(self.checkpoints.wait, "a checkpoint") is not None
+        if not self.ranks.broadcast(landed):
+            self._end_reason = "error"
             return
-        loaded = self.checkpoints.load("latest")
-        if loaded is not None:  # parameters may hold NaN now: go back to the last good state, keep this RNG stream
-            restore_state(self._objects, loaded.state, rng=False)
+        _, state = self._load_latest()
+        if state is not None:  # parameters may hold NaN now: go back to the last good state, keep this RNG stream
+            self._restore_everywhere(state, rng=False)
         self.say.warning(f"episode {ep}: loss is {value}; skipped and rolled back to the last good checkpoint "
                          f"({self._nan_skips}/{self.config.max_nan_skips})")
         self.episode = ep + 1  # the episode is spent; its results are discarded
 
     # ------------------------------------------------------------------------------------------ saving
-    def _state(self) -> dict[str, Any]:
-        """The run's state as of the end of the last completed episode."""
+    def _state(self, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
+        """The run's state as of the end of the last completed episode (``rng_ranks``: every rank's RNG streams,
+        data-parallel)."""
         run = {
             "episode": self.episode, "global_step": self.global_step, "history": self.history,
             "sessions": self._sessions_now(), "saved": self._saved, "budget": self.budget.state_dict(),
             "config": self.config.to_dict(), "atheria_kit": __version__,
         }
+        if rng_ranks is not None:
+            run["rng_ranks"] = rng_ranks
+            run["world_size"] = len(rng_ranks)
         # Code between the last episode and this save (an example input drawn with torch.randn, a plot) may
         # have consumed random numbers; resuming must continue the stream where the episode left it.
         return collect_state(self._objects, rng_state=self._rng_at_episode_end, run=run)
@@ -576,10 +691,23 @@ class TrainingSession:
     def _save(self, blocking: bool = False, force: bool = False) -> None:
         if not self._objects or (self._last_saved_episode == self.episode and not force):
             return
-        metrics = {k: v for k, v in self.history[-1].items() if k not in ("episode", "session", "time")} \
-            if self.history else {}
-        self.checkpoints.save(self._state(), step=self.episode, episode=self.episode, metrics=metrics,
-                              blocking=blocking)
+        rng_ranks = None
+        if self.ranks.distributed:  # a collective: every rank is here, in the same episode
+            mine = self._rng_at_episode_end if self._rng_at_episode_end is not None else capture_rng_state()
+            rng_ranks = self.ranks.gather(mine)
+        error: BaseException | None = None
+        if self.checkpoints is not None:
+            metrics = {k: v for k, v in self.history[-1].items() if k not in ("episode", "session", "time")} \
+                if self.history else {}
+            try:
+                self.checkpoints.save(self._state(rng_ranks), step=self.episode, episode=self.episode,
+                                      metrics=metrics, blocking=blocking)
+            except BaseException as exc:  # raised after the other ranks were released, so none waits for ever
+                error = exc
+        if blocking:
+            self.ranks.barrier()  # a blocking save: no rank goes on before the checkpoint is committed
+        if error is not None:
+            raise error
         self._last_saved_episode = self.episode
         self._saved_reason = self._end_reason
 
@@ -649,6 +777,8 @@ class TrainingSession:
             # The final save carries the sessions table with this session's end reason, which the next session's
             # report shows; it is written under a new name when this episode was saved already.
             self._guard_storage(lambda: self._save(blocking=True, force=True), "the final checkpoint")
+        if not self.ranks.is_main:
+            return self._finish_follower()
         with contextlib.suppress(Exception):  # a failed background write was reported when it happened
             self.checkpoints.wait()
         reason = self._end_reason
@@ -696,6 +826,16 @@ class TrainingSession:
             self._notes.close()
         self._result = SessionResult(reason, self.episode, self.config.total_episodes, self.sessions, report,
                                      plots, exports, summary, remote=remote)
+        self._finished = True
+        return self._result
+
+    def _finish_follower(self) -> SessionResult:
+        """A rank other than 0 after the final save: nothing of its own to write, sync or report."""
+        with contextlib.suppress(Exception):
+            self.budget.uninstall_signal_handlers()
+        self._notes.close()
+        self._result = SessionResult(self._end_reason or "stopped", self.episode, self.config.total_episodes,
+                                     self._sessions_now(), None, {}, [], None)
         self._finished = True
         return self._result
 
@@ -755,6 +895,7 @@ class TrainingSession:
 
     def _export(self, model: torch.nn.Module, example_input: Any) -> list[dict[str, Any]]:
         source, restore = "final model", None
+        model = unwrap_model(model)
         name = next((n for n, o in self._objects.items() if o is model), None)
         best = self.checkpoints.load("best") if self.config.export == "best" and name is not None else None
         if best is not None:

@@ -51,24 +51,46 @@ def free_port() -> int:
 
 
 def read_until_line(process, needle: str, timeout: float) -> str:
-    """Read a server's output until a line contains ``needle`` (a server prints its URL once it listens)."""
+    """Read a process's output up to and including the first line that contains ``needle``; returns that text.
+
+    Reads the pipe's file descriptor directly: a buffered ``readline`` may pull the awaited line into Python's
+    buffer together with the one before it, and ``select`` on the descriptor would then wait for output that
+    already arrived (a process that prints a line and then waits for input would never be seen). What was read
+    past that line is kept for the next call on the same process."""
+    import codecs
+    import os
     import selectors
     import time
 
     deadline = time.monotonic() + timeout
-    seen: list[str] = []
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    seen = getattr(process, "_unread_output", "")
+    fd = process.stdout.fileno()
+
+    def found() -> str | None:
+        lines = seen.splitlines(keepends=True)
+        for i, line in enumerate(lines):
+            if line.endswith("\n") and needle in line:
+                process._unread_output = "".join(lines[i + 1:])
+                return "".join(lines[: i + 1])
+        return None
+
     with selectors.DefaultSelector() as sel:
-        sel.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
+        sel.register(fd, selectors.EVENT_READ)
+        while (text := found()) is None and time.monotonic() < deadline:
             if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
                 break
-            line = process.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            seen.append(line)
-            if needle in line:
-                return "".join(seen)
-    raise AssertionError(f"the server never printed {needle!r}; its output:\n{''.join(seen)[-3000:]}")
+            seen += decoder.decode(chunk)
+        else:
+            if text is not None:
+                return text
+    if (text := found()) is not None:
+        return text
+    process._unread_output = seen
+    raise AssertionError(f"the process never printed {needle!r}; its output:\n{seen[-3000:]}")
 
 
 def stop_process_group(process) -> None:

@@ -121,3 +121,60 @@ def test_bad_arguments_are_refused_early(kwargs: dict, message: str):
 def test_an_iterable_dataset_without_len_is_refused():
     with pytest.raises(ValueError, match="dataset=.*map-style"):
         ResumableLoader(iter(range(3)), batch_size=2)
+
+
+# --- data-parallel: shards of one permutation, a position that means the same on any number of processes ---
+
+def _shard_batches(num_replicas, batch_size, state=None, passes=1, seed=3):
+    """Each rank's batches (sample ids) for ``passes`` loops, every rank from the same (optional) state."""
+    out = []
+    for rank in range(num_replicas):
+        loader = ResumableLoader(ids(), batch_size=batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
+        if state is not None:
+            loader.load_state_dict(state)
+        out.append([[b[0].tolist() for b in loader] for _ in range(passes)])
+    return out
+
+
+def test_ranks_take_interleaved_shards_of_one_permutation():
+    # 23 samples on 2 ranks, batch 2: the one-process order cut into global batches of 4 (rank 0 gets positions
+    # 0 and 2 of each, rank 1 positions 1 and 3); the odd tail is padded with the first index, as DistributedSampler.
+    order = [b for batch in _shard_batches(1, 4)[0][0] for b in batch]
+    shards = _shard_batches(2, 2)
+    padded = order + order[:1]
+    assert [i for batch in shards[0][0] for i in batch] == padded[0::2]
+    assert [i for batch in shards[1][0] for i in batch] == padded[1::2]
+
+
+def test_a_position_saved_on_two_processes_resumes_on_one_at_the_same_sample():
+    one = ResumableLoader(ids(), batch_size=4, seed=3)
+    full_order = [i for batch in one for i in batch[0].tolist()]
+    two = [ResumableLoader(ids(), batch_size=2, seed=3, num_replicas=2, rank=r) for r in range(2)]
+    iters = [iter(loader) for loader in two]
+    for _ in range(3):  # three global batches of 4 = the first 12 samples of the permutation
+        for it in iters:
+            next(it)
+    state = two[0].state_dict()
+    assert state["consumed"] == 12 and two[1].state_dict()["consumed"] == 12
+    resumed = ResumableLoader(ids(), batch_size=4, seed=99, num_replicas=1, rank=0)
+    resumed.load_state_dict(state)
+    rest = [i for batch in resumed for i in batch[0].tolist()]
+    assert rest == full_order[12:]  # nothing of the epoch seen twice or skipped
+
+
+def test_a_position_saved_on_one_process_resumes_on_two():
+    one = ResumableLoader(ids(), batch_size=4, seed=3)
+    it = iter(one)
+    first = [next(it)[0].tolist() for _ in range(2)]
+    state = one.state_dict()
+    rest = _shard_batches(2, 2, state=state)
+    seen = sorted(sum(first, []) + [i for r in rest for batch in r[0] for i in batch])
+    # 8 consumed + the remaining 15 split over 2 ranks (padded to 16): every sample, one padding repeat
+    assert sorted(set(seen)) == list(range(N)) and len(seen) == N + 1
+
+
+def test_shard_settings_are_checked():
+    with pytest.raises(ValueError, match="rank=2 is invalid"):
+        ResumableLoader(ids(), batch_size=2, seed=0, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="num_replicas"):
+        ResumableLoader(ids(), batch_size=2, seed=0, num_replicas=0, rank=0)
