@@ -183,8 +183,20 @@ def run_huggingface(quick: bool) -> None:
         bench_save_stall(Path(tmp), quick)
 
 
+def run_lightning(quick: bool) -> None:
+    """The Lightning section (bench/_integrations_lightning.py): the callback + plugin against the bare Trainer."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _integrations_lightning import measure
+
+    print("\n== Lightning lightning.Trainer ==")
+    for line in measure(quick=quick):
+        print(line)
+
+
 #: Sections of this benchmark, by name; each takes ``quick`` and prints its own figures and baselines.
-SECTIONS: dict[str, Callable[[bool], None]] = {"huggingface": run_huggingface}
+SECTIONS: dict[str, Callable[[bool], None]] = {"huggingface": run_huggingface, "lightning": run_lightning}
 
 
 def main() -> None:

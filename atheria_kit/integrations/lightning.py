@@ -11,7 +11,7 @@ What Lightning alone does not give a notebook run on a borrowed GPU, and this mo
 - **top-k rankings that survive a restart and a changed directory** (Lightning #18687): ``ModelCheckpoint``'s
   ``best_k_models``/``best_model_path``/``last_model_path`` are carried over to the new ``dirpath`` and the files
   they name are put back there, so the resumed run keeps deleting the right files and knows its best;
-- **an exact mid-epoch resume** with :class:`ResumableLoader` around the training loader (Lightning restarts a
+- **an exact mid-epoch resume** with :class:`ResumableTrainLoader` around the training loader (Lightning restarts a
   plain loader at its first batch); the callback also restores the RNG states, so an epoch-end resume is exact too;
 - **a remote copy and a fresh-VM resume**: the store is mirrored by the kit's
   :class:`~atheria_kit.sync.SyncWorker`; :func:`prepare` resumes from the newest verified copy, local first,
@@ -81,7 +81,7 @@ __all__ = [
     "AtheriaCheckpointIO",
     "LightningSetup",
     "LinkedDiskStorage",
-    "ResumableLoader",
+    "ResumableTrainLoader",
     "prepare",
 ]
 
@@ -403,7 +403,7 @@ class AtheriaCheckpointIO(CheckpointIO):
 _RESUMABLE = "atheria_resumable"
 
 
-class ResumableLoader:
+class ResumableTrainLoader:
     """A training ``DataLoader`` that a mid-epoch resume continues exactly (Lightning #19764, #20550).
 
     Lightning restarts a plain loader at its first batch when it resumes mid-epoch, so the rest of that epoch sees
@@ -458,13 +458,13 @@ class ResumableLoader:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get(_RESUMABLE) != _STATE_VERSION:
-            raise ValueError(f"ResumableLoader state version={state_dict.get(_RESUMABLE)!r} is invalid; "
+            raise ValueError(f"ResumableTrainLoader state version={state_dict.get(_RESUMABLE)!r} is invalid; "
                              f"expected {_STATE_VERSION}")
         self._pending = dict(state_dict)
 
 
 def _set_consumed(checkpoint: dict[str, Any]) -> None:
-    """Write Lightning's count of consumed batches into each ResumableLoader state of ``checkpoint``."""
+    """Write Lightning's count of consumed batches into each ResumableTrainLoader state of ``checkpoint``."""
     fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
     progress = (fit.get("epoch_loop.batch_progress") or {}).get("current") or {}
     states = (fit.get("state_dict") or {}).get("combined_loader") or []

@@ -34,7 +34,7 @@ from atheria_kit.integrations.lightning import (  # noqa: E402
     STOP_FILENAME,
     AtheriaCallback,
     AtheriaCheckpointIO,
-    ResumableLoader,
+    ResumableTrainLoader,
     prepare,
 )
 from atheria_kit.say import Say  # noqa: E402
@@ -114,7 +114,7 @@ def kit_run(root: Path, steps: int | None, *, epochs: int = 3, remote=None, call
     kwargs["callbacks"] += list(callbacks)
     tr = trainer(root, epochs, **kwargs)
     train, val = loaders()
-    tr.fit(model, ResumableLoader(train) if resumable else train, val, **kit.fit_kwargs)
+    tr.fit(model, ResumableTrainLoader(train) if resumable else train, val, **kit.fit_kwargs)
     kit.close(timeout=30)
     return model, tr, kit, say
 
@@ -197,7 +197,7 @@ def test_a_mid_epoch_budget_stop_resumes_where_lightning_can(tmp_path, reference
     mid-epoch (Lightning #19764, #20550; it warns "resuming from a checkpoint that ended before the epoch ended"),
     so the last 4 batches of epoch 1 are drawn from a new shuffle. Measured on this model: the largest weight
     differs from the uninterrupted run's by about 0.66 (the weights themselves are of order 1). Wrapped in
-    ``ResumableLoader`` it is exact (next test); an end-of-epoch stop is exact either way (test above)."""
+    ``ResumableTrainLoader`` it is exact (next test); an end-of-epoch stop is exact either way (test above)."""
     _, tr1, kit1, say1 = kit_run(tmp_path, steps=12)
     assert tr1.global_step == 12
     assert any("stopped at epoch 1, after batch 4/8 (global step 12)" in line for line in say1.lines)
@@ -222,7 +222,7 @@ def test_when_min_epochs_keeps_lightning_going_the_stop_is_undone_with_a_warning
 
 
 def test_a_mid_epoch_stop_with_a_resumable_loader_resumes_bit_identically(tmp_path, reference):
-    """The same mid-epoch stop, with the training loader wrapped in ``ResumableLoader``: the resumed session
+    """The same mid-epoch stop, with the training loader wrapped in ``ResumableTrainLoader``: the resumed session
     replays epoch 1's shuffle, skips its 4 trained batches, and ends with the uninterrupted run's weights exactly.
     A second stop in the resumed epoch (after 2 more steps) still resumes exactly."""
     _, tr1, _, _ = kit_run(tmp_path, steps=12, resumable=True)
