@@ -315,6 +315,9 @@ def _fork_entry(rank: int, fn: Callable[..., Any], args: tuple, kwargs: dict, jo
     _redirect_output(pipes[rank][1])
     os.close(pipes[rank][1])
     _die_with_parent()
+    # Handlers the kernel installed (a training budget's "save and stop" on SIGTERM) are not this rank's.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # A forked child of a process that ran a parallel CPU op deadlocks in its own first one: the OpenMP pool's
     # threads were not copied. One thread is safe, and it is what torchrun gives each rank by default too.
     torch.set_num_threads(1)
@@ -671,13 +674,15 @@ def _supervise(job: _Job, ranks: Any, out: _Output, workdir: Path, torchrun_log:
     """Forward output until every rank has exited; on a failure stop the others; on an interrupt kill them all."""
     deadline: float | None = None
     terminated = False
+    culprit: int | None = None
     try:
         while not ranks.done():
             out.pump(0.1, ranks.sentinels())
-            failed = _failure_seen(ranks, workdir)
-            if failed and deadline is None:
+            if deadline is None and _failure_seen(ranks, workdir):
                 deadline = time.monotonic() + job.shutdown_timeout
                 if isinstance(ranks, _ForkRanks):
+                    # Who failed first, decided before the others are stopped (their deaths are consequences).
+                    culprit = _culprit(ranks.exit_codes(), _rank_errors(workdir), None)[0]
                     # SIGTERM now: a survivor blocked in a collective with the failed rank would wait forever.
                     # (torchrun does the same for its ranks by itself.)
                     ranks.terminate(spare=_failed_ranks(workdir))  # a failed rank is still printing its error
@@ -686,7 +691,7 @@ def _supervise(job: _Job, ranks: Any, out: _Output, workdir: Path, torchrun_log:
                 if not terminated:
                     log.warning("launch: ranks still running %.0f s after a failure; terminating them",
                                 job.shutdown_timeout)
-                    ranks.terminate(spare=_failed_ranks(workdir))  # a failed rank is still printing its error
+                    ranks.terminate()
                     terminated = True
                     deadline = time.monotonic() + min(job.shutdown_timeout, 5.0)
                 else:
@@ -700,12 +705,22 @@ def _supervise(job: _Job, ranks: Any, out: _Output, workdir: Path, torchrun_log:
             log.debug("launch: output after an interrupt was lost", exc_info=True)
         raise
     out.drain()
-    _raise_on_failure(job, ranks, out, workdir, torchrun_log)
+    _raise_on_failure(job, ranks, out, workdir, torchrun_log, culprit)
 
 
 def _failed_ranks(workdir: Path) -> set[int]:
     """The ranks that reported an exception (they exit by themselves)."""
     return {int(path.name.split("-")[1].split(".")[0]) for path in workdir.glob("rank-*.error")}
+
+
+def _rank_errors(workdir: Path) -> dict[int, dict[str, Any]]:
+    errors = {}
+    for path in workdir.glob("rank-*.error"):
+        try:
+            errors[int(path.name.split("-")[1].split(".")[0])] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return errors
 
 
 def _failure_seen(ranks: Any, workdir: Path) -> bool:
@@ -714,31 +729,39 @@ def _failure_seen(ranks: Any, workdir: Path) -> bool:
     return bool(_failed_ranks(workdir))
 
 
-def _raise_on_failure(job: _Job, ranks: Any, out: _Output, workdir: Path, torchrun_log: Any) -> None:
-    errors = {}
-    for path in workdir.glob("rank-*.error"):
-        try:
-            errors[int(path.name.split("-")[1].split(".")[0])] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+def _culprit(codes: dict[Any, int | None], errors: dict[int, dict[str, Any]],
+             torchrun_log: Iterable[str] | None) -> tuple[int | None, int | None]:
+    """``(rank, exit code)`` of the rank that failed first.
+
+    A rank that died without reporting an exception (a signal: the OOM killer, a segfault) is the cause: the
+    exceptions of the others ("connection closed by peer") are its consequences. Otherwise the earliest exception.
+    """
+    if torchrun_log is None:  # fork: this process sees every rank's exit code
+        silent = sorted(r for r, code in codes.items() if code not in (None, 0) and r not in errors)
+        if silent:
+            return silent[0], codes[silent[0]]
+    else:
+        match = _ROOT_CAUSE.search("\n".join(torchrun_log))
+        if match and int(match.group(1)) not in errors:
+            return int(match.group(1)), int(match.group(2))
+    if errors:
+        rank = min(errors, key=lambda r: errors[r]["time"])
+        return rank, 1
+    return None, codes.get("torchrun")
+
+
+def _raise_on_failure(job: _Job, ranks: Any, out: _Output, workdir: Path, torchrun_log: Any,
+                      culprit: int | None) -> None:
+    errors = _rank_errors(workdir)
     codes = ranks.exit_codes()
     if not errors and all(code == 0 for code in codes.values()):
         return
-    rank: int | None
-    exitcode: int | None
-    if errors:  # the first rank that raised; the others' errors are its consequences
-        rank = min(errors, key=lambda r: errors[r]["time"])
-        exitcode = 1
-        cause = errors[rank]["error"]
-        if isinstance(ranks, _ForkRanks) and codes.get(rank) not in (None, 0):
-            exitcode = codes[rank]
-    elif isinstance(ranks, _ForkRanks):
-        order = [r for r, code in codes.items() if code not in (None, 0)]
-        rank, exitcode, cause = order[0], codes[order[0]], None
+    fork = isinstance(ranks, _ForkRanks)
+    if fork and culprit is not None:
+        rank, exitcode = culprit, codes.get(culprit)
     else:
-        match = _ROOT_CAUSE.search("\n".join(torchrun_log or ()))
-        rank, exitcode = (int(match.group(1)), int(match.group(2))) if match else (None, codes["torchrun"])
-        cause = None
+        rank, exitcode = _culprit(codes, errors, None if fork else list(torchrun_log or ()))
+    cause = errors[rank]["error"] if rank in errors else None
     if exitcode is not None and exitcode < 0:
         try:
             how = f"was killed by {signal.Signals(-exitcode).name} (exit code {exitcode})"

@@ -84,6 +84,13 @@ def fail_on_rank_one(folder: str, ignore_sigterm: bool) -> None:
     threading.Event().wait()  # never returns: only the launcher's teardown ends this rank
 
 
+def killed_on_rank_one() -> None:
+    if dist.get_rank() == 1:
+        print("rank 1 is about to be killed", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer does
+    dist.barrier()  # rank 0 then fails too ("connection closed by peer"): a consequence, not the cause
+
+
 def return_unpicklable() -> object:
     return lambda: None
 
@@ -194,6 +201,13 @@ def test_fork_path_failed_rank_stops_the_others_and_is_named(tmp_path):
     assert "rank 1 of 2 failed with exit code 1: ValueError: rank one broke" in str(err)
     assert err.lines[-1] == "ValueError: rank one broke"
     assert all(_gone(pid) for pid in _pids(tmp_path))
+
+
+def test_fork_path_names_a_rank_killed_by_a_signal_not_the_peer_that_lost_it():
+    with pytest.raises(LaunchError, match=r"rank 1 of 2 was killed by SIGKILL \(exit code -9\)") as caught:
+        launch(killed_on_rank_one, nprocs=2, stream=Lines())
+    assert (caught.value.rank, caught.value.exitcode) == (1, -9)
+    assert caught.value.lines == ("rank 1 is about to be killed",)
 
 
 def test_fork_path_kills_a_rank_that_ignores_sigterm_after_the_timeout(tmp_path):
