@@ -1,7 +1,8 @@
 """Live run cost: per-bar decision latency and CPU per symbol at the seed's settings, over the Binance stand-in.
 
-The stand-in (``tests/fakes/binance_exchange.py``) runs in its own process and closes real 1-minute bars at a fixed
-pace (one every ``--pace`` seconds instead of 60); this process runs the live run (``LiveRun``: the feed, the
+The stand-in (``tests/fakes/binance_exchange.py``) runs in its own process and closes real 1-minute bars one at a
+time, the next one when the engine is done with the last (so a latency is one bar's work, not a queue); this process
+runs the live run (``LiveRun``: the feed, the
 history store and the replay engine) with the seed's settings: 1-minute klines, cycles of 30 minutes, a decision at
 every closed bar (``update_every_seconds=5`` rounds up to one bar), a 600-bar lookback, 600 warm-up bars from REST.
 
@@ -29,8 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from atheria_kit.live_trading import engine as live_engine  # noqa: E402
 from atheria_kit.live_trading.config import LiveConfig  # noqa: E402
 from atheria_kit.live_trading.engine import LiveRun  # noqa: E402
+from atheria_kit.live_trading.feed import BinanceKlineFeed  # noqa: E402
 from atheria_kit.replay.engine import ReplayEngine  # noqa: E402
 from atheria_kit.replay.feed import HistoricalFeed  # noqa: E402
 from tests.fakes.binance_exchange import real_bars  # noqa: E402
@@ -44,13 +47,29 @@ def symbols_for(n: int) -> list[str]:
     return real[:n] + [f"SYN{i:02d}USDT" for i in range(max(0, n - len(real)))]
 
 
-def live_case(symbols: list[str], bars: int, pace: float) -> dict:
+class _Counted(BinanceKlineFeed):
+    """The live feed, counting the engine's requests: the k-th ``next()`` means step k-1 is fully processed."""
+
+    calls = 0
+    cond = threading.Condition()
+
+    def next(self):  # noqa: A003 - the BarFeed protocol's name
+        with _Counted.cond:
+            _Counted.calls += 1
+            _Counted.cond.notify_all()
+        return super().next()
+
+
+def live_case(symbols: list[str], bars: int) -> dict:
+    """Publish one bar, wait until the engine is done with it, repeat: latency without queueing behind other bars."""
     standin = subprocess.Popen([sys.executable, "-m", "tests.fakes.binance_exchange", "--symbols", ",".join(symbols),
                                 "--bars", str(WARM + bars + 1), "--position", str(WARM)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
     first = standin.stdout.readline().split()
     ws, rest, interval = first[1], first[3], first[5]
     started = threading.Event()
+    live_engine.BinanceKlineFeed = _Counted  # this process only: the bench's probe
+    _Counted.calls = 0
     with tempfile.TemporaryDirectory() as out:
         cfg = LiveConfig.from_mapping({"live": {**SEED, "symbols": symbols, "max_cycles": bars // 30}},
                                       websocket_url=ws, rest_url=rest, interval=interval, output_dir=out)
@@ -60,15 +79,21 @@ def live_case(symbols: list[str], bars: int, pace: float) -> dict:
         thread.start()
         started.wait(300)
         t0 = time.process_time()
-        standin.stdin.write(f"run {bars} {pace}\n")
-        standin.stdin.flush()
+        for k in range(1, bars + 1):
+            standin.stdin.write("publish 1\n")
+            standin.stdin.flush()
+            standin.stdout.readline()  # "position N": the bar's messages are sent
+            with _Counted.cond:  # the engine asked for bar k+1: it is done with bar k
+                _Counted.cond.wait_for(lambda k=k: _Counted.calls >= k + 1 or not thread.is_alive(), 120)
         thread.join()
         cpu = time.process_time() - t0
         lat = sorted(live.feed.latencies)
+    live_engine.BinanceKlineFeed = BinanceKlineFeed
     standin.stdin.close()
     standin.wait(30)
     assert result["status"] == "finished" and result["bars_done"] == bars, result
-    return {"latency_ms": [1000 * x for x in lat], "cpu_s": cpu, "trades": result["trades"]}
+    return {"latency_ms": [1000 * x for x in lat], "cpu_s": cpu, "trades": result["trades"],
+            "reconnects": result["feed"]["dropped"] + result["feed"]["stale_reconnects"]}
 
 
 class _WarmFeed(HistoricalFeed):
@@ -95,27 +120,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bars", type=int, default=60, help="bars traded after the warm-up (a multiple of 30, >= 60)")
     ap.add_argument("--symbols", default="3,30")
-    ap.add_argument("--pace", type=float, default=None,
-                    help="seconds between two bars on the stand-in (default: 0.2 s for 3 symbols, 1.5 s for 30)")
     args = ap.parse_args()
     rows = []
     for n in (int(x) for x in args.symbols.split(",")):
         symbols = symbols_for(n)
-        pace = args.pace or (0.2 if n <= 5 else 1.5)
-        live = live_case(symbols, args.bars, pace)
+        live = live_case(symbols, args.bars)
         replay_wall, replay_cpu = replay_case(symbols, args.bars)
         lat = live["latency_ms"]
         cpu_bar_sym = live["cpu_s"] / (args.bars * n)
-        rows.append((n, pace, statistics.median(lat), lat[int(0.9 * (len(lat) - 1))], lat[-1],
+        rows.append((n, live["reconnects"], statistics.median(lat), lat[int(0.9 * (len(lat) - 1))], lat[-1],
                      1000 * cpu_bar_sym, 100 * cpu_bar_sym / 60, 1000 * replay_wall,
                      1000 * replay_cpu / n))
     print(f"live run over the Binance stand-in: {args.bars} 1m bars per symbol after {WARM} warm-up bars; seed's "
           "settings (cycle 30 min, decision every closed bar, lookback 600)")
-    head = ("symbols", "pace s", "latency p50 ms", "p90 ms", "max ms", "CPU ms/bar/sym", "CPU %/sym @60s",
+    head = ("symbols", "reconnects", "latency p50 ms", "p90 ms", "max ms", "CPU ms/bar/sym", "CPU %/sym @60s",
             "replay ms/bar", "replay CPU ms/bar/sym")
     print("  ".join(f"{h:>14}" for h in head))
     for r in rows:
-        print("  ".join(f"{v:>14}" if isinstance(v, int) else f"{v:>14.3f}" for v in r))
+        print("  ".join(f"{v:>14}" if isinstance(v, int) else f"{v:>14.2f}" for v in r))
     print("(latency: last symbol's closed kline accepted -> engine done with the bar, all symbols decided; CPU: this "
           "process, all threads; replay: ReplayEngine over the same bars from files after the same warm-up, wall ms "
           "per bar for all symbols and CPU ms per bar and symbol)")

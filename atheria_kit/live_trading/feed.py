@@ -343,7 +343,11 @@ class BinanceKlineFeed:
             return self._connect_fn(self._stream_url())
         # legacy=True (websockets >= 17): a plain connection whose lifetime the feed manages (it reconnects itself)
         legacy = {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
-        return ws_connect(self._stream_url(), open_timeout=10, close_timeout=2, max_size=2**22, **legacy)
+        # max_queue: the library stops reading the socket when this many frames wait, and then misses the pongs of
+        # its keepalive pings (a 1011 disconnect after 20 s); bars can wait while the engine decides, so the queue
+        # is large (4096 frames of ~0.5 kB: the messages of 30 symbols for over a minute at Binance's rate)
+        return ws_connect(self._stream_url(), open_timeout=10, close_timeout=2, max_size=2**22, max_queue=4096,
+                          **legacy)
 
     def _connect(self) -> None:
         """(Re)connect and backfill every symbol from REST, retrying with backoff until it works or a stop."""
