@@ -185,6 +185,8 @@ def _read(budget: Any, name: str) -> float | None:
 
 
 def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):  # an unlimited budget has no time left to count
+        return "no limit" if seconds > 0 else "-"
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
@@ -533,8 +535,10 @@ class ResourceMonitor:
         parts.append(f"CPU {snap.cpu_percent:.0f}%")
         if snap.elapsed_seconds is not None:
             text = f"time {_fmt_duration(snap.elapsed_seconds)} used"
-            if snap.remaining_seconds is not None:
+            if snap.remaining_seconds is not None and math.isfinite(snap.remaining_seconds):
                 text += f", {_fmt_duration(snap.remaining_seconds)} left"
+            elif snap.remaining_seconds is not None:
+                text += " (no time limit)"
             parts.append(text)
         for name, status in snap.extra.items():
             parts.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in status.items()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 import threading
@@ -380,6 +381,13 @@ def test_status_line_shows_gpu_ram_time_and_providers():
     assert "sync: last_success=12s ago, pending=0" in line
     assert f"RAM {snap.ram_used_bytes / GIB:.1f}/{snap.ram_total_bytes / GIB:.1f} GiB" in line
     assert mon.status_line().startswith("GPU0 87% 6.0/16.0 GiB | RAM ")  # without a snapshot: a fresh one
+
+
+def test_an_unlimited_budget_reads_no_time_limit_instead_of_failing():
+    budget = FakeBudget(limit=math.inf)
+    budget.elapsed = 61.0
+    line = monitor(budget=budget).status_line()
+    assert "time 0:01:01 used (no time limit)" in line
 
 
 def test_failing_status_provider_is_reported_not_raised(caplog):
