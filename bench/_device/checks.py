@@ -89,10 +89,6 @@ def _compare(a: dict, b: dict) -> tuple[list[str], float]:
 def resume_trial(ctx: Ctx, device: str, amp: bool, name: str, *, steps: int, save_every: int, kill_after: int,
                  batch: int) -> Row:
     """Uninterrupted run vs SIGKILL after a commit + resume in a fresh process, compared bit for bit."""
-    import torch
-
-    from bench._device import resume_worker
-
     base = ctx.workdir / f"resume_{device}"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -102,6 +98,10 @@ def resume_trial(ctx: Ctx, device: str, amp: bool, name: str, *, steps: int, sav
            "--batch", str(batch), "--save-every", str(save_every)] + (["--amp"] if amp else [])
     deadline = ctx.deadline - 1.0
     victim, victim_lines = start(cmd + ["--ckpt", str(base / "killed"), "--hold"], env=env, stdin=True)
+    # the process that resumes starts now too (its imports overlap the victim's training); it opens the
+    # checkpoint folder only when told, after the kill
+    res, res_lines = start(cmd + ["--ckpt", str(base / "killed"), "--resume", "--wait-go",
+                                  "--out", str(base / "resumed.pt")], env=env, stdin=True)
     killed_after = None
     try:
         for line in victim_lines.until(deadline):
@@ -112,19 +112,26 @@ def resume_trial(ctx: Ctx, device: str, amp: bool, name: str, *, steps: int, sav
     finally:
         kill(victim)
     if killed_after is None:
+        kill(res)
         why = "timed out" if time.monotonic() >= deadline else "ended"
         return Row("1", name, "timeout" if why == "timed out" else "error",
                    detail=f"the run to kill {why} before committing step {kill_after}: "
                    f"{victim_lines.tail() or 'no output yet'}")
-    t0 = time.monotonic()
-    res, res_lines = start(cmd + ["--ckpt", str(base / "killed"), "--resume", "--out", str(base / "resumed.pt")],
-                           env=env)
+    assert res.stdin is not None
+    try:
+        res.stdin.write("go\n")
+        res.stdin.close()
+    except OSError:  # it died already: its exit status and output say why
+        pass
     # meanwhile the uninterrupted run, in this process (one interpreter start less), with the workers' settings
+    import torch
+
+    from bench._device import resume_worker
+
     torch.set_num_threads(1)
     with contextlib.redirect_stdout(io.StringIO()):
         rc_ref = resume_worker.main(cmd[3:] + ["--ckpt", str(base / "ref"), "--out", str(base / "ref.pt")])
     rc_res, lines = finish(res, res_lines, deadline)
-    resume_seconds = time.monotonic() - t0
     if rc_res != 0 or rc_ref != 0:
         result = "timeout" if time.monotonic() >= deadline else "error"
         return Row("1", name, result, detail=f"resumed run exit {rc_res}: {res_lines.tail()}; uninterrupted run "
@@ -137,8 +144,9 @@ def resume_trial(ctx: Ctx, device: str, amp: bool, name: str, *, steps: int, sav
     control_diffs, control_worst = _compare(a, control)
     n_values = sum(t.numel() for t in a["params"].values())
     scale = f"; GradScaler scale {a['scaler'].get('scale')} = {b['scaler'].get('scale')}" if amp else ""
-    detail = (f"SIGKILL right after the commit of step {killed_after} (the process trained on); fresh process "
-              f"resumed from step {resumed_from} in {resume_seconds:.1f} s and trained to {steps}; loss history, "
+    detail = (f"SIGKILL right after the commit of step {killed_after} (the process trained on); another process "
+              f"(its own interpreter; it opened the checkpoint folder after the kill) resumed from step "
+              f"{resumed_from} and trained to {steps}; loss history, "
               f"optimizer state{' and GradScaler state' if amp else ''} compared too. Control (same checkpoint "
               f"restored without its RNG states): {len(control_diffs)} differences, max abs dparam {control_worst:.2e}")
     if diffs:
@@ -152,10 +160,10 @@ def resume_trial(ctx: Ctx, device: str, amp: bool, name: str, *, steps: int, sav
 
 
 def check_resume(ctx: Ctx) -> None:
-    cuda, reason = gpu_state()
     cpu_steps = (20, 5, 5) if ctx.quick else (60, 5, 25)
     emit(resume_trial(ctx, "cpu", False, "bit-exact resume after SIGKILL, CPU, dropout, no AMP",
                       steps=cpu_steps[0], save_every=cpu_steps[1], kill_after=cpu_steps[2], batch=128))
+    cuda, reason = gpu_state()
     name = "bit-exact resume after SIGKILL, CUDA, dropout, AMP (float16 + GradScaler)"
     if not cuda:
         emit(Row("1", name, "no GPU", detail=reason))

@@ -13,7 +13,8 @@ Modes:
 * ``--hold``: the same, but after the last step wait on stdin instead of writing a result: the driver SIGKILLs it
   (after the ``COMMIT <step>`` line it waits for), so the process always ends by the kill.
 * ``--resume``: load the newest verified checkpoint of ``--ckpt``, restore everything, train to ``--steps`` and
-  write the result. Then, as a control that the comparison can fail, restore the same checkpoint *without* the RNG
+  write the result. With ``--wait-go`` the process starts ahead (imports, objects, CUDA) and opens ``--ckpt`` only
+  after a line arrives on stdin: the driver sends it once the killed process is gone. Then, as a control that the comparison can fail, restore the same checkpoint *without* the RNG
   states and train to the end again: those parameters must differ (dropout masks and batches change).
 
 Printed lines: ``COMMIT <step>`` when a checkpoint is committed, ``RESUMED <step>`` after a restore, ``DONE``.
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--hold", action="store_true")
     mode.add_argument("--resume", action="store_true")
+    p.add_argument("--wait-go", action="store_true", help="wait for a line on stdin before opening --ckpt")
     args = p.parse_args(argv)
 
     warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")  # a step skipped by GradScaler
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed + 2)
 
+    if args.wait_go:  # started ahead (imports, CUDA set up); the checkpoint folder is read only after the kill
+        print("READY", flush=True)
+        sys.stdin.readline()
     mgr = CheckpointManager(args.ckpt, monitor="loss", keep_best=2)
     mgr.subscribe(lambda rec, _manifest: print(f"COMMIT {rec.step}", flush=True))
     control = None
