@@ -103,7 +103,7 @@ def launch(fn: Callable[..., Any], *args: Any, nprocs: int | str = "auto", backe
     (tests simulate a notebook that already used the GPU). ``stream`` receives every rank's prefixed output lines
     (default: ``sys.stdout`` at the time of the call, the cell's output in a notebook). ``shutdown_timeout``: seconds
     the other ranks get to stop after one failed, before they are killed. Keyword arguments named like these
-    parameters are taken by ``launch``; pass such arguments to ``fn`` through ``functools.partial`` or a dict.
+    parameters are taken by ``launch``: give such arguments of ``fn`` other names, or pass them inside a dict.
     """
     if not callable(fn):
         raise TypeError(f"fn={fn!r} is invalid; expected a function to run on every rank")
@@ -121,9 +121,9 @@ def launch(fn: Callable[..., Any], *args: Any, nprocs: int | str = "auto", backe
         raise TypeError(f"cuda_initialized={in_use!r} is invalid; expected a function returning True or False")
     unsafe = _fork_unsafe_reason(bool(in_use()))
     if method == "fork" and unsafe:
-        raise UserError(f"launch(method='fork') is not safe here: {unsafe}. Use method='auto' (which then runs "
-                        "the function under torchrun) or restart the kernel and launch before anything uses CUDA.")
-    job = _Job(n=n, backend=chosen_backend, port=port, gpus=gpus, stream=sys.stdout if stream is None else stream,
+        raise UserError(f"launch(method='fork') is not safe here: {unsafe}. Use method='auto', which then runs "
+                        "the function under torchrun (or restart the kernel and launch before anything uses CUDA).")
+    job = _Job(n=n, backend=chosen_backend, port=port, stream=sys.stdout if stream is None else stream,
                shutdown_timeout=float(shutdown_timeout))
     if method == "fork" or (method == "auto" and not unsafe):
         log.info("launch: forking %d ranks (%s, port %d)", n, chosen_backend, port)
@@ -208,20 +208,17 @@ class _Job:
     n: int
     backend: str
     port: int
-    gpus: int
     stream: TextIO
     shutdown_timeout: float
 
 
 def _redirect_output(fd: int) -> None:
     """Point this process's stdout and stderr (Python and C level) at ``fd``, line-buffered."""
+    # Not flushed: in a forked kernel they are socket-backed objects this process must not use (multiprocessing
+    # flushed them before the fork).
     old = (sys.stdout, sys.stderr)
-    for stream in old:
-        if stream is not None:
-            stream.flush()
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    # A Jupyter kernel's sys.stdout is a socket-backed object that must not be used from a forked child.
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace",
                                   line_buffering=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="replace",
@@ -273,7 +270,7 @@ def _run_rank(workdir: Path, call: Callable[[], Any], *, rank: int, local_rank: 
             tmp = workdir / (_RESULT_FILE + ".tmp")
             tmp.write_bytes(data)
             os.replace(tmp, workdir / _RESULT_FILE)
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # an interrupted rank is a failed rank, not an empty result
         # The status first: tearing down a process group whose peers are gone can block.
         _write_json(workdir / f"rank-{rank}.error", {"time": time.time(), "error": f"{type(exc).__name__}: {exc}"})
         tb = exc.__traceback__
@@ -399,8 +396,13 @@ def _torchrun_rank_main(workdir: str, fn: Callable[..., Any] | None = None) -> N
     _redirect_output(fd)
     os.close(fd)
     _die_with_parent()
-    with open(wd / _PAYLOAD_FILE, "rb") as fh:
-        payload = pickle.load(fh)  # written by launch() in this job's private folder
+    try:
+        with open(wd / _PAYLOAD_FILE, "rb") as fh:
+            payload = pickle.load(fh)  # written by launch() in this job's private folder
+    except Exception as exc:  # e.g. an argument's module that this fresh interpreter cannot import
+        _write_json(wd / f"rank-{rank}.error", {"time": time.time(), "error": f"{type(exc).__name__}: {exc}"})
+        traceback.print_exc()
+        sys.exit(1)
     target = fn if fn is not None else payload["fn"]
     args, kwargs = payload["args"], payload["kwargs"]
     _run_rank(wd, lambda: target(*args, **kwargs), rank=rank, local_rank=local_rank, world=world,
@@ -774,9 +776,12 @@ def _raise_on_failure(job: _Job, ranks: Any, out: _Output, workdir: Path, torchr
         raise LaunchError(f"launch: torchrun {how}; its last lines:\n" + "\n".join(lines), exitcode=exitcode,
                           lines=lines)
     lines = list(out.tails.get(rank, ()))
-    shown = "\n".join(f"  [rank {rank}] {line}" for line in lines) or "  (no output)"
+    shown = "\n".join(f"  [rank {rank}] {line}" for line in lines)
+    if not lines and out.tails.get("torchrun"):  # it died before its output was redirected (an import error)
+        lines = list(out.tails["torchrun"])
+        shown = "\n".join(f"  [torchrun] {line}" for line in lines)
     raise LaunchError(f"launch: rank {rank} of {job.n} {how}. The other ranks were stopped. Its last lines:\n"
-                      f"{shown}", rank=rank, exitcode=exitcode, lines=lines)
+                      f"{shown or '  (no output)'}", rank=rank, exitcode=exitcode, lines=lines)
 
 
 def _read_result(workdir: Path) -> Any:
