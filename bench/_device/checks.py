@@ -394,8 +394,12 @@ def check_nvml(ctx: Ctx) -> None:
                  f"{smi or 'not found'}; ResourceMonitor sees {len(mon.gpus)} GPUs (CPU {mon.cpu_percent:.0f} %, "
                  f"RAM {mon.ram_used_bytes / GB:.1f} of {mon.ram_total_bytes / GB:.1f} GB)"))
         return
-    if count == 0 or shutil.which("nvidia-smi") is None:
-        emit(Row("3", name, "no GPU", detail=f"NVML sees {count} GPUs; nvidia-smi: {shutil.which('nvidia-smi')}"))
+    if count == 0:
+        emit(Row("3", name, "no GPU", detail="NVML works but sees no GPU"))
+        return
+    if shutil.which("nvidia-smi") is None:
+        emit(Row("3", name, "skipped", detail=f"NVML sees {count} GPUs but nvidia-smi is not on PATH: nothing to "
+                 "compare with"))
         return
     cuda, _ = gpu_state()
     stop = threading.Event()
