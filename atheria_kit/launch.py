@@ -113,6 +113,9 @@ def launch(fn: Callable[..., Any], *args: Any, nprocs: int | str = "auto", backe
     n = _resolve_nprocs(nprocs, gpus)
     if n == 1:
         return fn(*args, **kwargs)
+    if os.name == "nt":
+        raise UserError(f"launch(nprocs={n}) needs Linux or macOS (Colab, Kaggle, a Linux JupyterLab); on Windows "
+                        "run one process (nprocs=1)")
     chosen_backend = _resolve_backend(backend, gpus, n)
     port = _free_port() if master_port is None else require_int("master_port", master_port, minimum=1,
                                                                  maximum=65535)
@@ -261,14 +264,15 @@ def _run_rank(workdir: Path, call: Callable[[], Any], *, rank: int, local_rank: 
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
         result = call()
         if rank == 0:
+            buffer = io.BytesIO()
             try:
-                data = pickle.dumps(result)
+                torch.save(result, buffer)  # torch's pickle: the caller can load GPU tensors onto the CPU
             except Exception as exc:
                 raise TypeError(f"rank 0's return value ({type(result).__name__}) cannot be sent back to the "
                                 f"caller: it is not picklable ({exc}); return plain data (numbers, dicts, "
                                 "tensors, state_dicts) instead") from exc
             tmp = workdir / (_RESULT_FILE + ".tmp")
-            tmp.write_bytes(data)
+            tmp.write_bytes(buffer.getvalue())
             os.replace(tmp, workdir / _RESULT_FILE)
     except (Exception, KeyboardInterrupt) as exc:  # an interrupted rank is a failed rank, not an empty result
         # The status first: tearing down a process group whose peers are gone can block.
@@ -789,8 +793,10 @@ def _read_result(workdir: Path) -> Any:
     if not path.exists():
         raise LaunchError("launch: every rank exited cleanly but rank 0 sent no result (did the function call "
                           "sys.exit or os._exit?)", rank=0)
-    with open(path, "rb") as fh:
-        return pickle.load(fh)  # written by rank 0 of this job into its private folder
+    # Tensors come back on the CPU: loading a GPU tensor here would initialise CUDA in the kernel, and every later
+    # launch would have to use torchrun. Not weights_only: the return value is any picklable object, written by
+    # rank 0 of this very job into its private (0700) folder, not a file from elsewhere.
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _kill_tree(pids: Iterable[int]) -> None:

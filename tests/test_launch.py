@@ -248,7 +248,7 @@ def greet(scale):
     dist.all_reduce(total)
     print(f"hello from rank {dist.get_rank()} of {dist.get_world_size()}")
     print(f"sum {total.item()}")
-    return {"rank": dist.get_rank(), "sum": total.item() * scale, "parent": os.getppid()}
+    return {"rank": dist.get_rank(), "sum": total.item() * scale, "parent": os.getppid(), "total": total}
 
 
 def fail_on_rank_one(folder):
@@ -281,7 +281,7 @@ def test_torchrun_path_streams_every_rank_prefixed_and_returns_rank_0(targets):
     out = Lines()
     result = launch(targets.greet, 10.0, nprocs=2, stream=out, **SIMULATED_CUDA)
 
-    assert result["rank"] == 0 and result["sum"] == 30.0
+    assert result["rank"] == 0 and result["sum"] == 30.0 and torch.equal(result["total"], torch.tensor([3.0]))
     assert result["parent"] != os.getpid()  # rank 0 was started by torchrun, not forked from here
     assert sorted(out.lines()) == ["[rank 0] hello from rank 0 of 2", "[rank 0] sum 3.0",
                                    "[rank 1] hello from rank 1 of 2", "[rank 1] sum 3.0"]
