@@ -14,6 +14,7 @@ from REST, so no trade is lost or written twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -77,8 +78,6 @@ class LiveRun:
         path = self.out_dir / ANCHOR
         if not resume or not path.is_file():
             return None
-        import json
-
         saved = json.loads(path.read_text(encoding="utf-8"))
         cfg = self.config
         if saved.get("symbols") != list(cfg.symbols) or saved.get("interval") != cfg.interval:
