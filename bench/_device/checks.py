@@ -68,7 +68,12 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def _bits_equal(a: Any, b: Any) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and a.numpy().tobytes() == b.numpy().tobytes()
+    """Same dtype, shape and bytes (NaN payloads and -0.0 included; any dtype, bfloat16 too)."""
+    import torch
+
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
 def _compare(a: dict, b: dict) -> tuple[list[str], float]:
