@@ -116,6 +116,9 @@ def launch(fn: Callable[..., Any], *args: Any, nprocs: int | str = "auto", backe
     if os.name == "nt":
         raise UserError(f"launch(nprocs={n}) needs Linux or macOS (Colab, Kaggle, a Linux JupyterLab); on Windows "
                         "run one process (nprocs=1)")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise UserError(f"launch(nprocs={n}) starts its own process group, but this process already has one: call "
+                        "torch.distributed.destroy_process_group() first (or run fn here, with nprocs=1)")
     chosen_backend = _resolve_backend(backend, gpus, n)
     port = _free_port() if master_port is None else require_int("master_port", master_port, minimum=1,
                                                                  maximum=65535)

@@ -137,6 +137,15 @@ def test_fork_is_refused_when_cuda_is_in_use():
         launch(print, nprocs=2, method="fork", **SIMULATED_CUDA)
 
 
+def test_a_process_group_already_in_this_process_is_refused(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(UserError, match=r"launch\(nprocs=2\) starts its own process group.*destroy_process_group"):
+            launch(print, nprocs=2)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_loaded_cuda_driver_counts_as_cuda_in_use(tmp_path):
     maps = tmp_path / "maps"
     maps.write_text("7f01-7f02 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
