@@ -304,11 +304,14 @@ class BinanceKlineFeed:
             last = times[-1] if times else None
             self.store.last_open_ms(s)  # opens the file (repairs a partial line)
             if len(before) < self.warmup_bars and not resumed and (last is None or last < self._next_open):
-                start = self._next_open - (self.warmup_bars - len(before)) * self.iv
+                start = self._next_open - self.warmup_bars * self.iv
                 if last is not None:
                     start = max(start, last + self.iv)
                 n = 0
-                for row in self._fetch_klines(s, start, self._next_open - 1, server_now):
+                rows = self._retrying("fetching the warm-up bars",
+                                      lambda s=s, start=start: self._fetch_klines(s, start, self._next_open - 1,
+                                                                                  server_now))
+                for row in rows:
                     if self.store.append(s, row):
                         self._windows[s].add(row[0], row[1:])
                         n += 1
@@ -459,7 +462,10 @@ class BinanceKlineFeed:
         if t > self._confirmed[s] + self.iv:
             self.stats["gaps"] += (t - self._confirmed[s]) // self.iv - 1
         self.store.append(s, row)
-        self._pending[s][t] = row
+        if t < self._next_open:  # closed while down and skipped (catch_up="skip"): history only
+            self._windows[s].add(t, row[1:])
+        else:
+            self._pending[s][t] = row
         self._confirmed[s] = t
         self._ready_at[t] = self._clock()
         self.stats["ws_bars" if source == "ws" else "rest_bars"] += 1
@@ -481,17 +487,21 @@ class BinanceKlineFeed:
         return int(body["serverTime"])
 
     def _server_time_until_ok(self) -> int:
+        return self._retrying("asking Binance's time", self._server_time)
+
+    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
+        """``call()`` until it works (backoff and jitter between attempts) or a stop is asked."""
         attempt = 0
         while True:
             if self._stop.is_set():
-                raise StopRequested("stop requested while reaching Binance")
+                raise StopRequested(f"stop requested while {what}")
             try:
-                return self._server_time()
+                return call()
             except (OSError, requests.RequestException, BinanceError) as exc:
                 delay = self.backoff.delay(attempt, self._random())
                 attempt += 1
                 self.stats["failed_connects"] += 1
-                logger.warning("cannot reach Binance's REST API (%s); retrying in %.1f s", exc, delay)
+                logger.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
                 self._sleep(delay)
 
     def _fetch_klines(self, symbol: str, start_ms: int, end_ms: int, server_now: int) -> list[Row]:
