@@ -41,6 +41,10 @@ _EXPORTS: dict[str, str] = {
     "TrainingProgress": "atheria_kit.state",
     "validate_plain": "atheria_kit.state",
     "ResumableLoader": "atheria_kit.resumable",
+    # data-parallel (torch.distributed)
+    "RankContext": "atheria_kit.distributed",
+    "PerRank": "atheria_kit.distributed",
+    "launch": "atheria_kit.launch",
     # progressive training
     "SessionConfig": "atheria_kit.session_config",
     "TrainingSession": "atheria_kit.session",

@@ -19,7 +19,7 @@ import torch
 
 T = TypeVar("T")
 
-__all__ = ["RankContext", "unwrap_model"]
+__all__ = ["PerRank", "RankContext", "unwrap_model"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,23 @@ class RankContext:
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()
+
+
+class PerRank:
+    """Marks an object whose state differs between ranks (each rank's data generator, a per-rank sampler):
+    ``session.restore(model=model, generators=PerRank(gens))``. The session saves every rank's state, and on
+    resume each rank gets its own back; without the marker only rank 0's state is saved (right for replicated
+    model and optimizer state). A rank the checkpoint has no state for keeps the object as constructed."""
+
+    def __init__(self, obj: Any) -> None:
+        generator = isinstance(obj, torch.Generator) or type(obj).__module__.startswith("numpy.random")
+        if not generator and not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+            raise ValueError(f"PerRank({type(obj).__name__}) is invalid; expected a generator or an object with "
+                             "state_dict() and load_state_dict()")
+        self.obj = obj
+
+    def __repr__(self) -> str:
+        return f"PerRank({self.obj!r})"
 
 
 def unwrap_model(obj: Any) -> Any:

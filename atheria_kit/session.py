@@ -39,7 +39,7 @@ from atheria_kit import session_messages as msg
 from atheria_kit._io import TMP_PREFIX
 from atheria_kit.budget import TimeBudget
 from atheria_kit.checkpoint import CheckpointError, CheckpointManager, CheckpointWriteError, DiskStorage
-from atheria_kit.distributed import RankContext, unwrap_model
+from atheria_kit.distributed import PerRank, RankContext, unwrap_model
 from atheria_kit.export import export_model
 from atheria_kit.lease import FileLeaseStore, Lease
 from atheria_kit.live import LivePoint, LiveView
@@ -54,7 +54,6 @@ from atheria_kit.session_sync import SessionSync, kaggle_input_sources
 from atheria_kit.state import (
     capture_rng_state,
     collect_state,
-    restore_rng_state,
     restore_state,
     seed_everything,
 )
@@ -284,6 +283,7 @@ class TrainingSession:
     def _init_run_state(self, display: Any, stream: Any) -> None:
         """Counters and records of the run (restored from the checkpoint by :meth:`restore`)."""
         self._objects: dict[str, Any] = {}
+        self._per_rank: dict[str, Any] = {}  # objects registered with PerRank: every rank's state is saved
         self.start_episode = 0
         self.episode = 0  # episodes completed so far (across sessions)
         self.global_step = 0
@@ -386,7 +386,8 @@ class TrainingSession:
         if not objects:
             raise ValueError("restore() needs the objects to checkpoint, e.g. restore(model=model, optimizer=opt)")
         # a DistributedDataParallel model is saved as the module inside, so the checkpoint loads on any GPU count
-        self._objects = {name: unwrap_model(obj) for name, obj in objects.items()}
+        self._objects = {name: unwrap_model(obj) for name, obj in objects.items() if not isinstance(obj, PerRank)}
+        self._per_rank = {name: obj.obj for name, obj in objects.items() if isinstance(obj, PerRank)}
         cfg = self.config
         loaded, state = self._load_latest() if cfg.auto_resume else (None, None)
         redo = 0
@@ -461,16 +462,25 @@ class TrainingSession:
     def _restore_everywhere(self, state: Mapping[str, Any], *, rng: bool = True) -> dict[str, Any]:
         """Load ``state`` into the registered objects; with ``rng``, this rank's RNG streams as saved.
 
-        A checkpoint saved by N processes holds N streams (``run.rng_ranks``); rank r takes stream r. A rank the
-        checkpoint has no stream for (more processes than when it was saved) starts a new stream seeded from the
-        episode and its rank: the run goes on correctly, but not bit-identically to one on the old process count."""
+        A checkpoint saved by N processes holds N entries in ``run.ranks`` (each rank's RNG streams and the state of
+        its :class:`PerRank` objects); rank r takes entry r. A rank the checkpoint has no entry for (more processes
+        than when it was saved) keeps its per-rank objects as constructed and starts new RNG streams seeded from
+        the episode and its rank: the run goes on correctly, but not bit-identically to one on the old count."""
         extra = restore_state(self._objects, state, rng=False)
+        run = extra.get("run", {})
+        entries = run.get("ranks")
+        if entries is None:  # one process, no per-rank objects: the state's own RNG streams are rank 0's
+            entries = [{"format": state["format"], "version": state["version"], "objects": {}, "rng": state["rng"],
+                        "extra": {}}]
+        mine = entries[self.ranks.rank] if self.ranks.rank < len(entries) else None
+        if mine is not None:
+            restore_state(self._per_rank, mine, rng=rng)  # names checked: a mismatch is named, nothing changed
+            return extra
+        if self._per_rank:
+            self.say.warning(f"rank {self.ranks.rank}: the checkpoint was saved by {len(entries)} process(es); "
+                             f"{sorted(self._per_rank)} start as constructed on this rank")
         if rng:
-            streams = extra.get("run", {}).get("rng_ranks") or [state["rng"]]
-            if self.ranks.rank < len(streams):
-                restore_rng_state(streams[self.ranks.rank])
-            else:
-                seed_everything(int(extra.get("run", {}).get("episode", 0)) * 100_003 + self.ranks.rank)
+            seed_everything(int(run.get("episode", 0)) * 100_003 + self.ranks.rank)
         return extra
 
     def _copy_label(self, file: str) -> str:
@@ -673,17 +683,17 @@ class TrainingSession:
         self.episode = ep + 1  # the episode is spent; its results are discarded
 
     # ------------------------------------------------------------------------------------------ saving
-    def _state(self, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
-        """The run's state as of the end of the last completed episode (``rng_ranks``: every rank's RNG streams,
-        data-parallel)."""
+    def _state(self, ranks: list[Any] | None = None) -> dict[str, Any]:
+        """The run's state as of the end of the last completed episode (``ranks``: every rank's RNG streams and
+        per-rank objects, data-parallel or with PerRank objects)."""
         run = {
             "episode": self.episode, "global_step": self.global_step, "history": self.history,
             "sessions": self._sessions_now(), "saved": self._saved, "budget": self.budget.state_dict(),
             "config": self.config.to_dict(), "atheria_kit": __version__,
         }
-        if rng_ranks is not None:
-            run["rng_ranks"] = rng_ranks
-            run["world_size"] = len(rng_ranks)
+        if ranks is not None:
+            run["ranks"] = ranks
+            run["world_size"] = len(ranks)
         # Code between the last episode and this save (an example input drawn with torch.randn, a plot) may
         # have consumed random numbers; resuming must continue the stream where the episode left it.
         return collect_state(self._objects, rng_state=self._rng_at_episode_end, run=run)
@@ -691,16 +701,16 @@ class TrainingSession:
     def _save(self, blocking: bool = False, force: bool = False) -> None:
         if not self._objects or (self._last_saved_episode == self.episode and not force):
             return
-        rng_ranks = None
-        if self.ranks.distributed:  # a collective: every rank is here, in the same episode
-            mine = self._rng_at_episode_end if self._rng_at_episode_end is not None else capture_rng_state()
-            rng_ranks = self.ranks.gather(mine)
+        ranks = None
+        if self.ranks.distributed or self._per_rank:  # a collective: every rank is here, in the same episode
+            rng = self._rng_at_episode_end if self._rng_at_episode_end is not None else capture_rng_state()
+            ranks = self.ranks.gather(collect_state(self._per_rank, rng_state=rng))
         error: BaseException | None = None
         if self.checkpoints is not None:
             metrics = {k: v for k, v in self.history[-1].items() if k not in ("episode", "session", "time")} \
                 if self.history else {}
             try:
-                self.checkpoints.save(self._state(rng_ranks), step=self.episode, episode=self.episode,
+                self.checkpoints.save(self._state(ranks), step=self.episode, episode=self.episode,
                                       metrics=metrics, blocking=blocking)
             except BaseException as exc:  # raised after the other ranks were released, so none waits for ever
                 error = exc

@@ -5,7 +5,8 @@
 
 Each rank is its own process (``RANK``/``WORLD_SIZE`` as torchrun sets them); with ``--world 1`` no process group
 is made. A model with dropout is trained with DistributedDataParallel on a shuffling, sharded ResumableLoader; an
-episode is two batches per rank. With ``--budget-episodes K`` rank 0's session clock advances 10 s per episode and
+episode is two batches per rank, with input noise drawn from each rank's own generator (registered with
+``PerRank``: every rank's state is saved). With ``--budget-episodes K`` rank 0's session clock advances 10 s per episode and
 the budget is ``10 K + 12`` s, so rank 0's budget stops the run after about K episodes while the other ranks'
 (real-clock) budgets would go on: they must stop because rank 0 says so. Printed, flushed lines:
 
@@ -64,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-episodes", type=int, default=None)
     ap.add_argument("--hold-at", type=int, default=None)
     ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--noise", type=float, default=0.01, help="input noise from each rank's own generator")
     args = ap.parse_args(argv)
 
     import torch
 
     from atheria_kit import SessionConfig, TrainingSession
+    from atheria_kit.distributed import PerRank
     from atheria_kit.resumable import ResumableLoader
     from atheria_kit.state import seed_everything
 
@@ -87,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         model = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loader = ResumableLoader(dataset, batch_size=args.batch, seed=7)
+    noise = torch.Generator().manual_seed(1000 + args.rank)  # differs per rank: saved for every rank
 
     clock = Clock()
     budget = 10.0 * args.budget_episodes + 12.0 if args.budget_episodes else 3600.0
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     kw = {"clock": session_clock} if session_clock is not None else {}
     inner = model.module if args.world > 1 else model
     with TrainingSession(cfg, **kw) as session:
-        start = session.restore(model=model, optimizer=opt, loader=loader)
+        start = session.restore(model=model, optimizer=opt, loader=loader, noise=PerRank(noise))
         emit(f"READY {args.rank} {start}")
         batches = iter(loader)
         for ep in session.episodes():
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 except StopIteration:
                     batches = iter(loader)
                     xb, yb, ib = next(batches)
+                xb = xb + args.noise * torch.randn(xb.shape, generator=noise)
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xb), yb)
                 opt.zero_grad()
                 loss.backward()

@@ -118,16 +118,17 @@ def _consumed_once_per_epoch(by_episode: dict[int, list[int]], episodes: int, gl
 @pytest.mark.parametrize("before, after", [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)],
                          ids=["2-to-1", "1-to-2"])
 def test_a_checkpoint_moves_between_process_counts(tmp_path, before, after):
-    # The same global batch (16) on either count: batch 8 per rank on 2 processes, 16 on one. Without dropout
-    # (its masks are per rank, so they differ with the count) the weights match an uninterrupted run up to the
+    # The same global batch (16) on either count: batch 8 per rank on 2 processes, 16 on one. Without dropout and
+    # input noise (drawn per rank, so they differ with the count) the weights match an uninterrupted run up to the
     # order of the floating-point sums; every sample of each epoch is trained on exactly once.
     def batch(world: int) -> str:
         return str(16 // world)
 
-    reference = run(tmp_path / "ref", 2, "--batch", batch(2), "--dropout", "0")
-    first = run(tmp_path / "run", before, "--batch", batch(before), "--dropout", "0", "--budget-episodes", "5")
+    same = ("--dropout", "0", "--noise", "0")
+    reference = run(tmp_path / "ref", 2, "--batch", batch(2), *same)
+    first = run(tmp_path / "run", before, "--batch", batch(before), *same, "--budget-episodes", "5")
     stopped = end(first[0])[1]
-    second = run(tmp_path / "run", after, "--batch", batch(after), "--dropout", "0")
+    second = run(tmp_path / "run", after, "--batch", batch(after), *same)
     assert end(second[0])[:2] == ("done", 12)
     got, want = final_params(tmp_path / "run"), final_params(tmp_path / "ref")
     for name in want:
