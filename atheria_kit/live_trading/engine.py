@@ -32,6 +32,7 @@ from atheria_kit.live_trading.config import LiveConfig
 from atheria_kit.live_trading.feed import Backoff, BinanceKlineFeed, StopRequested
 from atheria_kit.live_trading.history import HistoryStore
 from atheria_kit.replay.engine import CHECKPOINT_DIR, UPDATES, ReplayEngine
+from atheria_kit.runlog import PROGRESS_FILE, SUMMARY_FILE, read_progress, read_summary
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,14 @@ class LiveRun:
             mgr.close()
         kpis = engine._kpis()  # the engine's own KPI record (shared helper, same fields as live_status.json)
         engine._write_live("stopped", kpis)
+        # The engine's run log says "interrupted; resumes after cycle N": this stop resumes after this very bar.
+        note = (f"stopped after bar {_iso(engine.feed.last_open_ms)} (cycle {engine.kpi['cycle']} + "
+                f"{engine.kpi['bars_done'] - engine.kpi['cycle'] * self.config.cycle_bars} bars), checkpoint of that "
+                "bar; run again to continue")
+        for read, name in ((read_progress, PROGRESS_FILE), (read_summary, SUMMARY_FILE)):
+            record = read(self.out_dir)
+            if record is not None:
+                atomic_write_json(self.out_dir / name, {**record, "message": note})
         return {**kpis, "status": "stopped", "started_after_cycle": None}
 
     def _write_feed_status(self, status: str) -> None:

@@ -239,6 +239,9 @@ def test_a_stop_request_mid_cycle_checkpoints_that_bar_and_the_next_run_continue
         assert lines[-1].startswith("stopped after bar 2025-05-20 01:14 UTC (75 bars, cycle 1 + 15 bars)")
         assert lines[-1].endswith("run again to continue")
         assert json.loads((out / "live_status.json").read_text())["status"] == "stopped"
+        progress = json.loads((out / "progress.json").read_text())  # what atheria monitor shows
+        assert progress["status"] == "stopped" and progress["message"].startswith(
+            "stopped after bar 2025-05-20 01:14 UTC (cycle 1 + 15 bars), checkpoint of that bar")
         asked = sum(1 for p, _ in fake.rest_log if p == TIME)
         second = LiveRun(_config(fake, out), say=lines.append)
         thread, result = _start(second)
