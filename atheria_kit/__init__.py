@@ -45,6 +45,7 @@ _EXPORTS: dict[str, str] = {
     "RankContext": "atheria_kit.distributed",
     "PerRank": "atheria_kit.distributed",
     "launch": "atheria_kit.launch",
+    "LaunchError": "atheria_kit.launch",
     # progressive training
     "SessionConfig": "atheria_kit.session_config",
     "TrainingSession": "atheria_kit.session",

@@ -19,7 +19,7 @@ import torch
 
 T = TypeVar("T")
 
-__all__ = ["PerRank", "RankContext", "unwrap_model"]
+__all__ = ["PerRank", "RankContext", "ShardedStateError", "refuse_sharded", "unwrap_model"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,25 @@ class PerRank:
 
     def __repr__(self) -> str:
         return f"PerRank({self.obj!r})"
+
+
+class ShardedStateError(ValueError):
+    """A sharded model (FSDP, DTensor parameters) was registered: its state is not a replicated state_dict."""
+
+
+def refuse_sharded(name: str, obj: Any) -> None:
+    """Raise :class:`ShardedStateError` for an FSDP-wrapped module or one with DTensor (sharded) parameters.
+
+    The session saves rank 0's copy of each registered object and hands it to every rank, which is right for
+    data-parallel (DDP) models whose every rank holds the whole state, and wrong for sharded ones: rank 0 holds a
+    shard. Refusing at ``restore()`` beats a checkpoint that silently holds one shard."""
+    fsdp = getattr(getattr(torch.distributed, "fsdp", None), "FullyShardedDataParallel", None)
+    params = obj.parameters() if isinstance(obj, torch.nn.Module) else ()
+    if (fsdp is not None and isinstance(obj, fsdp)) or any(type(p).__name__ == "DTensor" for p in params):
+        raise ShardedStateError(
+            f"{name}={type(obj).__name__} holds sharded state (FSDP or DTensor parameters); the session's checkpoints "
+            "hold replicated (DDP) state only. Use DistributedDataParallel, or save a sharded model with "
+            "torch.distributed.checkpoint yourself")
 
 
 def unwrap_model(obj: Any) -> Any:

@@ -39,7 +39,7 @@ from atheria_kit import session_messages as msg
 from atheria_kit._io import TMP_PREFIX
 from atheria_kit.budget import TimeBudget
 from atheria_kit.checkpoint import CheckpointError, CheckpointManager, CheckpointWriteError, DiskStorage
-from atheria_kit.distributed import PerRank, RankContext, unwrap_model
+from atheria_kit.distributed import PerRank, RankContext, refuse_sharded, unwrap_model
 from atheria_kit.export import export_model
 from atheria_kit.lease import FileLeaseStore, Lease
 from atheria_kit.live import LivePoint, LiveView
@@ -385,6 +385,8 @@ class TrainingSession:
         """
         if not objects:
             raise ValueError("restore() needs the objects to checkpoint, e.g. restore(model=model, optimizer=opt)")
+        for name, obj in objects.items():
+            refuse_sharded(name, obj)
         # a DistributedDataParallel model is saved as the module inside, so the checkpoint loads on any GPU count
         self._objects = {name: unwrap_model(obj) for name, obj in objects.items() if not isinstance(obj, PerRank)}
         self._per_rank = {name: obj.obj for name, obj in objects.items() if isinstance(obj, PerRank)}
