@@ -17,6 +17,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("monitor", "atheria_kit.watch", "watch a running or finished run"),
     ("replay", "atheria_kit.replay.cli", "multi-symbol historical replay"),
     ("live", "atheria_kit.live_trading.cli", "live paper trading on Binance kline streams"),
+    ("bot", "atheria_kit.bot.cli", "Telegram bot that starts, watches and stops runs"),
 )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 NOTEBOOK = Path(__file__).resolve().parent / "01_progressive_training.ipynb"
 
 #: The lines a session prints at its boundaries (start, resume, stop, end), repeated after each session.
-BOUNDARY = re.compile(r"^(?:[⚠✗] )?(?:looking for checkpoints|no checkpoint found|resumed from|this run is already "
+BOUNDARY = re.compile(r"^(?:\[rank \d+\] )?(?:[⚠✗] )?(?:looking for checkpoints|no checkpoint found|resumed from|this run is already "
                       r"complete|skipped ckpt|starting over|stopped before|stopped at|training stopped|finished:)")
 
 #: A small but real run: about 0.1-0.3 s per episode on 2 CPU cores.

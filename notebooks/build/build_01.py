@@ -31,6 +31,7 @@ BATCH_SIZE = 256
 STEPS_PER_EPISODE = 40
 SEED = 0
 LIVE_VIEW = "auto"               # "widget", "text" (headless) or "off"
+NPROCS = "auto"                  # data-parallel processes: "auto" = one per GPU (Kaggle "GPU T4 x2": 2), 1 = this kernel
 SMOKE = False""", metadata={"tags": ["parameters"]}),
     md("## Install\nInstalls the kit when this runtime does not have it (Colab, Kaggle) and does nothing when it "
        "does. With `KIT_SOURCE = None` it installs the newest `atheria_kit-*.whl` found in Google Drive "
@@ -104,27 +105,37 @@ def train_one_episode(model, optimizer, scaler, generator, device) -> dict:
     return {"loss": sum(losses) / len(losses), "val_loss": val_loss, "val_accuracy": val_acc}"""),
     md("## Auto-resume and training\n`restore` loads the newest valid checkpoint when one exists (nothing to "
        "resume on a first run is fine). `episodes()` stops by itself when the next episode and a final save would "
-       "no longer fit in the session."),
-    code("""session = ak.TrainingSession(config, environment=env)
-device = session.device
-ak.seed_everything(SEED)
-model = build_model(data.n_features).to(device)
-optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=TOTAL_EPISODES)
-scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-gens = ak.SeededGenerators(SEED)
+       "no longer fit in the session.\n\nWith two GPUs (Kaggle: Settings → Accelerator → **GPU T4 x2**) "
+       "`ak.launch` runs `train` once per GPU, data-parallel: each rank draws its own batches, rank 0 saves and "
+       "reports, and every rank stops at the same episode; a run saved on two GPUs resumes on one and the other "
+       "way round (see `docs/distributed.md`). No cell before this one may use the GPU: the ranks are forked from "
+       "this kernel. With one GPU or none, `train` simply runs here."),
+    code("""def train():
+    session = ak.TrainingSession(config, environment=env)
+    device = session.device
+    rank = ak.RankContext.current().rank
+    ak.seed_everything(SEED)
+    model = build_model(data.n_features).to(device)
+    ddp = nn.parallel.DistributedDataParallel(model) if ak.RankContext.current().distributed else model
+    optimizer = torch.optim.AdamW(ddp.parameters(), lr=3e-3, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=TOTAL_EPISODES)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    gens = ak.SeededGenerators(SEED + rank)  # each rank draws its own batches
 
-# Prints where the run stands: a new run, resumed from which checkpoint, or already complete.
-session.restore(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, generators=gens)
-for episode in session.episodes():
-    metrics = train_one_episode(model, optimizer, scaler, gens.torch, device)
-    scheduler.step()
-    session.log(**metrics)"""),
-    md("## Results\nFinal save and sync, plots, the Markdown report and (once all episodes are done) the exports, "
-       "each verified by loading it in a fresh process. The session has already printed how it ended and how to "
-       "continue; below are the report and the end-of-run plots."),
-    code("""result = session.finish(model=model, example_input=data.x_val[:8].to(device))
-print("report:", result.report)
+    # Prints where the run stands: a new run, resumed from which checkpoint, or already complete.
+    session.restore(model=ddp, optimizer=optimizer, scheduler=scheduler, scaler=scaler, generators=ak.PerRank(gens))
+    for episode in session.episodes():
+        metrics = train_one_episode(ddp, optimizer, scaler, gens.torch, device)
+        scheduler.step()
+        session.log(**metrics)
+    return session.finish(model=model, example_input=data.x_val[:8].to(device))
+
+
+result = ak.launch(train, nprocs=NPROCS)"""),
+    md("## Results\n`finish()` (at the end of `train`) made the final save and sync, the plots, the Markdown report "
+       "and (once all episodes are done) the exports, each verified by loading it in a fresh process. The session "
+       "has already printed how it ended and how to continue; below are the report and the end-of-run plots."),
+    code("""print("report:", result.report)
 for e in result.exports:
     print(f"export {e['format']:>12}: {e['status']}  max abs err {e['max_abs_err']}")"""),
     code("""from IPython.display import Markdown, display
