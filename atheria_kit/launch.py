@@ -57,6 +57,7 @@ import psutil
 import torch
 
 from atheria_kit._validation import require_choice, require_int, require_positive
+from atheria_kit.platform import LAUNCH_RANK_ENV
 from atheria_kit.say import UserError
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,7 @@ def _run_rank(workdir: Path, call: Callable[[], Any], *, rank: int, local_rank: 
               backend: str) -> None:
     """Initialise the process group, run ``call``, report: a status file per rank, rank 0's result file."""
     os.environ["ATHERIA_HEADLESS"] = "1"  # the live view cannot draw widgets from another process: text lines
+    os.environ[LAUNCH_RANK_ENV] = str(rank)  # no displays from here: the kernel's connection is not ours
     _write_json(workdir / f"rank-{rank}.start", {"pid": os.getpid()})
     dist = torch.distributed
     try:

@@ -123,8 +123,17 @@ def is_jupyter_shell(shell: Any) -> bool:
     return is_colab_shell(shell) or any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__)
 
 
+#: Set in every rank that :func:`atheria_kit.launch.launch` starts (its value: the rank).
+LAUNCH_RANK_ENV = "ATHERIA_LAUNCH_RANK"
+
+
 def in_jupyter_kernel() -> bool:
-    """True inside a Jupyter kernel (a notebook front end or papermill), False in a plain interpreter."""
+    """True inside a Jupyter kernel (a notebook front end or papermill), False in a plain interpreter.
+
+    False in a rank that ``launch`` forked from a kernel: it has the kernel's objects but not its connection, and
+    a display from there would be dumped on stderr instead of reaching the cell."""
+    if os.environ.get(LAUNCH_RANK_ENV) is not None:
+        return False
     return is_jupyter_shell(_current_shell())
 
 

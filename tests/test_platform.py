@@ -266,3 +266,17 @@ def test_mount_drive_elsewhere_says_why(tmp_path, fake_colab, environ, expected)
     with pytest.raises(PlatformError, match=expected):
         mount_drive(tmp_path / "content" / "drive", environment=env)
     assert fake_colab.mounts == []
+
+
+def test_a_rank_forked_from_a_kernel_is_not_in_the_kernel(monkeypatch):
+    # ak.launch marks its ranks; a display from a fork of the kernel would be dumped on stderr, not shown
+    from atheria_kit import platform as plat
+
+    class ZMQInteractiveShell:  # the class name is what is_jupyter_shell recognises
+        pass
+
+    monkeypatch.setattr(plat, "_current_shell", lambda: ZMQInteractiveShell())
+    monkeypatch.delenv(plat.LAUNCH_RANK_ENV, raising=False)
+    assert plat.in_jupyter_kernel()
+    monkeypatch.setenv(plat.LAUNCH_RANK_ENV, "0")
+    assert not plat.in_jupyter_kernel()

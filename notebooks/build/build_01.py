@@ -31,7 +31,7 @@ BATCH_SIZE = 256
 STEPS_PER_EPISODE = 40
 SEED = 0
 LIVE_VIEW = "auto"               # "widget", "text" (headless) or "off"
-NPROCS = "auto"                  # data-parallel processes: "auto" = one per GPU (Kaggle "GPU T4 x2": 2), 1 = this kernel
+NPROCS = "auto"                  # data-parallel processes: auto is one per GPU (2 on Kaggle GPU T4 x2), 1 this kernel
 SMOKE = False""", metadata={"tags": ["parameters"]}),
     md("## Install\nInstalls the kit when this runtime does not have it (Colab, Kaggle) and does nothing when it "
        "does. With `KIT_SOURCE = None` it installs the newest `atheria_kit-*.whl` found in Google Drive "
