@@ -21,27 +21,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.session_worker import digest, emit  # noqa: E402  (the same lines and digests as the session worker)
+
 N_SAMPLES = 96
 BATCHES_PER_EPISODE = 2
-
-
-def emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def digest(model) -> str:
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class Clock:
