@@ -82,3 +82,16 @@ def test_every_option_that_takes_a_value_has_a_chosen_metavar_and_help(command: 
         assert action.help, f"{flag} has no help text"
         if action.nargs != 0:  # it takes a value: the metavar says what kind, not the field's name in capitals
             assert action.metavar is not None or action.choices is not None, f"{flag} has no metavar"
+
+
+def test_a_status_line_is_printed_once_not_again_as_a_log_line() -> None:
+    import subprocess
+    import sys
+
+    code = ("from atheria_kit.cli import configure_logging; configure_logging(); "
+            "import logging; from atheria_kit.say import say; say('stopped before episode 3'); "
+            "logging.getLogger('atheria_kit.session').info('a log line')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.count("stopped before episode 3") == 1
+    assert "stopped before episode 3" not in done.stderr
+    assert "a log line" in done.stderr  # other INFO logs still show
