@@ -77,7 +77,9 @@ for _name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3", "reques
     logging.getLogger(_name).addFilter(_FILTER)
 
 
-def _register_secret(secret: str) -> None:
+def register_secret(secret: str) -> None:
+    """Have every log record and every :func:`redact` call replace ``secret`` (also URL-quoted) with
+    ``<redacted>``: for tokens and topics that travel in request URLs, which ``urllib3`` logs at DEBUG."""
     if secret:
         _FILTER.secrets.update({secret, quote(secret, safe=""), quote(secret, safe="/:")})
 
@@ -87,7 +89,9 @@ def redact(text: str) -> str:
     return _FILTER.redact(text)
 
 
-def _check_url(field: str, url: str) -> str:
+def check_url(field: str, url: str) -> str:
+    """``url`` without its trailing ``/`` if it is ``https://`` (plain ``http://`` only for localhost: a token in
+    its path must not cross a network in clear); else ``ValueError`` naming ``field``."""
     parts = urlsplit(url)
     if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK):
         return url.rstrip("/")
@@ -135,9 +139,9 @@ class TelegramNotifier(Notifier):
         if chat_id is None or str(chat_id).strip() == "":
             raise ValueError(f"chat_id={chat_id!r} is invalid; expected the numeric chat id or @channelname")
         self._token = token.strip()
-        _register_secret(self._token)
+        register_secret(self._token)
         self.chat_id = str(chat_id).strip()
-        self.base_url = _check_url("base_url", base_url)
+        self.base_url = check_url("base_url", base_url)
         self.timeout = float(require_positive("timeout", timeout))
         self._session = session or requests.Session()
 
@@ -168,11 +172,11 @@ class NtfyNotifier(Notifier):
         if not isinstance(topic, str) or not topic.strip() or "/" in topic.strip():
             raise ValueError("topic is invalid; expected a non-empty ntfy topic name without '/'")
         self._topic = topic.strip()
-        _register_secret(self._topic)  # anyone who knows the topic can read it: treat it like a token
+        register_secret(self._topic)  # anyone who knows the topic can read it: treat it like a token
         self._token = token
         if token:
-            _register_secret(token)
-        self.server = _check_url("server", server)
+            register_secret(token)
+        self.server = check_url("server", server)
         self.title = title
         self.timeout = float(require_positive("timeout", timeout))
         self._session = session or requests.Session()
@@ -217,7 +221,7 @@ class MultiNotifier(Notifier):
 
 
 # ---------------------------------------------------------------------------------------------- configuration
-def _secret_store_lookup(name: str) -> str | None:
+def secret_store_lookup(name: str) -> str | None:
     """Colab's ``userdata.get`` or Kaggle's ``UserSecretsClient().get_secret``; None when absent or not allowed."""
     try:
         from google.colab import userdata  # type: ignore[import-not-found]
@@ -247,7 +251,7 @@ def notifier_from_environment(environ: Mapping[str, str] | None = None, *, use_s
     def get(name: str) -> str | None:
         value = env.get(name)
         if not value and use_secret_stores:
-            value = _secret_store_lookup(name)
+            value = secret_store_lookup(name)
         return value.strip() if isinstance(value, str) and value.strip() else None
 
     found: list[Notifier] = []

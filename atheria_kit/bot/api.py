@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from atheria_kit._validation import require_positive
-from atheria_kit.notify import REDACTED, TELEGRAM_API, _check_url, _register_secret, redact
+from atheria_kit.notify import REDACTED, TELEGRAM_API, check_url, redact, register_secret
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ class BotApiClient:
         if not isinstance(token, str) or not token.strip():
             raise ValueError("token is invalid; expected the bot token from @BotFather (a non-empty string)")
         self._token = token.strip()
-        _register_secret(self._token)
-        self.base_url = _check_url("base_url", base_url)
+        register_secret(self._token)
+        self.base_url = check_url("base_url", base_url)
         self.timeout = float(require_positive("timeout", timeout))
         self._session = session or requests.Session()
 

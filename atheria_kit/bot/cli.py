@@ -17,8 +17,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from atheria_kit.notify import ENV_TELEGRAM_BASE_URL, ENV_TELEGRAM_CHAT_ID, ENV_TELEGRAM_TOKEN, TELEGRAM_API
-from atheria_kit.notify import _secret_store_lookup as secret_store_lookup
+from atheria_kit.notify import (
+    ENV_TELEGRAM_BASE_URL,
+    ENV_TELEGRAM_CHAT_ID,
+    ENV_TELEGRAM_TOKEN,
+    TELEGRAM_API,
+    secret_store_lookup,
+)
 
 logger = logging.getLogger(__name__)
 
