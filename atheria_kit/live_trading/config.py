@@ -32,7 +32,7 @@ from typing import Any
 
 from atheria_kit._io import read_yaml_mapping
 from atheria_kit._validation import require_bool, require_choice, require_int, require_positive
-from atheria_kit.replay.config import SECTIONS, ReplayConfig
+from atheria_kit.replay.config import ReplayConfig, config_section, flatten_sections
 
 #: Binance's documented endpoints (no API key needed for market data).
 TESTNET_WS = "wss://stream.testnet.binance.vision"
@@ -180,30 +180,20 @@ class LiveConfig:
     def from_mapping(cls, raw: Any, **overrides: Any) -> LiveConfig:
         """Build from a parsed YAML document (its ``live`` section if present); ``overrides`` (not ``None``)
         win over the file, as command-line options do."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"config={raw!r} is invalid; expected a mapping (the 'live:' section)")
-        section = raw.get("live", raw)
-        if not isinstance(section, dict):
-            raise ValueError(f"live={section!r} is invalid; expected a mapping of live settings")
-        flat: dict[str, Any] = {}
-        for key, value in section.items():
-            if key in SECTIONS:
-                if not isinstance(value, dict):
-                    raise ValueError(f"{key}={value!r} is invalid; expected a mapping")
-                flat.update(value)
-            elif key == "exchanges":
-                binance = value.get("binance", {}) if isinstance(value, dict) else None
-                if not isinstance(binance, dict):
-                    raise ValueError(f"exchanges={value!r} is invalid; expected {{binance: {{testnet: true}}}}")
-                unknown = sorted(set(binance) - {"testnet"})
-                if unknown:
-                    raise ValueError(f"exchanges.binance: unknown keys {unknown}; expected 'testnet'")
-                if "testnet" in binance:
-                    flat["testnet"] = binance["testnet"]
-            else:
-                flat[key] = value
-        flat.update({k: v for k, v in overrides.items() if v is not None})
+        section = dict(config_section(raw, "live", "live settings"))
+        exchanges = section.pop("exchanges", None)
         known = {f.name for f in fields(cls)}
+        flat = flatten_sections(section, "live", known)
+        if exchanges is not None:
+            binance = exchanges.get("binance", {}) if isinstance(exchanges, dict) else None
+            if not isinstance(binance, dict):
+                raise ValueError(f"exchanges={exchanges!r} is invalid; expected {{binance: {{testnet: true}}}}")
+            unknown = sorted(set(binance) - {"testnet"})
+            if unknown:
+                raise ValueError(f"exchanges.binance: unknown keys {unknown}; expected 'testnet'")
+            if "testnet" in binance:
+                flat["testnet"] = binance["testnet"]
+        flat.update({k: v for k, v in overrides.items() if v is not None})
         unknown = sorted(set(flat) - known)
         if unknown:
             raise ValueError(f"live: unknown keys {unknown}; expected some of {sorted(known)}")

@@ -27,11 +27,10 @@ from typing import Any
 import pandas as pd
 
 from atheria_kit._io import atomic_write_json
-from atheria_kit.checkpoint import CheckpointManager
 from atheria_kit.live_trading.config import LiveConfig
 from atheria_kit.live_trading.feed import Backoff, BinanceKlineFeed, StopRequested
 from atheria_kit.live_trading.history import HistoryStore
-from atheria_kit.replay.engine import CHECKPOINT_DIR, UPDATES, ReplayEngine
+from atheria_kit.replay.engine import UPDATES, ReplayEngine
 from atheria_kit.runlog import PROGRESS_FILE, SUMMARY_FILE, read_progress, read_summary
 
 logger = logging.getLogger(__name__)
@@ -180,16 +179,15 @@ class LiveRun:
                 os.fsync(fh.fileno())
                 offsets[name] = fh.seek(0, os.SEEK_END)
         engine.offsets = offsets
-        mgr = CheckpointManager(self.out_dir / CHECKPOINT_DIR, monitor="equity", mode="max", keep_best=2,
-                                async_save=False)
+        mgr = engine.checkpoint_manager()
         try:
             equity = engine.account.equity()
             mgr.save(engine.state_dict(), engine.kpi["cycle"], episode=engine.kpi["cycle"],
                      metrics={"equity": equity}, blocking=True)
         finally:
             mgr.close()
-        kpis = engine._kpis()  # the engine's own KPI record (shared helper, same fields as live_status.json)
-        engine._write_live("stopped", kpis)
+        kpis = engine.kpis()
+        engine.write_live_status("stopped", kpis)
         # The engine's run log says "interrupted; resumes after cycle N": this stop resumes after this very bar.
         note = (f"stopped after bar {_iso(engine.feed.last_open_ms)} (cycle {engine.kpi['cycle']} + "
                 f"{engine.kpi['bars_done'] - engine.kpi['cycle'] * self.config.cycle_bars} bars), checkpoint of that "

@@ -32,6 +32,33 @@ from atheria_kit.market.ohlcv import sample_path, timeframe_to_timedelta
 from atheria_kit.replay.account import AccountConfig
 
 SECTIONS = ("risk", "costs", "penalties", "turnover")
+
+
+def config_section(raw: Any, name: str, what: str) -> dict[str, Any]:
+    """The ``name:`` section of a parsed YAML document (or the document itself when it has none)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"config={raw!r} is invalid; expected a mapping (the '{name}:' section)")
+    section = raw.get(name, raw)
+    if not isinstance(section, dict):
+        raise ValueError(f"{name}={section!r} is invalid; expected a mapping of {what}")
+    return section
+
+
+def flatten_sections(section: dict[str, Any], name: str, known: set[str]) -> dict[str, Any]:
+    """``section`` with the nested :data:`SECTIONS` (``risk:``, ``costs:``, ...) merged into one level; a key
+    that is not in ``known`` raises ``ValueError`` naming it and the keys expected."""
+    flat: dict[str, Any] = {}
+    for key, value in section.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ValueError(f"{key}={value!r} is invalid; expected a mapping")
+            flat.update(value)
+        else:
+            flat[key] = value
+    unknown = sorted(set(flat) - known)
+    if unknown:
+        raise ValueError(f"{name}: unknown keys {unknown}; expected some of {sorted(known)}")
+    return flat
 _TURNOVER = TurnoverControl()
 
 
@@ -110,23 +137,8 @@ class ReplayConfig:
     @classmethod
     def from_mapping(cls, raw: Any) -> ReplayConfig:
         """Build from a parsed YAML document (its ``historical`` section if present)."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"config={raw!r} is invalid; expected a mapping (the 'historical:' section)")
-        section = raw.get("historical", raw)
-        if not isinstance(section, dict):
-            raise ValueError(f"historical={section!r} is invalid; expected a mapping of replay settings")
-        flat: dict[str, Any] = {}
-        for key, value in section.items():
-            if key in SECTIONS:
-                if not isinstance(value, dict):
-                    raise ValueError(f"{key}={value!r} is invalid; expected a mapping")
-                flat.update(value)
-            else:
-                flat[key] = value
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(flat) - known)
-        if unknown:
-            raise ValueError(f"historical: unknown keys {unknown}; expected some of {sorted(known)}")
+        section = config_section(raw, "historical", "replay settings")
+        flat = flatten_sections(section, "historical", {f.name for f in fields(cls)})
         if "symbols" in flat and isinstance(flat["symbols"], list):
             flat["symbols"] = tuple(flat["symbols"])
         return cls(**flat)

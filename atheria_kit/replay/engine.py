@@ -237,7 +237,7 @@ class ReplayEngine:
         ckpt_dir = self.out_dir / CHECKPOINT_DIR
         if not resume:
             self._clear_artifacts(ckpt_dir)
-        mgr = CheckpointManager(ckpt_dir, monitor="equity", mode="max", keep_best=2, async_save=False)
+        mgr = self.checkpoint_manager()
         loaded = mgr.load("latest") if resume else None
         if not resume:
             self.load_state_dict(copy.deepcopy(self._initial_state))  # also when this engine has run before
@@ -287,10 +287,10 @@ class ReplayEngine:
                             max_seconds is not None and cycles_run and self._clock() - started >= max_seconds):
                         status = "stopped"
                         break
-            summary = self._kpis()
+            summary = self.kpis()
             if status == "finished":
                 atomic_write_json(self.out_dir / SUMMARY, summary)
-            self._write_live(status, summary)
+            self.write_live_status(status, summary)
             runlog.finish(status, f"{status} after cycle {self.kpi['cycle']}")
             key = {k: summary[k] for k in ("equity", "cumulative_pnl", "trades", "win_rate", "max_drawdown",
                                            "penalties", "resets")}
@@ -352,7 +352,7 @@ class ReplayEngine:
             self._last_latency = now - started
             if now - self._last_live >= self.live_interval_s:
                 self._last_live = now
-                self._write_live("running", self._kpis())
+                self.write_live_status("running", self.kpis())
 
     def _decide(self, sym: str, ts: str, bar: int) -> None:
         """The ensemble's decision for ``sym`` at its bar number ``bar`` (the holding period counts these)."""
@@ -414,7 +414,15 @@ class ReplayEngine:
                 "regimes": {s: self.ensembles[s].regime for s in self.symbols},
                 "positions": {s: acc.positions.get(s, {}).get("direction", 0) for s in self.symbols}}
 
-    def _kpis(self) -> dict[str, Any]:
+    def checkpoint_manager(self) -> CheckpointManager:
+        """The manager of this run's checkpoints (``out_dir/checkpoints``, the best two by equity kept besides the
+        newest; saves synchronously): whoever saves a checkpoint of this engine ranks it the same way."""
+        return CheckpointManager(self.out_dir / CHECKPOINT_DIR, monitor="equity", mode="max", keep_best=2,
+                                 async_save=False)
+
+    def kpis(self) -> dict[str, Any]:
+        """The run's KPI record now (the fields of ``cycle_N.json`` and ``live_status.json``): progress, equity and
+        PnL (whole account and per symbol), trade counts and win rate, drawdowns, open positions, penalties."""
         k, acc, cfg = self.kpi, self.account, self.config
         equity = acc.equity()
         symbol_equity, win_rate, drawdown = self._equity_kpis(equity)
@@ -432,7 +440,9 @@ class ReplayEngine:
             "rejected_orders": acc.rejected, "penalties": k["penalties"], "resets": k["resets"],
         }
 
-    def _write_live(self, status: str, kpis: dict[str, Any]) -> None:
+    def write_live_status(self, status: str, kpis: dict[str, Any]) -> None:
+        """Write ``live_status.json`` atomically: ``kpis`` (a :meth:`kpis` record) with ``status`` (``running``,
+        ``finished``, ``stopped``, ...), the last decision's latency, CPU %, memory and the wall-clock time."""
         live = dict(kpis, status=status, latency_ms=self._last_latency * 1000,
                     cpu_percent=self._cpu(), memory_rss_bytes=self._process.memory_info().rss,
                     updated_at=self._wall_clock())
@@ -448,7 +458,7 @@ class ReplayEngine:
     def _end_cycle(self, mgr: CheckpointManager, runlog: RunLog) -> dict[str, Any]:
         self.kpi["cycle"] += 1
         c = self.kpi["cycle"]
-        record = self._kpis()
+        record = self.kpis()
         atomic_write_json(self.out_dir / f"cycle_{c}.json", record)
         atomic_write_json(self.out_dir / f"strategies_cycle_{c}.json", {
             s: {"regime": self.ensembles[s].regime, "weights": dict(self.ensembles[s].weights),
@@ -461,7 +471,7 @@ class ReplayEngine:
         mgr.save(self.state_dict(), c, episode=c, metrics={"equity": record["equity"]}, blocking=True)
         runlog.log({k: v for k, v in record.items() if not isinstance(v, dict)}
                    | {"latency_ms": self._last_latency * 1000}, done=c)
-        self._write_live("running", record)
+        self.write_live_status("running", record)
         if self._notes is not None:  # sends every notify_every cycles, from a background thread
             self._notes.progress(c, runlog.total, {k: record[k] for k in ("equity", "trades", "win_rate",
                                                                           "max_drawdown")}, unit="cycle")
