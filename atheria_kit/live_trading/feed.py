@@ -11,7 +11,9 @@ every symbol's bars are accepted strictly in open-time order and each once (olde
 counted and dropped). Which bars are closed is decided by Binance's clock, never the local one (``GET
 {rest}/v3/time`` before every REST backfill, and event times): a skewed local clock changes nothing.
 
-Robustness: reconnect with exponential backoff and jitter (injectable ``sleep``/``random``); a stale-stream
+Robustness: reconnect with exponential backoff and jitter (injectable ``sleep``/``random``), also between
+connections that drop before their first message (a server that accepts and closes at once is not hammered); a
+stale-stream
 detector (no message for ``stale_after_s``: reconnect); a planned reconnect before Binance's 24 h connection limit
 (``max_connection_s``); a symbol lagging the others by two bars is backfilled from REST. Every accepted bar is
 appended to the :class:`~atheria_kit.live_trading.history.HistoryStore` and fsync'd before it is handed out.
@@ -141,6 +143,8 @@ class BinanceKlineFeed:
     ``steps_total``: the feed is exhausted (``next()`` returns ``None``) after that many steps in all (the run's
     ``max_cycles`` x bars per cycle). ``window``: bars of history kept per symbol (the engine's lookback).
     ``on_start(info)`` is called once the feed knows where it starts (fresh, resumed, bars to catch up).
+    ``on_next(n)`` is called each time the engine asks for a step, with the number of steps handed out so far (the
+    engine has decided on all ``n`` of them): a hook to act at an exact bar, e.g. a stop after bar ``n``.
     """
 
     def __init__(self, symbols: list[str] | tuple[str, ...], interval: str = "1m", *, ws_url: str, rest_url: str,
@@ -150,7 +154,8 @@ class BinanceKlineFeed:
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Any] | None = None, random: Callable[[], float] = _random.random,
                  session: Any = None, connect: Callable[..., Any] | None = None,
-                 on_start: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_start: Callable[[dict[str, Any]], None] | None = None,
+                 on_next: Callable[[int], Any] | None = None) -> None:
         if not symbols:
             raise ValueError(f"symbols={symbols!r} is invalid; expected at least one symbol")
         self.symbols = [s.upper() for s in symbols]
@@ -175,6 +180,7 @@ class BinanceKlineFeed:
         self._session = session
         self._connect_fn = connect
         self._on_start = on_start
+        self._on_next = on_next
         # state (checkpointed)
         self.position = 0  # steps handed out
         self.last_open_ms: int | None = None  # open time of the last step handed out
@@ -184,6 +190,8 @@ class BinanceKlineFeed:
         self._ws: Any = None
         self._connected_at = -math.inf
         self._last_msg = -math.inf
+        self._got_message = False  # on the current connection
+        self._quick_drops = 0  # connections in a row that dropped before their first message
         self._next_open = 0
         self._confirmed: dict[str, int] = {}
         self._pending: dict[str, dict[int, Row]] = {s: {} for s in self.symbols}
@@ -233,6 +241,8 @@ class BinanceKlineFeed:
         if self._handed_open is not None and self._handed_open in self._ready_at:
             self.latencies.append(now - self._ready_at.pop(self._handed_open))
         self._handed_open = None
+        if self._on_next is not None:
+            self._on_next(self.position)
         if self.steps_total is not None and self.position >= self.steps_total:
             return None
         if not self._started:
@@ -355,6 +365,11 @@ class BinanceKlineFeed:
     def _connect(self) -> None:
         """(Re)connect and backfill every symbol from REST, retrying with backoff until it works or a stop."""
         self._close_ws()
+        if self._quick_drops:  # the last connections died at once: back off as after failed attempts
+            delay = self.backoff.delay(self._quick_drops - 1, self._random())
+            logger.warning("the last %d connection(s) dropped before any message; reconnecting in %.1f s",
+                           self._quick_drops, delay)
+            self._sleep(delay)
         attempt = 0
         while True:
             if self._stop.is_set():
@@ -362,6 +377,7 @@ class BinanceKlineFeed:
             try:
                 self._ws = self._open_ws()
                 self._connected_at = self._last_msg = self._clock()
+                self._got_message = False
                 server_now = self._server_time()
                 for s in self.symbols:
                     self._backfill(s, server_now)
@@ -410,11 +426,10 @@ class BinanceKlineFeed:
                 self._connect()
             return
         except WebSocketException as exc:
-            self.stats["dropped"] += 1
-            logger.warning("connection lost (%s); reconnecting", exc)
-            self._connect()
+            self._dropped(exc)
             return
         try:
+            self._got_message, self._quick_drops = True, 0
             while True:
                 self._last_msg = self._clock()
                 self._on_message(raw)
@@ -424,13 +439,18 @@ class BinanceKlineFeed:
                     break
             self._backfill_laggards()
         except WebSocketException as exc:
-            self.stats["dropped"] += 1
-            logger.warning("connection lost (%s); reconnecting", exc)
-            self._connect()
+            self._dropped(exc)
         except (OSError, requests.RequestException, BinanceError) as exc:
             logger.warning("REST backfill failed (%s); reconnecting", exc)
             self._connect()
         self.store.sync()
+
+    def _dropped(self, exc: Exception) -> None:
+        self.stats["dropped"] += 1
+        if not self._got_message:
+            self._quick_drops += 1
+        logger.warning("connection lost (%s); reconnecting", exc)
+        self._connect()
 
     def _on_message(self, raw: str | bytes) -> None:
         try:

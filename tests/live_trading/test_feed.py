@@ -171,6 +171,28 @@ def test_dropped_connection_reconnects_and_backfills_the_missed_bars(fake, tmp_p
                                       check_names=False)
 
 
+def test_connections_that_drop_before_any_message_are_reopened_with_growing_backoff(fake, tmp_path, bars):
+    frames, _ = bars
+    sleeps: list[float] = []
+    feed = _feed(fake, tmp_path, sleep=sleeps.append, random=lambda: 0.0)  # jitter factor pinned at 1
+
+    def exchange():
+        for n in (1, 2, 3):  # three connections aborted before they carry a message
+            fake.wait_connections(n)
+            fake.drop()
+        fake.wait_connections(4)
+        fake.publish(1)
+
+    sender = threading.Thread(target=exchange)
+    sender.start()
+    steps = _take(feed, 1)
+    sender.join()
+    feed.close()
+    assert feed.stats["dropped"] == 3 and fake.connections == 4
+    assert sleeps == [1.0, 2.0, 4.0]  # Backoff(): 1 s doubled per quick drop, not an immediate reconnect loop
+    assert steps[0].timestamp == frames["BTCUSDT"].index[0]
+
+
 class _SteppingClock:
     """Monotonic time that moves ``step`` seconds at every reading: stale and 24 h limits come without waiting."""
 

@@ -169,10 +169,15 @@ def test_bars_closed_while_down_can_be_skipped_by_a_setting(bars, tmp_path):
     _assert_history_complete(out, frames, 210)  # the skipped bars are recorded all the same
 
 
-def _cli(fake: FakeBinance, config: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "atheria_kit.cli", "live", "--config", str(config), "--output_dir", str(out),
-            "--ws-url", fake.ws_url, "--rest-url", fake.rest_url, "--symbols", ",".join(SYMBOLS),
-            "--cycle-minutes", "60", "--update_every", "300", "--max-cycles", "4", "--log-level", "WARNING"]
+def _cli(fake: FakeBinance, tmp_path: Path, out: Path) -> tuple[list[str], dict]:
+    """`atheria live` with the test's settings (a YAML file and both option spellings) and its Popen arguments."""
+    config = tmp_path / "live.yaml"
+    config.write_text(yaml.safe_dump({"live": {"warmup_bars": 0, "lookback_bars": 200}}))
+    cmd = [sys.executable, "-m", "atheria_kit.cli", "live", "--config", str(config), "--output_dir", str(out),
+           "--ws-url", fake.ws_url, "--rest-url", fake.rest_url, "--symbols", ",".join(SYMBOLS),
+           "--cycle-minutes", "60", "--update_every", "300", "--max-cycles", "4", "--log-level", "WARNING"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return cmd, dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
 
 
 def _wait_recorded(out: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -191,12 +196,8 @@ def _wait_recorded(out: Path, n: int, proc: subprocess.Popen, timeout: float = 6
 def test_sigkill_of_atheria_live_mid_cycle_resumes_without_lost_or_duplicated_trades(bars, reference, tmp_path):
     frames, interval = bars
     out = tmp_path / "run"
-    config = tmp_path / "live.yaml"
-    config.write_text(yaml.safe_dump({"live": {"warmup_bars": 0, "lookback_bars": 200}}))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     with FakeBinance(frames, interval) as fake:
-        cmd = _cli(fake, config, out)
-        start = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+        cmd, start = _cli(fake, tmp_path, out)
         proc = subprocess.Popen(cmd, **start)
         read_until_line(proc, "live: starting", 60)
         fake.publish(90)
@@ -226,14 +227,11 @@ def test_a_stop_request_mid_cycle_checkpoints_that_bar_and_the_next_run_continue
     out = tmp_path / "live"
     lines: list[str] = []
     with FakeBinance(frames, interval) as fake:
-        first = LiveRun(_config(fake, out), say=lines.append)
+        # the stop is asked when the engine, done with bar 75, asks the feed for the next one (the feed's hook)
+        first = LiveRun(_config(fake, out), say=lines.append, on_next=lambda n: n == 75 and first.request_stop())
         thread, result = _start(first, resume=False)
         fake.wait_requests(TIME, 2)
-        fake.publish(75)
-        deadline = time.monotonic() + 60
-        while first.engine.kpi["bars_done"] < 75 and time.monotonic() < deadline:
-            time.sleep(0.01)  # the run's own counter; nothing else signals a processed bar in-process
-        first.request_stop()
+        fake.publish(90)  # more bars than it may trade: the stop comes first
         result = _finish(thread, result)
         assert (result["status"], result["bars_done"], result["cycle"]) == ("stopped", 75, 1)
         assert lines[-1].startswith("stopped after bar 2025-05-20 01:14 UTC (75 bars, cycle 1 + 15 bars)")
@@ -246,7 +244,7 @@ def test_a_stop_request_mid_cycle_checkpoints_that_bar_and_the_next_run_continue
         second = LiveRun(_config(fake, out), say=lines.append)
         thread, result = _start(second)
         fake.wait_requests(TIME, asked + 2)
-        fake.publish(N_BARS - 75)
+        fake.publish(N_BARS - 90)
         result = _finish(thread, result)
     assert any("resuming after cycle 1 (bar 75," in line for line in lines), lines
     assert result["status"] == "finished"
@@ -257,12 +255,8 @@ def test_a_stop_request_mid_cycle_checkpoints_that_bar_and_the_next_run_continue
 def test_sigterm_then_sigkill_of_atheria_live_resume_without_lost_or_duplicated_trades(bars, reference, tmp_path):
     frames, interval = bars
     out = tmp_path / "run"
-    config = tmp_path / "live.yaml"
-    config.write_text(yaml.safe_dump({"live": {"warmup_bars": 0, "lookback_bars": 200}}))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     with FakeBinance(frames, interval) as fake:
-        cmd = _cli(fake, config, out)
-        start = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+        cmd, start = _cli(fake, tmp_path, out)
         # 1. a clean stop (what Ctrl-C and the Telegram bot's /stop_training send) in the middle of cycle 2
         proc = subprocess.Popen(cmd, **start)
         read_until_line(proc, "live: starting", 60)
