@@ -43,6 +43,11 @@ def _iso(ms: int | None) -> str:
     return "-" if ms is None else pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _stopped_at(ms: int | None) -> str:
+    """Where a stop happened: after which bar, or before the first one (e.g. while the exchange was unreachable)."""
+    return "stopped before the first bar" if ms is None else f"stopped after bar {_iso(ms)}"
+
+
 class LiveRun:
     """One live paper-trading run of ``config`` into ``out_dir`` (default ``config.output_dir``).
 
@@ -141,7 +146,7 @@ class LiveRun:
             self._say(f"live run finished: {result['cycle']} cycles, {result['bars_done']} bars, equity "
                       f"{result['equity']:.4f}, trades {result['trades']}, win rate {result['win_rate']:.1%}")
         else:
-            self._say(f"stopped after bar {_iso(feed.last_open_ms)} ({result['bars_done']} bars, cycle "
+            self._say(f"{_stopped_at(feed.last_open_ms)} ({result['bars_done']} bars, cycle "
                       f"{result['cycle']} + {result['bars_done'] - result['cycle'] * cfg.cycle_bars} bars); "
                       f"checkpoint saved in {self.out_dir}: run again to continue")
         return result
@@ -161,9 +166,9 @@ class LiveRun:
         if info["resumed"] or bars or cycle:
             behind = info["bars_behind"]
             what = ("processed in order" if info["catch_up"] == "process" else "added to the history, not traded")
-            self._say(f"live: resuming after cycle {cycle} (bar {bars}, last processed {_iso(engine.feed.last_open_ms)}); "
-                      f"{info['recorded_before']} recorded bars after it and {behind} bars closed since the last "
-                      f"processed one are {what}; {where}")
+            self._say(f"live: resuming after cycle {cycle} (bar {bars}, last processed "
+                      f"{_iso(engine.feed.last_open_ms)}); {info['recorded_before']} recorded bars after it and "
+                      f"{behind} bars closed since the last processed one are {what}; {where}")
         else:
             self._say(f"live: starting at the bar opening {_iso(info['next_open_ms'])} after "
                       f"{info['warmup_bars']} warm-up bars in all; {where}; {plan}")
@@ -189,7 +194,7 @@ class LiveRun:
         kpis = engine.kpis()
         engine.write_live_status("stopped", kpis)
         # The engine's run log says "interrupted; resumes after cycle N": this stop resumes after this very bar.
-        note = (f"stopped after bar {_iso(engine.feed.last_open_ms)} (cycle {engine.kpi['cycle']} + "
+        note = (f"{_stopped_at(engine.feed.last_open_ms)} (cycle {engine.kpi['cycle']} + "
                 f"{engine.kpi['bars_done'] - engine.kpi['cycle'] * self.config.cycle_bars} bars), checkpoint of that "
                 "bar; run again to continue")
         for read, name in ((read_progress, PROGRESS_FILE), (read_summary, SUMMARY_FILE)):

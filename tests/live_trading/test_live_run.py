@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -167,6 +168,29 @@ def test_bars_closed_while_down_can_be_skipped_by_a_setting(bars, tmp_path):
     assert not decided_on & set(index[60:90])  # no decision on a skipped bar
     assert pd.Timestamp(updates[-1]["timestamp"]) == index[209]  # 180 traded bars end at bar 209
     _assert_history_complete(out, frames, 210)  # the skipped bars are recorded all the same
+
+
+def test_a_stop_while_the_exchange_is_unreachable_ends_cleanly_before_the_first_bar(tmp_path):
+    with socket.socket() as sock:  # a port nothing listens on: every connection is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "live"
+    cfg = LiveConfig.from_mapping({"live": SETTINGS}, output_dir=str(out), websocket_url=f"ws://127.0.0.1:{port}",
+                                  rest_url=f"http://127.0.0.1:{port}/api")
+    lines: list[str] = []
+    waits: list[float] = []
+
+    def backoff_wait(seconds: float) -> None:  # the first retry's wait: the user gives up and stops the run
+        waits.append(seconds)
+        live.request_stop()
+
+    live = LiveRun(cfg, say=lines.append, sleep=backoff_wait)
+    result = live.run(resume=False)
+    assert (result["status"], result["bars_done"], len(waits)) == ("stopped", 0, 1)
+    assert lines == [f"stopped before the first bar (0 bars, cycle 0 + 0 bars); checkpoint saved in {out}: run "
+                     "again to continue"]
+    assert json.loads((out / "live_status.json").read_text())["status"] == "stopped"
+    assert json.loads((out / "progress.json").read_text())["message"].startswith("stopped before the first bar")
 
 
 def _cli(fake: FakeBinance, tmp_path: Path, out: Path) -> tuple[list[str], dict]:
