@@ -1097,6 +1097,20 @@ class CheckpointManager:
                 logger.exception("checkpoint subscriber %r failed", cb)
         return rec
 
+    def prune(self) -> list[str]:
+        """Apply the retention policy now, without a save; return the checkpoint files it deleted.
+
+        Retention normally runs at each commit; a policy whose answer changes between saves (one that keeps
+        what a caller still references, say) calls this to release files at once rather than at the next
+        save. Same order as a commit: the manifest is rewritten first, then the dropped files are deleted
+        (truncated first); the newest checkpoint is always kept. Waits for a commit in progress.
+        """
+        with self._commit_lock:
+            before = [r.file for r in self._records]
+            self._apply_retention()
+            kept = {r.file for r in self._records}
+        return [name for name in before if name not in kept]
+
     def _apply_retention(self, superseded: Iterable[str] = ()) -> None:
         """Write the manifest listing what the policy keeps, then delete the rest (truncated first).
 

@@ -168,6 +168,23 @@ def test_custom_policy_still_never_deletes_the_newest(tmp_path: Path) -> None:
     assert [r.step for r in mgr.records()] == [10, 20, 25]
 
 
+def test_prune_applies_a_changed_policy_at_once_manifest_first_and_keeps_the_newest(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, policy=LatestN(10), async_save=False)
+    for step in (1, 2, 3, 4):
+        mgr.save(state_for(step), step=step)
+    assert mgr.prune() == []  # nothing to drop: nothing deleted, nothing rewritten away
+    assert [r.step for r in mgr.records()] == [1, 2, 3, 4]
+    mgr.policy = LatestN(1)  # the policy's answer changed between saves
+    assert mgr.prune() == [ckpt(tmp_path, s).name for s in (1, 2, 3)]
+    assert [r.step for r in mgr.records()] == [4]
+    assert [c["step"] for c in manifest(tmp_path)["checkpoints"]] == [4]
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == [ckpt(tmp_path, 4).name,
+                                                              ckpt(tmp_path, 4).name + ".integrity.json"]
+    mgr.policy = EveryKth(10)  # keeps none of step 4: the newest is kept whatever the policy says
+    assert mgr.prune() == []
+    assert mgr.latest().step == 4
+
+
 def test_subscriber_sees_each_commit_with_the_manifest(tmp_path: Path) -> None:
     seen = []
     mgr = CheckpointManager(tmp_path, async_save=False)

@@ -39,7 +39,6 @@ import io
 import logging
 import math
 import os
-import random
 import shutil
 import threading
 import time
@@ -71,6 +70,7 @@ from atheria_kit.retention import CheckpointInfo, RetentionPolicy
 from atheria_kit.say import Say
 from atheria_kit.say import say as default_say
 from atheria_kit.session_messages import fmt_duration
+from atheria_kit.state import capture_rng_state, restore_rng_state
 
 L = require("lightning", integration="lightning")
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO  # noqa: E402
@@ -289,11 +289,7 @@ class AtheriaCheckpointIO(CheckpointIO):
 
     def prune(self) -> None:
         """Delete the released records now (the manifest first, then the files), not only at the next save."""
-        manager = self.manager
-        # The manager applies retention at each commit; between commits its (private) pass is the one way to
-        # run it without writing a checkpoint. Done under its commit lock, as its own commits do.
-        with manager._commit_lock:
-            manager._apply_retention()
+        self.manager.prune()
 
     # ---------------------------------------------------------------------------------- load
     def resolve(self, path: Any) -> CheckpointRecord | None:
@@ -479,34 +475,6 @@ def _set_consumed(checkpoint: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------ callback
 
 
-def _rng_state() -> dict[str, Any]:
-    """Every RNG a Lightning run draws from, as types ``torch.load(weights_only=True)`` accepts."""
-    import numpy as np
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    import numpy as np
-
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class AtheriaCallback(Callback):
     """Budget-aware stop, rankings across directories, remote sync, live view and end report for one run.
 
@@ -578,7 +546,7 @@ class AtheriaCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"version": _STATE_VERSION}
         if self.restore_rng:
-            state["rng"] = _rng_state()
+            state["rng"] = capture_rng_state()  # tensors and plain types: loads with weights_only=True
         if self.budget is not None:
             state["budget"] = self.budget.state_dict()
             state["validation_seconds"] = list(self._val_runs)
@@ -589,7 +557,7 @@ class AtheriaCallback(Callback):
             raise ValueError(f"AtheriaCallback state version={state_dict.get('version')!r} is invalid; "
                              f"expected {_STATE_VERSION}")
         if self.restore_rng and "rng" in state_dict:
-            _set_rng_state(state_dict["rng"])
+            restore_rng_state(state_dict["rng"])
         if self.budget is not None and "budget" in state_dict:
             self.budget.load_state_dict(state_dict["budget"])
             self._val_runs.extend(float(v) for v in state_dict.get("validation_seconds", ()))
