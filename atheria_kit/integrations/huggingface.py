@@ -174,6 +174,10 @@ class AtheriaCallback(TrainerCallback):
         train = trainer.train
 
         def guarded_train(*args: Any, **kwargs: Any) -> Any:
+            resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+            done = self._already_complete(trainer, resume)
+            if done is not None:
+                return done
             try:
                 return train(*args, **kwargs)
             except BaseException as exc:
@@ -183,6 +187,29 @@ class AtheriaCallback(TrainerCallback):
         guarded_train.__wrapped__ = train  # type: ignore[attr-defined]
         guarded_train.__doc__ = train.__doc__
         trainer.train = guarded_train
+
+    def _already_complete(self, trainer: Any, resume: Any) -> Any:
+        """When ``resume`` is the verified folder :meth:`resume` chose and it already holds the last step
+        (``max_steps``), load it and train nothing: "Run all" after the end finds the run complete. The Trainer
+        alone would run one more step past ``max_steps`` when ``max_steps`` ends inside an epoch (it checks the
+        limit only after a step), and one more on every later "Run all" until the epoch ends."""
+        chosen = self.resumed_from
+        max_steps = int(getattr(trainer.args, "max_steps", -1) or -1)
+        if (chosen is None or max_steps <= 0 or not isinstance(resume, (str, os.PathLike))
+                or Path(resume).absolute() != chosen.folder.absolute() or (chosen.step or 0) < max_steps):
+            return None
+        if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
+            return None  # those load only inside the Trainer's loop: let it run (one extra step, its behaviour)
+        # The Trainer's own loader (weights, PEFT adapters, sharded files), the same call its train() makes.
+        trainer._load_from_checkpoint(str(chosen.folder))
+        trainer.state = _transformers.TrainerState.load_from_json(str(chosen.folder / "trainer_state.json"))
+        self.last_saved = chosen.folder.name
+        self.end_line = (f"the run is already complete: {chosen.folder.name} (verified) holds step "
+                         f"{chosen.step}/{max_steps}; nothing left to train, the model holds its final weights")
+        self.say(self.end_line)
+        losses = [e["train_loss"] for e in trainer.state.log_history if "train_loss" in e]
+        return _transformers.trainer_utils.TrainOutput(trainer.state.global_step,
+                                                        float(losses[-1]) if losses else math.nan, {})
 
     @classmethod
     def of(cls, trainer: Any) -> AtheriaCallback | None:

@@ -135,6 +135,24 @@ def test_a_short_budget_stops_with_a_verified_checkpoint_and_a_line_and_the_resu
     assert_same_weights(weights(trainer), uninterrupted(tmp_path))
 
 
+def test_run_all_after_the_end_finds_the_run_complete_and_trains_no_step_past_max_steps(tmp_path):
+    """12 steps of 8 per epoch end inside an epoch; resumed from checkpoint-12, the Trainer alone would train a
+    13th step (it checks max_steps only after a step). Every later "Run all" must leave the run at step 12 with
+    the final weights of the run that ended."""
+    out = tmp_path / "out"
+    finished, resume, said = resumed_run(out)
+    assert resume is None and "training finished at step 12/12; saved checkpoint-12" in said
+    final = weights(finished)
+    for _ in range(2):
+        trainer, resume, said = resumed_run(out)
+        assert resume == str(out / "checkpoint-12")
+        assert "the run is already complete: checkpoint-12 (verified) holds step 12/12; nothing left to train" \
+            in said
+        assert trainer.state.global_step == MAX_STEPS
+        assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-12"]
+        assert_same_weights(weights(trainer), final)
+
+
 def test_a_fresh_vm_resumes_from_the_newest_verified_remote_copy(tmp_path):
     out, remote = tmp_path / "out", tmp_path / "drive"
     closed: list[str] = []  # Drive's flush_and_unmount would run here: what forces the copy to Drive
