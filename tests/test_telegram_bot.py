@@ -117,6 +117,14 @@ def test_help_and_start_list_every_command(tmp_path, api):
             assert usage in reply
 
 
+def test_a_command_for_another_bot_is_left_alone_and_plain_text_gets_a_hint(tmp_path, api):
+    bot = make_bot(tmp_path, api, bot_username="atheria_test_bot")
+    assert ask(api, bot, "/training_status@another_bot") == []  # in a group: the other bot answers it
+    assert ask(api, bot, "hello") == ["I only understand commands; send /help for the list."]
+    (status,) = ask(api, bot, "/training_status@atheria_test_bot")
+    assert "train_hist: no run yet" in status
+
+
 def test_a_strangers_chat_gets_no_reply_and_is_logged_without_the_token(tmp_path, api, caplog):
     caplog.set_level(logging.DEBUG)
     bot = make_bot(tmp_path, api)
@@ -353,6 +361,7 @@ def test_the_command_line_bot_answers_stops_on_sigterm_and_writes_no_token(tmp_p
     assert f"bot @atheria_test_bot polling {api.url} for chats 77, {CHAT}" in out
     assert out.rstrip().endswith("bot stopped")
     assert len([t for t in api.replies() if "train_hist: no run yet" in t]) == 1
+    assert not [t for t in api.replies() if "I only understand" in t]  # the other bot's command got no answer
     assert "<pre>" in api.sent()[-1]["text"] and api.sent()[-1]["parse_mode"] == "HTML" and status
     state = BotState(runs_dir / "telegram_bot_state.json")
     assert state.load() and state.offset == last + 1

@@ -155,7 +155,10 @@ class TelegramBot:
             self.reply(message.chat_id, str(exc))
             return
         if command is None:
-            self.reply(message.chat_id, "I only understand commands; send /help for the list.")
+            if message.text.lstrip().startswith("/"):  # "/cmd@other_bot" in a group: another bot's to answer
+                logger.debug("left alone: a command for another bot from chat %d", message.chat_id)
+            else:
+                self.reply(message.chat_id, "I only understand commands; send /help for the list.")
             return
         age = self._clock() - message.date
         if age > self.max_age:
