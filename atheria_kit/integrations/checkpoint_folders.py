@@ -331,19 +331,24 @@ class FolderPusher:
     pending, only the newest is sent (older ones would be superseded anyway). A failed upload is retried with
     ``retry``'s backoff. :meth:`prune` removes a remote folder only if its remote seal carries this run's
     ``lineage`` and this pusher (or an earlier session of the run, via :meth:`state_dict`) pushed it; the seal is
-    deleted first, so an interrupted prune leaves an unsealed folder that is never restored.
+    deleted first, so an interrupted prune leaves an unsealed folder that is never restored. A remote listing
+    that does not answer within ``list_timeout`` seconds is a failure (retried), so a stuck mount cannot hold the
+    thread forever.
     """
 
     def __init__(self, target: SyncTarget, lineage: str, *, retry: RetryPolicy | None = None,
                  on_alert: Callable[[str, str], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, list_timeout: float = 60.0) -> None:
         if not isinstance(target, SyncTarget):
             raise ValueError(f"target={target!r} is invalid; expected an atheria_kit.sync.SyncTarget "
                              f"(DirectoryTarget, FsspecTarget, ...)")
         if not isinstance(lineage, str) or not lineage:
             raise ValueError(f"lineage={lineage!r} is invalid; expected a non-empty string")
+        if not isinstance(list_timeout, (int, float)) or isinstance(list_timeout, bool) or not list_timeout > 0:
+            raise ValueError(f"list_timeout={list_timeout!r} is invalid; expected seconds > 0")
         self.target = target
         self.lineage = lineage
+        self.list_timeout = float(list_timeout)
         self.retry = retry if retry is not None else RetryPolicy(initial_delay=2.0, max_delay=120.0)
         self.on_alert = on_alert
         self._clock = clock
@@ -504,7 +509,7 @@ class FolderPusher:
         logger.info("folder push: %s sent to %s (%d bytes)", name, self.target.name, sent)
 
     def _prune_now(self, names: list[str]) -> None:
-        folders = {f.name: f for f in list_remote_folders(self.target, timeout=None)}
+        folders = {f.name: f for f in list_remote_folders(self.target, timeout=self.list_timeout)}
         with _scratch() as scratch:
             for name in names:
                 folder = folders.get(name)

@@ -192,3 +192,59 @@ def test_a_failing_upload_is_retried_in_the_background_and_reported(tmp_path):
     assert [k for k, _ in alerts] == ["failing", "recovered"]
     assert "connection reset" in alerts[0][1]
     assert verify_folder(tmp_path / "remote" / "checkpoint-4").ok
+
+
+def test_a_remote_that_does_not_answer_a_prune_listing_is_a_reported_failure_and_the_prune_is_retried(tmp_path):
+    import threading
+
+    from atheria_kit.sync import RetryPolicy
+
+    class StuckListing(DirectoryTarget):
+        """A mount whose listing hangs while ``stuck`` is set (a Drive mount that stopped answering)."""
+
+        stuck = False
+        release = threading.Event()
+
+        def list(self):
+            if self.stuck:
+                self.release.wait(30)
+            return super().list()
+
+    target = StuckListing(tmp_path / "remote")
+    failing = threading.Event()
+    alerts: list[tuple[str, str]] = []
+
+    def alert(kind, text):
+        alerts.append((kind, text))
+        failing.set()
+
+    pusher = FolderPusher(target, "run-a", retry=RetryPolicy(initial_delay=0.0), on_alert=alert, list_timeout=0.2)
+    for step in (4, 6):
+        f = make_folder(tmp_path / "ours", step)
+        seal_folder(f, lineage="run-a")
+        pusher.submit(f)
+        assert pusher.flush(timeout=30)
+    target.stuck = True
+    pusher.prune(["checkpoint-4"])
+    assert failing.wait(30), "a hung listing must fail within list_timeout, not hold the thread"
+    assert alerts[0][0] == "failing" and "did not answer within 0.2 s" in alerts[0][1]
+    assert (tmp_path / "remote" / "checkpoint-4" / SEAL_NAME).exists()  # nothing deleted on a failed listing
+    target.stuck = False
+    target.release.set()
+    assert pusher.close(timeout=30)
+    assert [f.name for f in list_remote_folders(target)] == ["checkpoint-6"]
+    assert [k for k, _ in alerts] == ["failing", "recovered"]
+
+
+def test_a_folder_this_run_pushed_but_another_run_sealed_since_is_not_pruned(tmp_path):
+    remote = tmp_path / "remote"
+    target = DirectoryTarget(remote)
+    theirs = make_folder(tmp_path / "theirs", 4)
+    seal_folder(theirs, lineage="run-b")
+    shutil.copytree(theirs, remote / "checkpoint-4")  # run-b wrote checkpoint-4 over this run's copy
+    pusher = FolderPusher(target, "run-a")
+    pusher.load_state_dict({"lineage": "run-a", "pushed": ["checkpoint-4"]})  # an earlier session pushed it
+    pusher.prune(["checkpoint-4"])
+    assert pusher.close(timeout=30)
+    assert verify_folder(remote / "checkpoint-4").ok
+    assert verify_folder(remote / "checkpoint-4").lineage == "run-b"
