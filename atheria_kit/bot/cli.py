@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from atheria_kit.cli import main as atheria_main
 from atheria_kit.notify import (
     ENV_TELEGRAM_BASE_URL,
     ENV_TELEGRAM_CHAT_ID,
@@ -160,16 +161,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m atheria_kit.bot", description=__doc__.splitlines()[0])
-    _add_arguments(parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        return run(args)
-    except ValueError as exc:
-        print(f"bot: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m atheria_kit.bot [options]``: exactly ``atheria bot [options]`` (same parser, logging and errors)."""
+    return atheria_main(["bot", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

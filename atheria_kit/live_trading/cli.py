@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from atheria_kit.cli import main as atheria_main
 from atheria_kit.live_trading.config import LiveConfig
 from atheria_kit.live_trading.engine import LiveRun
 from atheria_kit.notify import notifier_from_environment
@@ -75,15 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m atheria_kit.live_trading.cli")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["live", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except ValueError as exc:
-        print(f"live: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m atheria_kit.live_trading.cli [options]``: exactly ``atheria live [options]``."""
+    return atheria_main(["live", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
