@@ -30,10 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from atheria_kit.live_trading import engine as live_engine  # noqa: E402
 from atheria_kit.live_trading.config import LiveConfig  # noqa: E402
 from atheria_kit.live_trading.engine import LiveRun  # noqa: E402
-from atheria_kit.live_trading.feed import BinanceKlineFeed  # noqa: E402
 from atheria_kit.replay.engine import ReplayEngine  # noqa: E402
 from atheria_kit.replay.feed import HistoricalFeed  # noqa: E402
 from tests.fakes.binance_exchange import real_bars  # noqa: E402
@@ -47,17 +45,17 @@ def symbols_for(n: int) -> list[str]:
     return real[:n] + [f"SYN{i:02d}USDT" for i in range(max(0, n - len(real)))]
 
 
-class _Counted(BinanceKlineFeed):
-    """The live feed, counting the engine's requests: the k-th ``next()`` means step k-1 is fully processed."""
+class _Done:
+    """Bars the engine is done with, from the feed's ``on_next`` hook (it asks for bar k+1 once done with bar k)."""
 
-    calls = 0
-    cond = threading.Condition()
+    def __init__(self) -> None:
+        self.bars = 0
+        self.cond = threading.Condition()
 
-    def next(self):  # noqa: A003 - the BarFeed protocol's name
-        with _Counted.cond:
-            _Counted.calls += 1
-            _Counted.cond.notify_all()
-        return super().next()
+    def __call__(self, bars: int) -> None:
+        with self.cond:
+            self.bars = bars
+            self.cond.notify_all()
 
 
 def live_case(symbols: list[str], bars: int) -> dict:
@@ -68,12 +66,11 @@ def live_case(symbols: list[str], bars: int) -> dict:
     first = standin.stdout.readline().split()
     ws, rest, interval = first[1], first[3], first[5]
     started = threading.Event()
-    live_engine.BinanceKlineFeed = _Counted  # this process only: the bench's probe
-    _Counted.calls = 0
+    done = _Done()
     with tempfile.TemporaryDirectory() as out:
         cfg = LiveConfig.from_mapping({"live": {**SEED, "symbols": symbols, "max_cycles": bars // 30}},
                                       websocket_url=ws, rest_url=rest, interval=interval, output_dir=out)
-        live = LiveRun(cfg, say=lambda line: started.set() if line.startswith("live:") else None)
+        live = LiveRun(cfg, say=lambda line: started.set() if line.startswith("live:") else None, on_next=done)
         result: dict = {}
         thread = threading.Thread(target=lambda: result.update(live.run(resume=False)))
         thread.start()
@@ -83,12 +80,12 @@ def live_case(symbols: list[str], bars: int) -> dict:
             standin.stdin.write("publish 1\n")
             standin.stdin.flush()
             standin.stdout.readline()  # "position N": the bar's messages are sent
-            with _Counted.cond:  # the engine asked for bar k+1: it is done with bar k
-                _Counted.cond.wait_for(lambda k=k: _Counted.calls >= k + 1 or not thread.is_alive(), 120)
-        thread.join()
+            with done.cond:  # the engine asked for bar k+1: it is done with bar k
+                done.cond.wait_for(lambda k=k: done.bars >= k or not thread.is_alive(), 120)
+        thread.join(120)
+        assert not thread.is_alive(), "the live run did not end"
         cpu = time.process_time() - t0
         lat = sorted(live.feed.latencies)
-    live_engine.BinanceKlineFeed = BinanceKlineFeed
     standin.stdin.close()
     standin.wait(30)
     assert result["status"] == "finished" and result["bars_done"] == bars, result
@@ -121,6 +118,8 @@ def main() -> None:
     ap.add_argument("--bars", type=int, default=60, help="bars traded after the warm-up (a multiple of 30, >= 60)")
     ap.add_argument("--symbols", default="3,30")
     args = ap.parse_args()
+    if args.bars < 60 or args.bars % 30:  # the replay baseline is timed between cycle ends: two cycles at least
+        ap.error(f"--bars={args.bars} is invalid; expected a multiple of 30, at least 60")
     rows = []
     for n in (int(x) for x in args.symbols.split(",")):
         symbols = symbols_for(n)
