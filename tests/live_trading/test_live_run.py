@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from atheria_kit.market.ohlcv import load_ohlcv
 from atheria_kit.replay.engine import ReplayEngine
 from atheria_kit.replay.feed import HistoricalFeed
 from tests.fakes.binance_exchange import FakeBinance, real_bars
-from tests.helpers import read_until_line
+from tests.helpers import free_port, read_until_line
 
 REPO = Path(__file__).resolve().parents[2]
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -171,9 +170,7 @@ def test_bars_closed_while_down_can_be_skipped_by_a_setting(bars, tmp_path):
 
 
 def test_a_stop_while_the_exchange_is_unreachable_ends_cleanly_before_the_first_bar(tmp_path):
-    with socket.socket() as sock:  # a port nothing listens on: every connection is refused
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there: every connection is refused
     out = tmp_path / "live"
     cfg = LiveConfig.from_mapping({"live": SETTINGS}, output_dir=str(out), websocket_url=f"ws://127.0.0.1:{port}",
                                   rest_url=f"http://127.0.0.1:{port}/api")
