@@ -148,6 +148,8 @@ def test_a_strangers_chat_gets_no_reply_and_is_logged_without_the_token(tmp_path
      "--update_every=100 is invalid; expected an integer <= the cycle size (50 bars)"),
     ("/train_live --cycle_minutes 1 --update_every 120",
      "--update_every=120 is invalid; expected seconds <= the cycle (1 minutes = 60 s)"),
+    ("/train_live --update_every 3600",  # the default cycle is 30 minutes: checked before the run starts
+     "refused: the live settings are invalid: update_every_seconds=3600 is invalid; expected at most a cycle (1800 s)"),
     ("/train_live --symbols BTC-USD", "--symbols='BTC-USD' is invalid; expected symbols separated by commas"),
     ("/train_hist --symbols DOGEUSDT", "no shipped sample DOGEUSDT_1h.csv.gz"),
     ("/stop_training everything", "/stop_training: unexpected 'everything'; expected one of hist, live, all"),

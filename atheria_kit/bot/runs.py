@@ -336,11 +336,25 @@ class RunManager:
                     "symbols": list(config.symbols), "resumed": continuing}
         return argv, settings
 
+    def _check_live_settings(self, options: Mapping[str, Any]) -> None:
+        """The settings the run will have (its YAML file with these options) are valid, or a refusal naming why."""
+        from atheria_kit.live_trading.config import LiveConfig  # pandas: only when a live run starts
+
+        given = {"cycle_minutes": options.get("cycle_minutes"), "update_every_seconds": options.get("update_every"),
+                 "max_cycles": options.get("max_cycles"), "symbols": options.get("symbols")}
+        try:
+            source = read_yaml_mapping(self.live_config) if self.live_config is not None else {}
+            LiveConfig.from_mapping(source, **given)
+        except ValueError as exc:
+            raise RunRefused(f"refused: the live settings are invalid: {exc}") from None
+
     def _live_argv(self, options: Mapping[str, Any], run_dir: Path) -> tuple[list[str], dict[str, Any]]:
         minutes, every = options.get("cycle_minutes"), options.get("update_every")
         if minutes is not None and every is not None and every > minutes * 60:
             raise CommandError(f"--update_every={every} is invalid; expected seconds <= the cycle "
                                f"({minutes} minutes = {minutes * 60} s)")
+        if "live" in self.commands:  # a build without `atheria live` is refused as such by start()
+            self._check_live_settings(options)
         argv = self._cli("live") + ["--output-dir", str(run_dir)]
         if self.live_config is not None:
             argv += ["--config", str(self.live_config)]
