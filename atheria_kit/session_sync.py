@@ -33,6 +33,7 @@ from atheria_kit.sync import (
     colab_drive_target,
 )
 from atheria_kit.sync.resume import RETRY_SECONDS
+from atheria_kit.sync.targets import mount_root_for
 from atheria_kit.sync.worker import call_within, run_bounded
 
 if TYPE_CHECKING:
@@ -78,21 +79,11 @@ def kaggle_input_sources(env: Environment, experiment: str) -> tuple[SyncSource,
     return tuple(KaggleInputSource(p) for p in found)
 
 
-def _mount_root_for(path: Path) -> Path | None:
-    """The folder whose absence means "not mounted": the remote folder itself when it exists now, or Colab's
-    ``/content/drive/<MyDrive|Shareddrives>`` for a path below it (so an unmounted Drive is never written to the
-    VM's own disk)."""
-    parts = path.parts
-    if len(parts) > 4 and parts[:3] == ("/", "content", "drive"):
-        return Path(*parts[:4])
-    return path if path.is_dir() else None
-
-
 def _target_for(location: str, subdir: str) -> SyncTarget:
     if "://" in location:
         return FsspecTarget(location.rstrip("/") + "/" + subdir)
     base = Path(location).expanduser().absolute()
-    return DirectoryTarget(base / subdir, mount_root=_mount_root_for(base))
+    return DirectoryTarget(base / subdir, mount_root=mount_root_for(base))
 
 
 class SessionSync:

@@ -35,7 +35,7 @@ from typing import Any
 
 from atheria_kit._io import TMP_PREFIX, atomic_write_json, fsync_dir, sha256_file
 from atheria_kit._validation import require_int
-from atheria_kit.sync.targets import SyncError, SyncTarget
+from atheria_kit.sync.targets import DirectoryTarget, FsspecTarget, SyncError, SyncTarget, mount_root_for
 from atheria_kit.sync.worker import RetryPolicy, call_within
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "list_remote_folders",
     "newest_verified_folder",
     "read_seal",
+    "remote_target",
     "restore_newest_remote",
     "new_lineage",
     "seal_folder",
@@ -243,6 +244,22 @@ def newest_verified_folder(output_dir: str | os.PathLike, *,
 
 
 # ------------------------------------------------------------------------------------------------- remote
+def remote_target(remote: SyncTarget | str | os.PathLike) -> SyncTarget:
+    """A sync target from a target object, an fsspec URL (``s3://...``, ``memory://...``) or a folder path.
+
+    A folder under Colab's ``/content/drive`` (or one that exists now) is unreachable, not empty, while it is
+    missing: a Drive that is not mounted stops the start instead of looking like a new run, and nothing is
+    written to the VM's own disk under the mount point."""
+    if isinstance(remote, SyncTarget):
+        return remote
+    if isinstance(remote, (str, os.PathLike)) and os.fspath(remote).strip():
+        text = os.fspath(remote)
+        if "://" in text:
+            return FsspecTarget(text)
+        return DirectoryTarget(text, mount_root=mount_root_for(text))
+    raise ValueError(f"remote={remote!r} is invalid; expected a folder path, an fsspec URL or a SyncTarget")
+
+
 @dataclass(frozen=True)
 class RemoteFolder:
     """A checkpoint folder on a remote: ``sealed`` when its seal arrived (the upload finished)."""

@@ -44,6 +44,7 @@ from atheria_kit.integrations.checkpoint_folders import (
     list_remote_folders,
     new_lineage,
     newest_verified_folder,
+    remote_target,
     restore_newest_remote,
     seal_folder,
 )
@@ -53,7 +54,7 @@ from atheria_kit.platform import detect_environment
 from atheria_kit.say import Say, UserError
 from atheria_kit.session_messages import fmt_duration, sessions_left
 from atheria_kit.sync.resume import RemoteUnavailableError
-from atheria_kit.sync.targets import DirectoryTarget, FsspecTarget, SourceUnavailableError, SyncTarget
+from atheria_kit.sync.targets import SourceUnavailableError, SyncTarget
 from atheria_kit.sync.worker import run_bounded
 
 _transformers = require("transformers", integration="huggingface")
@@ -82,16 +83,6 @@ def make_budget(max_training_hours: float | None = None, max_training_seconds: f
     scale = {} if math.isinf(limit) else {"reserve_seconds": min(60.0, 0.02 * limit),
                                            "initial_save_seconds": min(60.0, 0.05 * limit)}
     return TimeBudget(given, environment=env, clock=clock, wall_clock=wall_clock, **scale)
-
-
-def remote_target(remote: SyncTarget | str | os.PathLike) -> SyncTarget:
-    """A sync target from a target object, an fsspec URL (``s3://...``, ``memory://...``) or a folder path."""
-    if isinstance(remote, SyncTarget):
-        return remote
-    if isinstance(remote, (str, os.PathLike)) and str(remote).strip():
-        text = os.fspath(remote)
-        return FsspecTarget(text) if "://" in text else DirectoryTarget(text)
-    raise ValueError(f"remote={remote!r} is invalid; expected a folder path, an fsspec URL or a SyncTarget")
 
 
 class AtheriaCallback(TrainerCallback):

@@ -66,6 +66,7 @@ from atheria_kit.checkpoint import (
     checkpoint_filename,
 )
 from atheria_kit.integrations import require
+from atheria_kit.integrations.checkpoint_folders import remote_target
 from atheria_kit.retention import CheckpointInfo, RetentionPolicy
 from atheria_kit.say import Say
 from atheria_kit.say import say as default_say
@@ -879,17 +880,6 @@ class LightningSetup:
             self.callback.monitor.stop()
 
 
-def _target(remote: Any) -> Any:
-    from atheria_kit.sync import DirectoryTarget, FsspecTarget, SyncTarget
-
-    if isinstance(remote, SyncTarget):
-        return remote
-    if isinstance(remote, (str, os.PathLike)):
-        text = os.fspath(remote)
-        return FsspecTarget(text) if "://" in text else DirectoryTarget(text)
-    raise ValueError(f"remote={remote!r} is invalid; expected a folder path, an fsspec URL or a SyncTarget")
-
-
 def prepare(
     directory: str | os.PathLike,
     *,
@@ -928,7 +918,7 @@ def prepare(
     if live not in ("auto", "widget", "text", "off"):
         raise ValueError(f"live={live!r} is invalid; expected one of 'auto', 'widget', 'text', 'off'")
     store = Path(directory).absolute()
-    target = _target(remote) if remote is not None else None
+    target = remote_target(remote) if remote is not None else None
     found = resume_from_best_source(store, [target] if target is not None else [], fetch="all",
                                     unavailable=unavailable, retry_seconds=retry_seconds, wait=wait)
     if found.unavailable:

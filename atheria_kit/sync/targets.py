@@ -45,6 +45,7 @@ __all__ = [
     "SyncTarget",
     "colab_drive_target",
     "colab_remounter",
+    "mount_root_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -378,6 +379,17 @@ class FsspecTarget(SyncTarget):
 
     def close(self) -> None:
         self._closed = True
+
+
+def mount_root_for(path: str | os.PathLike) -> Path | None:
+    """The folder whose absence means "not mounted" for a remote folder ``path``: the folder itself when it
+    exists now, or Colab's ``/content/drive/<MyDrive|Shareddrives>`` for a path below it (so an unmounted Drive
+    is never written to the VM's own disk); None for a new folder elsewhere."""
+    path = Path(path).expanduser().absolute()
+    parts = path.parts
+    if len(parts) > 4 and parts[:3] == ("/", "content", "drive"):
+        return Path(*parts[:4])
+    return path if path.is_dir() else None
 
 
 class DirectoryTarget(FsspecTarget):

@@ -15,6 +15,7 @@ from atheria_kit.integrations.checkpoint_folders import (
     FolderPusher,
     list_remote_folders,
     newest_verified_folder,
+    remote_target,
     restore_newest_remote,
     seal_folder,
     verify_folder,
@@ -248,3 +249,35 @@ def test_a_folder_this_run_pushed_but_another_run_sealed_since_is_not_pruned(tmp
     assert pusher.close(timeout=30)
     assert verify_folder(remote / "checkpoint-4").ok
     assert verify_folder(remote / "checkpoint-4").lineage == "run-b"
+
+
+def test_an_unmounted_drive_path_is_unreachable_not_an_empty_remote_and_nothing_is_written_under_it(tmp_path):
+    assert not Path("/content").exists()  # this machine is no Colab VM: its Drive is "not mounted"
+    target = remote_target("/content/drive/MyDrive/atheria/run")
+    with pytest.raises(SourceUnavailableError, match="not mounted"):
+        list_remote_folders(target)
+    folder = make_folder(tmp_path / "out", 4)
+    seal_folder(folder, lineage="run-a")
+    import threading
+
+    failing = threading.Event()
+    pusher = FolderPusher(target, "run-a", on_alert=lambda kind, text: failing.set())
+    pusher.submit(folder)
+    assert failing.wait(30)
+    assert "not mounted" in pusher.last_error and pusher.pushed == []
+    pusher.close(timeout=0)
+    assert not Path("/content").exists()
+
+
+def test_a_remote_folder_that_existed_at_the_start_and_vanished_is_unreachable_and_a_new_one_is_empty(tmp_path):
+    existing = tmp_path / "mounted" / "run"
+    existing.mkdir(parents=True)
+    target = remote_target(str(existing))
+    assert list_remote_folders(target) == []
+    shutil.rmtree(tmp_path / "mounted")  # a network mount that dropped
+    with pytest.raises(SourceUnavailableError):
+        list_remote_folders(target)
+    assert list_remote_folders(remote_target(tmp_path / "new" / "run")) == []  # a new remote folder elsewhere
+    assert remote_target(target) is target and remote_target("memory://bucket/run").name.startswith("memory")
+    with pytest.raises(ValueError, match="remote=' ' is invalid"):
+        remote_target(" ")

@@ -186,6 +186,16 @@ def test_an_unreachable_remote_at_start_is_not_taken_for_an_empty_one(tmp_path):
     assert "cannot be read" in stream.getvalue() and "continuing from what is here" in stream.getvalue()
 
 
+def test_a_drive_folder_given_as_a_path_while_drive_is_not_mounted_stops_the_start(tmp_path):
+    """The docs' remote="/content/drive/MyDrive/..." on a VM where Drive is not mounted (this machine has no
+    /content): not a new run whose copies land on the VM's own disk, but a stop that says why."""
+    trainer = tiny_trainer(tmp_path / "out", max_steps=MAX_STEPS)
+    stream, kw = quiet(remote="/content/drive/MyDrive/atheria/run", remote_retry_seconds=0)
+    with pytest.raises(UserError, match=r"not mounted.* Nothing was trained"):
+        prepare(trainer, **kw)
+    assert not Path("/content").exists()
+
+
 CHILD = textwrap.dedent("""
     import os, sys, threading, torch
     torch.set_num_threads(1)
