@@ -28,6 +28,7 @@ def run_all(tmp_path: Path, name: str, **parameters) -> str:
 
 
 @pytest.mark.notebook
+@pytest.mark.slow  # two papermill runs of a real Trainer: ~55 s on 2 shared cores
 def test_run_all_stops_at_the_budget_and_run_all_again_on_a_fresh_vm_continues_to_the_end(tmp_path):
     root, remote = tmp_path / "runs", tmp_path / "drive"
     output = root / "hf" / "finetune_trainer"
