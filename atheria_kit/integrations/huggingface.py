@@ -573,4 +573,7 @@ def _point(step: int, loss: float) -> LivePoint:
 def prepare(trainer: Any, **kwargs: Any) -> str | None:
     """Attach an :class:`AtheriaCallback` (``kwargs`` are its settings) and return ``resume_from_checkpoint``:
     ``trainer.train(resume_from_checkpoint=prepare(trainer, remote=...))``."""
+    if not isinstance(trainer, _transformers.Trainer):
+        raise ValueError(f"trainer={trainer!r} is invalid; expected a transformers.Trainer, built before prepare: "
+                         f"trainer.train(resume_from_checkpoint=prepare(trainer, remote=...))")
     return AtheriaCallback.attach(trainer, **kwargs).resume(trainer.args.output_dir)

@@ -908,6 +908,9 @@ def prepare(
     """
     from atheria_kit.sync import SyncWorker, resume_from_best_source
 
+    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+        raise ValueError(f"directory={directory!r} is invalid; expected the folder for the checkpoint store, e.g. "
+                         f"prepare('run/store', remote=...), called before lightning.Trainer(**kit.trainer_kwargs)")
     speak = say if say is not None else default_say
     if budget is None or isinstance(budget, TimeBudget):
         tb = budget if budget is not None else TimeBudget()

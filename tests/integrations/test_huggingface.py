@@ -196,6 +196,11 @@ def test_a_drive_folder_given_as_a_path_while_drive_is_not_mounted_stops_the_sta
     assert not Path("/content").exists()
 
 
+def test_prepare_given_something_else_than_a_trainer_says_what_it_expected(tmp_path):
+    with pytest.raises(ValueError, match=r"trainer='out' is invalid; expected a transformers.Trainer"):
+        prepare("out")  # the output folder instead of the Trainer
+
+
 CHILD = textwrap.dedent("""
     import os, sys, threading, torch
     torch.set_num_threads(1)

@@ -503,5 +503,7 @@ def test_the_callback_refuses_a_trainer_without_its_plugin(tmp_path):
 def test_bad_settings_are_named(tmp_path):
     with pytest.raises(ValueError, match="budget='soon'"):
         prepare(tmp_path / "s", budget="soon", live="off", monitor=False)
+    with pytest.raises(ValueError, match=r"directory=<lightning.pytorch.trainer.*expected the folder for the checkpoint"):
+        prepare(trainer(tmp_path, 1), live="off", monitor=False)  # the Trainer instead of the store folder
     with pytest.raises(ValueError, match="stop_filename='stop.pt'"):
         AtheriaCallback(AtheriaCheckpointIO(tmp_path / "s"), stop_filename="stop.pt")
