@@ -214,6 +214,34 @@ def _wait_recorded(out: Path, n: int, proc: subprocess.Popen, timeout: float = 6
     raise AssertionError(f"the history store did not reach {n} bars within {timeout} s")
 
 
+def _sigkill_and_run_again(fake: FakeBinance, cmd: list[str], start: dict, out: Path, proc: subprocess.Popen, *,
+                           recorded: int, cycle: int) -> None:
+    """SIGKILL ``proc`` once ``recorded`` bars are in the history (past the checkpoint of ``cycle``), close 20 bars
+    while it is down, run the same command again: it resumes after that checkpoint, trades the bars since then in
+    order and finishes the 4 cycles."""
+    _wait_recorded(out, recorded, proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL
+    proc.stdout.close()
+    fake.publish(20)
+    proc = subprocess.Popen(cmd, **start)
+    resumed = read_until_line(proc, "live: resuming", 60)
+    assert f"resuming after cycle {cycle} (bar {60 * cycle}" in resumed and "are processed in order" in resumed
+    fake.publish(N_BARS - recorded - 20)
+    final = read_until_line(proc, "live run finished", 90)
+    assert all(f"cycle {c} done" in final for c in range(cycle + 1, 5)), final
+    assert proc.wait(30) == 0
+    proc.stdout.close()
+
+
+def _assert_like_the_replay_without_duplicates(out: Path, frames: dict[str, pd.DataFrame], reference: Path) -> None:
+    assert _artifacts(out) == _artifacts(reference)
+    _assert_history_complete(out, frames, N_BARS)
+    trades = [json.loads(line) for s in SYMBOLS for line in (out / f"{s}_trades.jsonl").read_text().splitlines()]
+    keys = [(t["symbol"], t["entry_time"], t["exit_time"]) for t in trades]
+    assert len(keys) == len(set(keys))
+
+
 def test_sigkill_of_atheria_live_mid_cycle_resumes_without_lost_or_duplicated_trades(bars, reference, tmp_path):
     frames, interval = bars
     out = tmp_path / "run"
@@ -223,24 +251,8 @@ def test_sigkill_of_atheria_live_mid_cycle_resumes_without_lost_or_duplicated_tr
         read_until_line(proc, "live: starting", 60)
         fake.publish(90)
         read_until_line(proc, "cycle 1 done", 60)
-        _wait_recorded(out, 90, proc)  # bars recorded (and some traded) past the cycle-1 checkpoint
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
-        proc.stdout.close()
-        fake.publish(20)  # bars 90..109 close while it is down
-        proc = subprocess.Popen(cmd, **start)
-        resumed = read_until_line(proc, "live: resuming", 60)
-        assert "resuming after cycle 1 (bar 60" in resumed and "are processed in order" in resumed
-        fake.publish(N_BARS - 110)
-        final = read_until_line(proc, "live run finished", 90)
-        assert "cycle 2 done" in final and "cycle 4 done" in final
-        assert proc.wait(30) == 0
-        proc.stdout.close()
-    assert _artifacts(out) == _artifacts(reference)
-    _assert_history_complete(out, frames, N_BARS)
-    trades = [json.loads(line) for s in SYMBOLS for line in (out / f"{s}_trades.jsonl").read_text().splitlines()]
-    keys = [(t["symbol"], t["entry_time"], t["exit_time"]) for t in trades]
-    assert len(keys) == len(set(keys))
+        _sigkill_and_run_again(fake, cmd, start, out, proc, recorded=90, cycle=1)
+    _assert_like_the_replay_without_duplicates(out, frames, reference)
 
 
 def test_a_stop_request_mid_cycle_checkpoints_that_bar_and_the_next_run_continues_there(bars, reference, tmp_path):
@@ -297,25 +309,9 @@ def test_sigterm_then_sigkill_of_atheria_live_resume_without_lost_or_duplicated_
         assert f"resuming after cycle 1 (bar {done}," in resumed  # the stop's own checkpoint, not cycle 1's
         fake.publish(150 - 75)
         read_until_line(proc, "cycle 2 done", 60)
-        _wait_recorded(out, 150, proc)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
-        proc.stdout.close()
-        fake.publish(20)  # bars 150..169 close while it is down
         # 3. the same command again: the checkpoint of cycle 2, the recorded bars, REST for the rest, then live
-        proc = subprocess.Popen(cmd, **start)
-        resumed = read_until_line(proc, "live: resuming", 60)
-        assert "resuming after cycle 2 (bar 120" in resumed and "are processed in order" in resumed
-        fake.publish(N_BARS - 170)
-        final = read_until_line(proc, "live run finished", 60)
-        assert "cycle 3 done" in final and "cycle 4 done" in final
-        assert proc.wait(30) == 0
-        proc.stdout.close()
-    assert _artifacts(out) == _artifacts(reference)
-    _assert_history_complete(out, frames, N_BARS)
-    trades = [json.loads(line) for s in SYMBOLS for line in (out / f"{s}_trades.jsonl").read_text().splitlines()]
-    keys = [(t["symbol"], t["entry_time"], t["exit_time"]) for t in trades]
-    assert len(keys) == len(set(keys))
+        _sigkill_and_run_again(fake, cmd, start, out, proc, recorded=150, cycle=2)
+    _assert_like_the_replay_without_duplicates(out, frames, reference)
 
 
 def test_atheria_monitor_reads_a_live_run(bars, tmp_path):
