@@ -315,6 +315,11 @@ class AtheriaCallback(TrainerCallback):
                 self._load_folder_state(folder)
         self.lineage = self.lineage or new_lineage()
         self.sessions += 1
+        if getattr(args, "save_total_limit", None) == 1 and state.is_world_process_zero:
+            self.say.once("save_total_limit", "save_total_limit=1: the Trainer deletes the previous checkpoint "
+                                              "before the kit can seal the new one, so a session killed in between "
+                                              "leaves no verified checkpoint here (only the remote copy, if any); "
+                                              "save_total_limit=2 keeps one to fall back on", kind="warning")
         model = kwargs.get("model")
         if model is not None:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -432,9 +437,11 @@ class AtheriaCallback(TrainerCallback):
         rotated = self._local_names - now_names  # removed by the Trainer's save_total_limit during this save
         self._local_names = now_names
         if self.pusher is not None:
+            # The new folder first: the pusher sends pending folders before it prunes, so the remote never lacks
+            # both the rotated folder and its successor (with save_total_limit=1 that would leave it empty).
+            self.pusher.submit(folder)
             if rotated:
                 self.pusher.prune(rotated)
-            self.pusher.submit(folder)
         self._mark = self._clock()
         self._restart_unit()
 

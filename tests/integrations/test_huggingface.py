@@ -290,6 +290,36 @@ def test_rotation_by_save_total_limit_keeps_folders_verified_and_prunes_only_thi
     assert "training finished at step 12/12; saved checkpoint-12 (sealed and verified)" in stream.getvalue()
 
 
+def test_with_save_total_limit_1_the_remote_always_holds_a_sealed_folder_and_the_risk_is_said(tmp_path):
+    """The Trainer deletes checkpoint-N before the kit seals checkpoint-N+4: locally there is a moment without a
+    verified folder, which is said; on the remote a rotated folder's seal is removed only after its successor's
+    seal has arrived, so the remote is never without one."""
+    events: list[tuple[str, str]] = []
+
+    class Recording(DirectoryTarget):
+        def put(self, src, key, *, sha256=None):
+            n = super().put(src, key, sha256=sha256)
+            if key.endswith(SEAL_NAME):
+                events.append(("sealed", key.split("/")[0]))
+            return n
+
+        def delete(self, key, *, truncate=False):
+            if key.endswith(SEAL_NAME):
+                events.append(("unsealed", key.split("/")[0]))
+            return super().delete(key, truncate=truncate)
+
+    out, remote = tmp_path / "out", tmp_path / "drive"
+    trainer = tiny_trainer(out, max_steps=MAX_STEPS, save_steps=4, save_total_limit=1)
+    stream, kw = quiet(remote=Recording(remote))
+    assert prepare(trainer, **kw) is None
+    trainer.train()
+    assert "save_total_limit=1: the Trainer deletes the previous checkpoint before the kit can seal the new one" \
+        in stream.getvalue()
+    assert events == [("sealed", "checkpoint-4"), ("sealed", "checkpoint-8"), ("unsealed", "checkpoint-4"),
+                      ("sealed", "checkpoint-12"), ("unsealed", "checkpoint-8")]
+    assert [f.name for f in list_remote_folders(DirectoryTarget(remote))] == ["checkpoint-12"]
+
+
 class Boom(TrainerCallback):
     """The user's code fails at step 5 (after checkpoint-4 was saved)."""
 
