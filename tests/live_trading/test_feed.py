@@ -52,8 +52,11 @@ def _take(feed: BinanceKlineFeed, n: int) -> list:
     return [feed.next() for _ in range(n)]
 
 
-def _recorded(tmp_path: Path, interval: str, symbol: str) -> pd.DataFrame:
-    return load_ohlcv(tmp_path / "history" / f"{symbol}_{interval}.csv")
+def _assert_recorded(tmp_path: Path, frames: dict[str, pd.DataFrame], interval: str, n: int) -> None:
+    """The history store holds exactly the first ``n`` bars of every symbol: no gap, no duplicate, same values."""
+    for sym in SYMBOLS:
+        recorded = load_ohlcv(tmp_path / "history" / f"{sym}_{interval}.csv")
+        pd.testing.assert_frame_equal(recorded, frames[sym].iloc[:n], check_freq=False, check_names=False)
 
 
 # ------------------------------------------------------------------------------------------------- messages
@@ -118,9 +121,7 @@ def test_duplicates_and_out_of_order_messages_leave_one_copy_of_each_bar(fake, t
     sender.join()
     feed.close()
     assert [s.timestamp for s in steps] == list(frames["BTCUSDT"].index[:6])
-    for sym in SYMBOLS:
-        recorded = _recorded(tmp_path, interval, sym)
-        pd.testing.assert_frame_equal(recorded, frames[sym].iloc[:6], check_freq=False, check_names=False)
+    _assert_recorded(tmp_path, frames, interval, 6)
     assert feed.stats["duplicates"] >= 2 and feed.stats["out_of_order"] >= 1
 
 
@@ -166,9 +167,7 @@ def test_dropped_connection_reconnects_and_backfills_the_missed_bars(fake, tmp_p
     assert feed.stats["dropped"] == 1 and feed.stats["failed_connects"] >= 1 and feed.stats["rest_bars"] >= 10
     backfills = [int(q["startTime"]) for p, q in fake.rest_log if p.endswith("klines")]
     assert fake.open_ms(3) in backfills  # asked from the first bar it missed
-    for sym in SYMBOLS:
-        pd.testing.assert_frame_equal(_recorded(tmp_path, interval, sym), frames[sym].iloc[:10], check_freq=False,
-                                      check_names=False)
+    _assert_recorded(tmp_path, frames, interval, 10)
 
 
 def test_connections_that_drop_before_any_message_are_reopened_with_growing_backoff(fake, tmp_path, bars):
