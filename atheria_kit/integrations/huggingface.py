@@ -24,6 +24,7 @@ seal is what makes a folder trustworthy, not the way it was written.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -159,41 +160,44 @@ class AtheriaCallback(TrainerCallback):
         return cb
 
     def _guard(self, trainer: Any) -> None:
-        """Wrap ``trainer.train`` so that a run that raises still stops the monitor thread, gives the signal
-        handlers back, sends what is sealed (bounded) and says which checkpoint is kept: the Trainer calls no
-        callback when training fails."""
-        train = trainer.train
+        """Wrap the Trainer's training loop so that a run that raises still stops the monitor thread, gives the
+        signal handlers back, sends what is sealed (bounded) and says which checkpoint is kept (the Trainer calls
+        no callback when training fails), and so that a run already complete trains no further step.
 
-        def guarded_train(*args: Any, **kwargs: Any) -> Any:
-            resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
-            done = self._already_complete(trainer, resume)
+        The loop (``_inner_training_loop``, private to transformers) is wrapped, not ``trainer.train``: in the
+        one-line idiom ``trainer.train(resume_from_checkpoint=prepare(trainer))`` Python looks ``trainer.train``
+        up before ``prepare`` runs, so a wrapped ``train`` would never be the one called; ``train`` looks the loop
+        up when it calls it, after loading the checkpoint's weights."""
+        loop = trainer._inner_training_loop
+
+        @functools.wraps(loop)  # accelerate's auto_find_batch_size reads the loop's signature
+        def guarded_loop(*args: Any, **kwargs: Any) -> Any:
+            done = self._already_complete(trainer, kwargs.get("resume_from_checkpoint"))
             if done is not None:
                 return done
             try:
-                return train(*args, **kwargs)
+                return loop(*args, **kwargs)
             except BaseException as exc:
                 self._after_error(trainer.state, exc)
                 raise
 
-        guarded_train.__wrapped__ = train  # type: ignore[attr-defined]
-        guarded_train.__doc__ = train.__doc__
-        trainer.train = guarded_train
+        trainer._inner_training_loop = guarded_loop
 
     def _already_complete(self, trainer: Any, resume: Any) -> Any:
         """When ``resume`` is the verified folder :meth:`resume` chose and it already holds the last step
-        (``max_steps``), load it and train nothing: "Run all" after the end finds the run complete. The Trainer
-        alone would run one more step past ``max_steps`` when ``max_steps`` ends inside an epoch (it checks the
-        limit only after a step), and one more on every later "Run all" until the epoch ends."""
+        (``max_steps``), train nothing: "Run all" after the end finds the run complete, its final weights loaded
+        (``train`` loaded them before its loop). The Trainer alone would run one more step past ``max_steps``
+        when ``max_steps`` ends inside an epoch (it checks the limit only after a step), and one more on every
+        later "Run all" until the epoch ends."""
         chosen = self.resumed_from
         max_steps = int(getattr(trainer.args, "max_steps", -1) or -1)
         if (chosen is None or max_steps <= 0 or not isinstance(resume, (str, os.PathLike))
                 or Path(resume).absolute() != chosen.folder.absolute() or (chosen.step or 0) < max_steps):
             return None
         if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
-            return None  # those load only inside the Trainer's loop: let it run (one extra step, its behaviour)
-        # The Trainer's own loader (weights, PEFT adapters, sharded files), the same call its train() makes.
-        trainer._load_from_checkpoint(str(chosen.folder))
+            return None  # those load the weights only inside the loop: let it run (one extra step, its behaviour)
         trainer.state = _transformers.TrainerState.load_from_json(str(chosen.folder / "trainer_state.json"))
+        trainer.is_in_train = False
         self.last_saved = chosen.folder.name
         self.end_line = (f"the run is already complete: {chosen.folder.name} (verified) holds step "
                          f"{chosen.step}/{max_steps}; nothing left to train, the model holds its final weights")

@@ -107,9 +107,11 @@ def resumed_run(out: Path, *, remote=None, lora: bool = False, **targs):
     """The next session: the same script on a new trainer, with an unlimited budget."""
     trainer = tiny_trainer(out, max_steps=MAX_STEPS, save_steps=100, lora=lora, **targs)
     stream, kw = quiet(remote=remote, max_training_seconds=None)
-    resume = prepare(trainer, environment=detect_environment(environ={}, shell=None, kind="local"), **kw)
-    trainer.train(resume_from_checkpoint=resume)
-    return trainer, resume, stream.getvalue()
+    env = detect_environment(environ={}, shell=None, kind="local")
+    # The documented one line: Python looks trainer.train up before prepare() runs.
+    trainer.train(resume_from_checkpoint=prepare(trainer, environment=env, **kw))
+    chosen = AtheriaCallback.of(trainer).resumed_from
+    return trainer, str(chosen.folder) if chosen is not None else None, stream.getvalue()
 
 
 def test_a_short_budget_stops_with_a_verified_checkpoint_and_a_line_and_the_resume_matches_an_unbroken_run(tmp_path):
@@ -308,10 +310,17 @@ def test_with_save_total_limit_1_the_remote_always_holds_a_sealed_folder_and_the
                 events.append(("unsealed", key.split("/")[0]))
             return super().delete(key, truncate=truncate)
 
+    class UploadsDone(TrainerCallback):
+        """After the kit's on_save: wait until its upload and prune are done (a slow step, not a race)."""
+
+        def on_save(self, args, state, control, **kwargs):
+            assert AtheriaCallback.of(trainer).pusher.flush(30)
+
     out, remote = tmp_path / "out", tmp_path / "drive"
     trainer = tiny_trainer(out, max_steps=MAX_STEPS, save_steps=4, save_total_limit=1)
     stream, kw = quiet(remote=Recording(remote))
     assert prepare(trainer, **kw) is None
+    trainer.add_callback(UploadsDone())
     trainer.train()
     assert "save_total_limit=1: the Trainer deletes the previous checkpoint before the kit can seal the new one" \
         in stream.getvalue()
@@ -333,9 +342,9 @@ def test_a_run_that_fails_says_which_checkpoint_is_kept_and_gives_back_the_signa
     before = signal.getsignal(signal.SIGINT)
     trainer = tiny_trainer(out, max_steps=MAX_STEPS, save_steps=4, callbacks=[Boom()])
     stream = io.StringIO()
-    prepare(trainer, remote=DirectoryTarget(remote), say=Say(stream), live_view="off", monitor=True)
-    with pytest.raises(RuntimeError, match="boom"):
-        trainer.train()
+    with pytest.raises(RuntimeError, match="boom"):  # the documented one line
+        trainer.train(resume_from_checkpoint=prepare(trainer, remote=DirectoryTarget(remote), say=Say(stream),
+                                                     live_view="off", monitor=True))
     said = stream.getvalue()
     assert ("training stopped at step 5: RuntimeError: boom; the last verified checkpoint (checkpoint-4) is kept; "
             f"copy on {remote} holds checkpoint-4 (verified)") in said
