@@ -30,7 +30,7 @@ from atheria_kit._io import atomic_write_json
 from atheria_kit.live_trading.config import LiveConfig
 from atheria_kit.live_trading.feed import Backoff, BinanceKlineFeed, StopRequested
 from atheria_kit.live_trading.history import HistoryStore
-from atheria_kit.replay.engine import UPDATES, ReplayEngine
+from atheria_kit.replay.engine import ReplayEngine
 from atheria_kit.runlog import PROGRESS_FILE, SUMMARY_FILE, read_progress, read_summary
 
 logger = logging.getLogger(__name__)
@@ -174,23 +174,9 @@ class LiveRun:
                       f"{info['warmup_bars']} warm-up bars in all; {where}; {plan}")
 
     def _checkpoint_stop(self, engine: ReplayEngine) -> dict[str, Any]:
-        """A checkpoint of the engine after its last processed bar (the engine closed its files: they hold every
-        line of that bar); saved as a new revision of the current cycle's step, so a resume continues here."""
-        names = [f"{s}_{kind}.jsonl" for s in engine.symbols for kind in ("trades", "penalties")] + [UPDATES]
-        offsets = {}
-        for name in names:
-            path = self.out_dir / name
-            with open(path, "rb+") as fh:
-                os.fsync(fh.fileno())
-                offsets[name] = fh.seek(0, os.SEEK_END)
-        engine.offsets = offsets
-        mgr = engine.checkpoint_manager()
-        try:
-            equity = engine.account.equity()
-            mgr.save(engine.state_dict(), engine.kpi["cycle"], episode=engine.kpi["cycle"],
-                     metrics={"equity": equity}, blocking=True)
-        finally:
-            mgr.close()
+        """A checkpoint of the engine after its last processed bar, so a resume continues here; the run log and
+        ``live_status.json`` say so."""
+        engine.save_checkpoint_after_last_bar()
         kpis = engine.kpis()
         engine.write_live_status("stopped", kpis)
         # The engine's run log says "interrupted; resumes after cycle N": this stop resumes after this very bar.

@@ -237,7 +237,7 @@ class ReplayEngine:
         ckpt_dir = self.out_dir / CHECKPOINT_DIR
         if not resume:
             self._clear_artifacts(ckpt_dir)
-        mgr = self.checkpoint_manager()
+        mgr = self._checkpoint_manager()
         loaded = mgr.load("latest") if resume else None
         if not resume:
             self.load_state_dict(copy.deepcopy(self._initial_state))  # also when this engine has run before
@@ -414,11 +414,31 @@ class ReplayEngine:
                 "regimes": {s: self.ensembles[s].regime for s in self.symbols},
                 "positions": {s: acc.positions.get(s, {}).get("direction", 0) for s in self.symbols}}
 
-    def checkpoint_manager(self) -> CheckpointManager:
+    def _checkpoint_manager(self) -> CheckpointManager:
         """The manager of this run's checkpoints (``out_dir/checkpoints``, the best two by equity kept besides the
-        newest; saves synchronously): whoever saves a checkpoint of this engine ranks it the same way."""
+        newest; saves synchronously)."""
         return CheckpointManager(self.out_dir / CHECKPOINT_DIR, monitor="equity", mode="max", keep_best=2,
                                  async_save=False)
+
+    def save_checkpoint_after_last_bar(self) -> None:
+        """Save a checkpoint of this instant, mid-cycle too: the state after the last processed bar and the
+        artifacts' lengths now, as a new revision of the current cycle's step, so that the next ``run(resume=True)``
+        continues right after that bar. For a clean stop between two bars (the live run's), once :meth:`run`
+        ended by an interrupt raised between bars: its files are closed then and hold every line of that bar."""
+        if not self._files:
+            raise RuntimeError("save_checkpoint_after_last_bar() before run(); expected a run that was stopped")
+        offsets = {}
+        for name, lines in self._files.items():
+            with open(lines.path, "rb+") as fh:
+                os.fsync(fh.fileno())
+                offsets[name] = fh.seek(0, os.SEEK_END)
+        self.offsets = offsets
+        mgr = self._checkpoint_manager()
+        try:
+            mgr.save(self.state_dict(), self.kpi["cycle"], episode=self.kpi["cycle"],
+                     metrics={"equity": self.account.equity()}, blocking=True)
+        finally:
+            mgr.close()
 
     def kpis(self) -> dict[str, Any]:
         """The run's KPI record now (the fields of ``cycle_N.json`` and ``live_status.json``): progress, equity and
