@@ -233,7 +233,7 @@ def test_a_replay_that_ends_is_reported_and_continues_only_with_its_own_settings
         (started,) = ask(api, bot, "/train_hist --max_cycles 1")
         how = "started" if cycle == 1 else "continuing from its last checkpoint"
         assert started.startswith(f"train_hist {how} (pid ")
-        bot.runs._procs["hist"].wait(120)
+        assert bot.runs.wait("hist", 120)
         bot.poll_once()  # reports the run that ended by itself to the chat that started it
         ended = api.replies(CHAT)[-1]
         assert ended.startswith("train_hist ended after ") and ": stopped." in ended
@@ -258,7 +258,7 @@ def test_a_run_that_fails_is_reported_with_the_end_of_its_output(tmp_path, api):
     config.write_text('historical:\n  data: "/nonexistent/{symbol}_1h.csv"\n')
     bot = make_bot(tmp_path, api, replay_yaml=config)
     ask(api, bot, "/train_hist")
-    assert bot.runs._procs["hist"].wait(120) == 2
+    assert bot.runs.wait("hist", 120)  # it fails at once (exit code 2, reported below)
     log = tmp_path / "runs" / "hist" / "train_hist.log"
     # A bot started after the run ended (the first one died meanwhile) reports it from the state file...
     restarted = make_bot(tmp_path, api, replay_yaml=config)

@@ -230,6 +230,12 @@ class RunManager:
         proc = self._procs.get(kind)
         return proc.poll() if proc is not None else None
 
+    def wait(self, kind: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the run of ``kind`` to end; whether none runs now. How it ended is
+        reported by the next :meth:`reap` (with its exit status when this manager started it)."""
+        record = self.records.get(kind)
+        return record is None or self._wait(record, timeout)
+
     def _wait(self, record: RunRecord, timeout: float) -> bool:
         proc = self._procs.get(record.kind)
         try:
