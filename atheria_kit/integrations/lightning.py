@@ -574,16 +574,27 @@ class AtheriaCallback(Callback):
         self.stop_reason = None
         self._started = time.monotonic()
         self._steps = 0
-        if (self.handle_signals and self.budget is not None and stage == "fit"
+
+    # Signal handlers live from on_train_start to on_train_end (or on_exception): Lightning saves the handlers it
+    # finds after setup() and puts them back in its own teardown, which runs after on_exception but before the
+    # callbacks' teardown(); installed in setup(), ours would be put back after a failed run.
+    def _install_signals(self, trainer: Any) -> None:
+        if (self.handle_signals and self.budget is not None and trainer.state.fn == "fit"
                 and threading.current_thread() is threading.main_thread()):
             # SIGTERM/SIGINT become "save and stop at the next batch end" (Kaggle and Colab send SIGTERM first).
             self.budget.install_signal_handlers()
             self._signals_installed = True
 
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def _uninstall_signals(self) -> None:
         if self._signals_installed and self.budget is not None:
             self.budget.uninstall_signal_handlers()
             self._signals_installed = False
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._uninstall_signals()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._uninstall_signals()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         _set_consumed(checkpoint)
@@ -657,6 +668,7 @@ class AtheriaCallback(Callback):
         return state
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._install_signals(trainer)
         if self.budget is not None:  # after the sanity check: its batches give the first estimate
             self._val_estimate = self.validation_estimate(trainer)
         if self._resumed_from is not None:
@@ -810,6 +822,31 @@ class AtheriaCallback(Callback):
         return f"; remote copy NOT confirmed ({state.describe()})"
 
     # -------------------------------------------------------------------------------- end
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """A run that fails (or Ctrl-C twice): Lightning calls neither ``on_fit_end`` nor ``teardown`` then, so the
+        monitor thread is stopped, the signal handlers are given back, the copy gets a bounded last sync, and the
+        user is told which verified checkpoint the next "Run all" continues from."""
+        if self.budget is not None and self._unit:
+            self.budget.abandon_unit()
+            self._unit = False
+        self._uninstall_signals()
+        if self._limit_val_batches is not None:
+            trainer.limit_val_batches, self._limit_val_batches = self._limit_val_batches, None
+        if self.live is not None:
+            with contextlib.suppress(Exception):
+                self.live.close(status="error", outcome="error")
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):
+                self.monitor.stop()
+        remote = self._final_sync()
+        rec = self.checkpoint_io.manager.latest()  # verified (size and hash) before it is named
+        kept = (f"the last verified checkpoint ({rec.file}, epoch {int(rec.metrics.get('epoch', 0))}, global step "
+                f"{int(rec.metrics.get('global_step', 0))}) is kept" if rec is not None
+                else "no checkpoint had been saved yet")
+        what = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"{type(exception).__name__}: {exception}"
+        self.say.error(f"training stopped at epoch {trainer.current_epoch}, global step {trainer.global_step}: {what}; "
+                       f"{kept}{remote}. Fix the cause, then Run all again to continue")
+
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if self._limit_val_batches is not None:
             trainer.limit_val_batches, self._limit_val_batches = self._limit_val_batches, None

@@ -319,6 +319,38 @@ def test_a_sigkill_during_a_checkpoint_write_resumes_from_the_newest_complete_ch
     assert same_weights(model, reference)
 
 
+def test_a_run_that_fails_says_which_checkpoint_is_kept_and_gives_back_the_signal_handlers(tmp_path):
+    """The user's code raises at global step 10, after epoch 0's checkpoint (step 8): Lightning calls no end hook,
+    so the callback's on_exception must say what is kept, and the resume continues from it."""
+
+    class Boom(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 10:
+                raise RuntimeError("boom")
+
+    before = signal.getsignal(signal.SIGINT)
+    say = Say(stream=io.StringIO())
+    kit = prepare(tmp_path / "store", budget=budget(None), remote=DirectoryTarget(tmp_path / "drive"), say=say,
+                  live="off", monitor=False, retry_seconds=0)
+    kwargs = kit.trainer_kwargs
+    kwargs["callbacks"].append(Boom())
+    L.seed_everything(0, verbose=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer(tmp_path, 3, **kwargs).fit(Tiny(), *loaders(), **kit.fit_kwargs)
+    kit.close(timeout=30)
+    assert signal.getsignal(signal.SIGINT) is before
+    line = next(ln for ln in say.lines if "training stopped at" in ln)
+    assert ("training stopped at epoch 1, global step 10: RuntimeError: boom; the last verified checkpoint "
+            "(ckpt-0000000000.pt, epoch 0, global step 8) is kept; remote copy at") in line
+    assert line.endswith("Fix the cause, then Run all again to continue")
+
+    _, tr, _, said = kit_run(tmp_path, steps=None, remote=DirectoryTarget(tmp_path / "drive"))
+    assert any(ln.startswith("resumed from ckpt-0000000000.pt (local copy, verified) at epoch 0, global step 8")
+               for ln in said.lines)
+    assert tr.global_step == 24
+    assert signal.getsignal(signal.SIGINT) is before  # after a run that ends normally too
+
+
 # -------------------------------------------------------------------------------------- fresh VM
 
 
