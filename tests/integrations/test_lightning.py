@@ -235,6 +235,26 @@ def test_a_mid_epoch_stop_with_a_resumable_loader_resumes_bit_identically(tmp_pa
     assert same_weights(model, reference)
 
 
+def test_sigterm_during_fit_saves_and_stops_at_the_next_batch_end_and_the_resume_is_exact(tmp_path, reference):
+    """Kaggle and Colab send SIGTERM before they kill: a real SIGTERM to this process after step 3 (a callback
+    placed after the kit's) becomes a save and stop after step 4, the handlers are given back, and the resumed
+    run ends with the uninterrupted run's weights."""
+
+    class Sigterm(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    _, tr1, _, say1 = kit_run(tmp_path, steps=None, resumable=True, callbacks=[Sigterm()])
+    assert tr1.global_step == 4
+    assert any("stopped at epoch 0, after batch 4/8 (global step 4): stop requested (signal SIGTERM)" in line
+               for line in say1.lines)
+    assert signal.getsignal(signal.SIGTERM) is before
+    model, tr2, _, _ = kit_run(tmp_path, steps=None, resumable=True)
+    assert tr2.global_step == 24 and same_weights(model, reference)
+
+
 def test_the_stop_leaves_room_for_the_validation_that_follows_the_next_batch(tmp_path, reference):
     """Each validation batch takes 300 s (600 s per validation, the sanity check included), each step 100 s, and
     the budget is 3050 s. After step 15 (t = 2700 s) the next step would fit, but the validation after it would
