@@ -34,9 +34,9 @@ from atheria_kit.integrations.huggingface import AtheriaCallback, prepare  # noq
 from atheria_kit.platform import detect_environment  # noqa: E402
 from atheria_kit.say import Say, UserError  # noqa: E402
 from atheria_kit.sync import DirectoryTarget  # noqa: E402
+from tests._paths import REPO_ROOT  # noqa: E402
 from tests.integrations.hf_tiny import tiny_trainer, weights  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 12
 
 
@@ -231,9 +231,9 @@ CHILD = textwrap.dedent("""
 def test_a_sigkill_during_the_trainers_own_save_resumes_from_the_newest_complete_folder(tmp_path):
     out = tmp_path / "out"
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(root=str(ROOT)))
+    script.write_text(CHILD.format(root=str(REPO_ROOT)))
     child = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+                             stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT)
     try:
         for line in child.stdout:
             if line.startswith("SAVING checkpoint-8"):

@@ -39,8 +39,8 @@ from atheria_kit.integrations.lightning import (  # noqa: E402
 )
 from atheria_kit.say import Say  # noqa: E402
 from atheria_kit.sync import DirectoryTarget, RemoteUnavailableError  # noqa: E402
+from tests._paths import REPO_ROOT  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 STEP_SECONDS = 100.0
 STEPS_PER_EPOCH = 8
 
@@ -311,9 +311,9 @@ def test_a_sigkill_during_a_checkpoint_write_resumes_from_the_newest_complete_ch
     next start resumes from epoch 0's checkpoint, never the half-written one, and reaches the uninterrupted
     run's weights exactly."""
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(repo=str(REPO)))
+    script.write_text(CHILD.format(repo=str(REPO_ROOT)))
     child = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(REPO))
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(REPO_ROOT))
     try:
         for line in child.stdout:
             if line.startswith("MID-WRITE"):
