@@ -36,17 +36,23 @@ INTERVAL_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m"
 
 
 def real_bars(symbols: Sequence[str], n: int, *, offset: int = 0) -> tuple[dict[str, pd.DataFrame], str]:
-    """``n`` consecutive real bars per symbol and their interval: the shared 1-minute files of BTCUSDT/ETHUSDT when
-    present, else the shipped 1 h sample. A symbol without a file of its own reuses a real symbol's bars shifted by
-    a whole number of bars (for benchmarks with many symbols), prices scaled so the symbols differ."""
+    """``n`` consecutive real bars per symbol and their interval ("1m"): the shared 1-minute files of BTCUSDT/ETHUSDT
+    when present, else the shipped 1 h sample's bars (real prices) laid on a 1-minute grid from their first open
+    time, so that tests and notebooks see the same interval with or without the development data set. A symbol
+    without a file of its own reuses a real symbol's bars shifted by a whole number of bars (for benchmarks with many
+    symbols), prices scaled so the symbols differ."""
     from atheria_kit.market.ohlcv import load_ohlcv, sample_path
 
     minute = {s: SHARED / f"{s}_1m.csv" for s in ("BTCUSDT", "ETHUSDT")}
+    interval = "1m"
     if all(p.is_file() for p in minute.values()):
-        sources, interval = minute, "1m"
+        loaded = {s: load_ohlcv(p) for s, p in minute.items()}
     else:
-        sources, interval = {s: sample_path(s) for s in ("BTCUSDT", "ETHUSDT", "BNBUSDT")}, "1h"
-    loaded = {s: load_ohlcv(p) for s, p in sources.items()}
+        loaded = {}
+        for s in ("BTCUSDT", "ETHUSDT", "BNBUSDT"):
+            frame = load_ohlcv(sample_path(s))
+            frame.index = pd.date_range(frame.index[0], periods=len(frame), freq="1min")
+            loaded[s] = frame
     names = list(loaded)
     frames = {}
     for i, sym in enumerate(symbols):
