@@ -265,12 +265,13 @@ def test_a_stop_request_mid_cycle_checkpoints_that_bar_and_the_next_run_continue
         fake.publish(90)  # more bars than it may trade: the stop comes first
         result = _finish(thread, result)
         assert (result["status"], result["bars_done"], result["cycle"]) == ("stopped", 75, 1)
-        assert lines[-1].startswith("stopped after bar 2025-05-20 01:14 UTC (75 bars, cycle 1 + 15 bars)")
+        bar_75 = f"{frames[SYMBOLS[0]].index[74]:%Y-%m-%d %H:%M} UTC"  # the run's first bar is the stand-in's first
+        assert lines[-1].startswith(f"stopped after bar {bar_75} (75 bars, cycle 1 + 15 bars)")
         assert lines[-1].endswith("run again to continue")
         assert json.loads((out / "live_status.json").read_text())["status"] == "stopped"
         progress = json.loads((out / "progress.json").read_text())  # what atheria monitor shows
         assert progress["status"] == "stopped" and progress["message"].startswith(
-            "stopped after bar 2025-05-20 01:14 UTC (cycle 1 + 15 bars), checkpoint of that bar")
+            f"stopped after bar {bar_75} (cycle 1 + 15 bars), checkpoint of that bar")
         asked = sum(1 for p, _ in fake.rest_log if p == TIME)
         second = LiveRun(_config(fake, out), say=lines.append)
         thread, result = _start(second)
