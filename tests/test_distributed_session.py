@@ -79,6 +79,7 @@ def test_all_ranks_stop_at_rank_0s_budget_decision_and_the_checkpoint_is_written
     assert any("stopped before episode" in line for line in outs[0])
 
 
+@pytest.mark.slow  # four jobs of two processes: ~40 s on 2 cores
 def test_a_stopped_two_process_run_resumes_bit_identically(tmp_path):
     reference = run(tmp_path / "ref", 2)
     assert end(reference[0])[:2] == ("done", 12)
@@ -115,8 +116,8 @@ def _consumed_once_per_epoch(by_episode: dict[int, list[int]], episodes: int, gl
         assert Counter(seen[e * N_SAMPLES:(e + 1) * N_SAMPLES]) == Counter(range(N_SAMPLES))
 
 
-@pytest.mark.parametrize("before, after", [(2, 1), pytest.param(1, 2, marks=pytest.mark.slow)],
-                         ids=["2-to-1", "1-to-2"])
+@pytest.mark.slow  # three jobs each: ~30 s on 2 cores
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)], ids=["2-to-1", "1-to-2"])
 def test_a_checkpoint_moves_between_process_counts(tmp_path, before, after):
     # The same global batch (16) on either count: batch 8 per rank on 2 processes, 16 on one. Without dropout and
     # input noise (drawn per rank, so they differ with the count) the weights match an uninterrupted run up to the

@@ -21,6 +21,7 @@ def _text(executed: Path) -> str:
 
 
 @pytest.mark.notebook
+@pytest.mark.slow  # two "Run all"s (~30 s); test_notebooks.py runs notebook 06 once in the fast suite
 def test_notebook_06_stops_resumes_and_continues_on_a_second_run_all(tmp_path):
     papermill = pytest.importorskip("papermill")
     params = {"SMOKE": True, "OUTPUT_ROOT": str(tmp_path / "runs"), "SMOKE_BARS": 10}
