@@ -177,6 +177,9 @@ def bench_save_stall(tmp: Path, quick: bool) -> None:
 
 
 def run_huggingface(quick: bool) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar at every save: not a figure
     print("== Hugging Face transformers.Trainer ==")
     with tempfile.TemporaryDirectory(prefix="bench-hf-") as tmp:
         bench_step_overhead(Path(tmp), quick)
