@@ -13,7 +13,7 @@ import torch
 from tests._paths import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "01_progressive_training.ipynb"
-PARAMS = {"EXPERIMENT_NAME": "ddp", "TOTAL_EPISODES": 40, "WINDOW": 24, "BATCH_SIZE": 64, "STEPS_PER_EPISODE": 4,
+PARAMS = {"EXPERIMENT_NAME": "ddp", "TOTAL_EPISODES": 120, "WINDOW": 24, "BATCH_SIZE": 64, "STEPS_PER_EPISODE": 4,
           "SAVE_EVERY_EPISODES": 5, "DRIVE_SYNC_EVERY": 0, "LIVE_VIEW": "text", "NPROCS": 2, "DATA": "synthetic"}
 
 
@@ -43,17 +43,17 @@ def final_model(out: Path) -> dict[str, torch.Tensor]:
 def test_notebook_01_on_two_processes_stops_together_and_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setenv("ATHERIA_HEADLESS", "1")
     reference = run(tmp_path / "ref", "ref", 3600.0)
-    assert "[rank 0] finished: 40/40 episodes" in reference
-    first = run(tmp_path / "run", "session1", 3.0)
+    assert "[rank 0] finished: 120/120 episodes" in reference
+    first = run(tmp_path / "run", "session1", 10.0)  # ~0.2 s an episode quiet: stops near 40 of 120
     assert "[rank 0] stopped before episode" in first  # the budget stop, said once, by rank 0
     assert "[rank 1] stopped" not in first
     second = run(tmp_path / "run", "session2", 3600.0)
-    assert "[rank 0] resumed from" in second and "[rank 0] finished: 40/40 episodes" in second
+    assert "[rank 0] resumed from" in second and "[rank 0] finished: 120/120 episodes" in second
 
     got, run_state = final_model(tmp_path / "run")
     want, _ = final_model(tmp_path / "ref")
     assert [s["end_reason"] for s in run_state["sessions"]] == ["budget", "done"]
-    assert 0 < run_state["sessions"][0]["last_episode"] < 40
+    assert 0 < run_state["sessions"][0]["last_episode"] < 120
     assert run_state["world_size"] == 2 and len(run_state["ranks"]) == 2  # every rank's streams were saved
     for name in want:
         assert torch.equal(got[name], want[name]), name
