@@ -474,13 +474,16 @@ class TrainingSession:
         if entries is None:  # one process, no per-rank objects: the state's own RNG streams are rank 0's
             entries = [{"format": state["format"], "version": state["version"], "objects": {}, "rng": state["rng"],
                         "extra": {}}]
+        if rng and self.ranks.world_size > len(entries):
+            # said by rank 0 (the others' lines are not shown): the user learns why the run is no longer bit-exact
+            started = f"{sorted(self._per_rank)} as constructed and " if self._per_rank else ""
+            self.say.warning(f"the checkpoint was saved by {len(entries)} process(es) and {self.ranks.world_size} run "
+                             f"now: ranks {len(entries)}..{self.ranks.world_size - 1} start {started}with new random "
+                             "streams; the run continues correctly, not bit-identically to one on the old count")
         mine = entries[self.ranks.rank] if self.ranks.rank < len(entries) else None
         if mine is not None:
             restore_state(self._per_rank, mine, rng=rng)  # names checked: a mismatch is named, nothing changed
             return extra
-        if self._per_rank:
-            self.say.warning(f"rank {self.ranks.rank}: the checkpoint was saved by {len(entries)} process(es); "
-                             f"{sorted(self._per_rank)} start as constructed on this rank")
         if rng:
             seed_everything(int(run.get("episode", 0)) * 100_003 + self.ranks.rank)
         return extra

@@ -13,7 +13,9 @@ where the goal is at most 1 %. The phases alternate (bare, session, bare, sessio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import io
 import os
 import statistics
 import sys
@@ -85,9 +87,6 @@ def _with_session(episodes: int, root: str) -> list[float]:
     cfg = SessionConfig(experiment_name="bench", root=root, total_episodes=episodes, save_every_episodes=10,
                         live_view="off", drive_sync_every=0, handle_signals=False, max_training_hours=1)
     times = []
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()), TrainingSession(cfg) as session:
         session.restore(model=ddp, optimizer=opt, generator=PerRank(gen))
         t0 = time.perf_counter()

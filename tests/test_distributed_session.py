@@ -131,6 +131,8 @@ def test_a_checkpoint_moves_between_process_counts(tmp_path, before, after):
     stopped = end(first[0])[1]
     second = run(tmp_path / "run", after, "--batch", batch(after), *same)
     assert end(second[0])[:2] == ("done", 12)
+    if after > before:  # said where the user looks (rank 0), not on a rank whose lines are not shown
+        assert any("with new random streams" in line for line in second[0]), second[0]
     got, want = final_params(tmp_path / "run"), final_params(tmp_path / "ref")
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)

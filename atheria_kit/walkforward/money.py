@@ -207,7 +207,18 @@ class _FoldPredictions:
         return np.concatenate(out).astype(np.float64)
 
 
-def money_view(ds, test_ranges: Sequence[range], predictions: Sequence[Path], *, threshold: float = 0.5,
+def consecutive_test_rows(test_rows: Sequence[Sequence[int]]) -> list[range]:
+    """The folds' test rows (each a range or sorted contiguous row numbers) as ranges forming one unbroken test
+    period, in order; raises ``ValueError`` naming the first two that do not follow each other."""
+    ranges = [r if isinstance(r, range) else range(int(r[0]), int(r[-1]) + 1) for r in test_rows]
+    for prev, cur in zip(ranges[:-1], ranges[1:], strict=True):
+        if cur.start != prev.stop:
+            raise ValueError(f"test rows {prev.start}..{prev.stop - 1} and {cur.start}..{cur.stop - 1} are not "
+                             "consecutive; expected the folds of one stage, in order (one unbroken test period)")
+    return ranges
+
+
+def money_view(ds, test_ranges: Sequence[Sequence[int]], predictions: Sequence[Path], *, threshold: float = 0.5,
                costs: BacktestConfig | None = None, periods_per_year: float, block_rows: int = 1 << 18,
                turnover: TurnoverControl | None = None) -> MoneyView:
     """Backtest the folds' out-of-sample predictions (``predictions[i]`` holds P(up) for ``test_ranges[i]``, the
@@ -219,10 +230,7 @@ def money_view(ds, test_ranges: Sequence[range], predictions: Sequence[Path], *,
     if len(test_ranges) != len(predictions) or not len(test_ranges):
         raise ValueError(f"{len(test_ranges)} test ranges and {len(predictions)} prediction files; expected the same, "
                          "non-zero number")
-    for prev, cur in zip(test_ranges[:-1], test_ranges[1:], strict=True):
-        if cur.start != prev.stop:
-            raise ValueError(f"test rows {prev.start}..{prev.stop - 1} and {cur.start}..{cur.stop - 1} are not "
-                             "consecutive; the money view needs one unbroken test period")
+    test_ranges = consecutive_test_rows(test_ranges)
     if turnover is not None and not isinstance(turnover, TurnoverControl):
         raise ValueError(f"turnover={turnover!r} is invalid; expected a TurnoverControl or None")
     control = None if turnover is None or turnover.is_off else ControlledSignals(turnover, threshold,

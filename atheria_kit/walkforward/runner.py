@@ -585,7 +585,7 @@ def _finish_stage(config, mode, ds, folds, state, run_dir, status, reason, refit
     from atheria_kit.ensemble.performance import bars_per_year
 
     result.money = money_view(
-        ds, [_as_range(folds[i].test) for i in range(len(done))], paths, threshold=config.trade_threshold,
+        ds, [folds[i].test for i in range(len(done))], paths, threshold=config.trade_threshold,
         costs=BacktestConfig(fee=config.fee, slippage=config.slippage), turnover=config.turnover,
         periods_per_year=bars_per_year(ohlcv.timeframe_to_timedelta(config.timeframe) / pd.Timedelta(minutes=1)))
     result.overfitting, result.overfitting_note = record_trials(config, mode, result.money)
@@ -621,12 +621,6 @@ def record_trials(config: WalkForwardConfig, mode: str, money: MoneyView) -> tup
     if not has_spread(daily["long_flat"].to_numpy()):
         return None, "long/flat never held a position (all daily returns are 0): its Sharpe ratio is undefined"
     return summarize_overfitting(ledger, ids["long_flat"], periods_per_year=365.0), ""
-
-
-def _as_range(rows) -> range:
-    if isinstance(rows, range):
-        return rows
-    return range(int(rows[0]), int(rows[-1]) + 1)
 
 
 def run_walkforward(

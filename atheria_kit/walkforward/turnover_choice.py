@@ -28,7 +28,7 @@ from atheria_kit.ensemble.selection import DEFAULT_GRID, PositionsFn, SelectionR
 from atheria_kit.ensemble.turnover import TurnoverControl, volatility
 from atheria_kit.walkforward.dataset import Dataset
 from atheria_kit.walkforward.disk import DiskColumn
-from atheria_kit.walkforward.money import CONTROLLED, ControlledSignals, signals
+from atheria_kit.walkforward.money import CONTROLLED, ControlledSignals, consecutive_test_rows, signals
 from atheria_kit.walkforward.runner import PREDICTIONS_DIR
 
 #: How a series of the selection is named: ``"BTCUSDT long/flat"``.
@@ -82,11 +82,7 @@ def stage_out_of_sample(ds: Dataset, test_rows: Sequence[Sequence[int]], run_dir
                         history_bars: int = 512) -> OutOfSample:
     """The out-of-sample predictions of a finished stage: fold ``i``'s P(up) (``predictions/fold_NNN.npy`` in
     ``run_dir``) for its test rows ``test_rows[i]`` (consecutive rows) of the stage's dataset ``ds``, in order."""
-    test_rows = [r if isinstance(r, range) else range(int(r[0]), int(r[-1]) + 1) for r in test_rows]
-    for prev, cur in zip(test_rows[:-1], test_rows[1:], strict=True):
-        if cur.start != prev.stop:
-            raise ValueError(f"test rows {prev.start}..{prev.stop - 1} and {cur.start}..{cur.stop - 1} are not "
-                             "consecutive; expected the folds of one stage, in order")
+    test_rows = consecutive_test_rows(test_rows)
     first = test_rows[0].start
     parts = []
     for i, rows in enumerate(test_rows):
